@@ -1,0 +1,5 @@
+"""Allow ``python -m hasip``."""
+
+from hasip.cli import main
+
+raise SystemExit(main())

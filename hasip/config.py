@@ -1,0 +1,260 @@
+"""The node's configuration: one TOML file, validated at start.
+
+Every error names the file, the key and what is wrong with it, for example
+``examples/x.toml: sip.listen[1]: 'udp:1.2.3.4' is not TRANSPORT:HOST:PORT``.
+Unknown keys are errors too, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hasip.sip.errors import SipParseError
+from hasip.sip.message import MAX_MESSAGE_SIZE
+from hasip.sip.transaction import Timers
+from hasip.sip.uri import SipUri, parse_sip_uri
+
+TRANSPORTS = ("udp", "tcp")
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names file and key."""
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    transport: str
+    host: str
+    port: int
+
+    @property
+    def family_v6(self) -> bool:
+        return ":" in self.host
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if self.family_v6 else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+
+@dataclass
+class Config:
+    path: str = "<embedded defaults>"
+    node_name: str = "hasip-1"
+    event_loop: str = "uvloop"
+    listen: list[ListenAddress] = field(default_factory=lambda: [
+        ListenAddress("udp", "127.0.0.1", 5060), ListenAddress("tcp", "127.0.0.1", 5060)])
+    domains: list[str] = field(default_factory=list)
+    max_message_size: int = 16384
+    max_forwards: int = 70
+    timers: Timers = field(default_factory=Timers)
+    next_hop: list[SipUri] = field(default_factory=lambda: [
+        parse_sip_uri("sip:127.0.0.1:5071"), parse_sip_uri("sip:127.0.0.1:5072")])
+    tcp_idle_timeout: float = 600.0
+    tcp_max_connections: int = 4096
+    tcp_max_write_buffer: int = 1 << 20
+    metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9060)
+    log_level: str = "info"
+    log_format: str = "logfmt"
+    shutdown_grace: float = 5.0
+
+
+class _Section:
+    """Reads one TOML table, checking types and rejecting unknown keys."""
+
+    def __init__(self, path: str, name: str, data: dict[str, Any]) -> None:
+        self.path = path
+        self.name = name
+        self.data = dict(data)
+
+    def where(self, key: str) -> str:
+        return f"{self.path}: {self.name}.{key}"
+
+    def error(self, key: str, what: str) -> ConfigError:
+        return ConfigError(f"{self.where(key)}: {what}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        if key not in self.data:
+            return default
+        value = self.data.pop(key)
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.error(key, f"expected {_kind_name(kinds)}, got a boolean")
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kinds):
+            raise self.error(key, f"expected {_kind_name(kinds)}, got {type(value).__name__} "
+                                  f"{value!r}")
+        return value
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        value = self.get(key, float, default)
+        if not low <= value <= high:
+            raise self.error(key, f"{value} is outside {low}..{high}")
+        return float(value)
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value = self.get(key, int, default)
+        if not low <= value <= high:
+            raise self.error(key, f"{value} is outside {low}..{high}")
+        return int(value)
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.get(key, str, default)
+        if value not in choices:
+            raise self.error(key, f"{value!r} is not one of {', '.join(choices)}")
+        return str(value)
+
+    def str_list(self, key: str, default: list[str]) -> list[str]:
+        value = self.get(key, list, default)
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ConfigError(f"{self.where(key)}[{i}]: expected a string, got {item!r}")
+        return list(value)
+
+    def finish(self) -> None:
+        if self.data:
+            unknown = ", ".join(sorted(self.data))
+            raise ConfigError(f"{self.path}: {self.name}: unknown key(s) {unknown}")
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", list: "a list",
+             bool: "a boolean", dict: "a table"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def parse_listen(text: str, where: str) -> ListenAddress:
+    """``udp:127.0.0.1:5060``, ``tcp:[::1]:5060``."""
+    transport, _, rest = text.partition(":")
+    host, _, port_text = rest.rpartition(":")
+    bad = ConfigError(f"{where}: {text!r} is not TRANSPORT:HOST:PORT (e.g. udp:127.0.0.1:5060)")
+    if transport.lower() not in TRANSPORTS:
+        raise ConfigError(f"{where}: transport {transport!r} is not one of {', '.join(TRANSPORTS)}")
+    if not host or not port_text.isdigit():
+        raise bad
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{where}: {host!r} is not an IP address (listen on addresses, "
+                          "not names)")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{where}: port {port} is outside 1..65535")
+    return ListenAddress(transport.lower(), host, port)
+
+
+def parse_host_port(text: str, where: str) -> tuple[str, int]:
+    host, _, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(f"{where}: {text!r} is not HOST:PORT (e.g. 127.0.0.1:9060)")
+    return host, int(port_text)
+
+
+_SECTIONS = ("node", "sip", "timers", "routing", "tcp", "metrics", "log", "shutdown")
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML file; raises :class:`ConfigError`."""
+    path = str(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}")
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}")
+    return config_from_dict(raw, path)
+
+
+def config_from_dict(raw: dict[str, Any], path: str = "<dict>") -> Config:
+    unknown = sorted(set(raw) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)} "
+                          f"(known: {', '.join(_SECTIONS)})")
+    for name in _SECTIONS:
+        if name in raw and not isinstance(raw[name], dict):
+            raise ConfigError(f"{path}: {name}: expected a table [{name}]")
+    cfg = Config(path=path)
+
+    node = _Section(path, "node", raw.get("node", {}))
+    cfg.node_name = node.get("name", str, cfg.node_name)
+    if not cfg.node_name:
+        raise node.error("name", "must not be empty")
+    cfg.event_loop = node.choice("event_loop", cfg.event_loop, ("uvloop", "asyncio"))
+    node.finish()
+
+    sip = _Section(path, "sip", raw.get("sip", {}))
+    if "listen" in sip.data:
+        items = sip.str_list("listen", [])
+        if not items:
+            raise sip.error("listen", "needs at least one address")
+        cfg.listen = [parse_listen(item, f"{sip.where('listen')}[{i}]")
+                      for i, item in enumerate(items)]
+    seen = set()
+    for addr in cfg.listen:
+        if (addr.transport, addr.host, addr.port) in seen:
+            raise sip.error("listen", f"{addr} is listed twice")
+        seen.add((addr.transport, addr.host, addr.port))
+    cfg.domains = [d.lower() for d in sip.str_list("domains", cfg.domains)]
+    cfg.max_message_size = sip.integer("max_message_size", cfg.max_message_size, 1024,
+                                       MAX_MESSAGE_SIZE)
+    cfg.max_forwards = sip.integer("max_forwards", cfg.max_forwards, 1, 255)
+    sip.finish()
+
+    tm = _Section(path, "timers", raw.get("timers", {}))
+    t1 = tm.number("t1", 0.5, 0.05, 10.0)
+    t2 = tm.number("t2", 4.0, t1, 60.0)
+    t4 = tm.number("t4", 5.0, 0.0, 60.0)
+    non_invite = tm.number("non_invite_final", 10.0, 0.5, 300.0)
+    invite = tm.number("invite_final", 120.0, 1.0, 3600.0)
+    cfg.timers = Timers(t1, t2, t4, non_invite, invite)
+    tm.finish()
+
+    routing = _Section(path, "routing", raw.get("routing", {}))
+    if "next_hop" in routing.data:
+        hops = routing.str_list("next_hop", [])
+        cfg.next_hop = []
+        for i, text in enumerate(hops):
+            try:
+                uri = parse_sip_uri(text)
+            except SipParseError as exc:
+                raise ConfigError(f"{routing.where('next_hop')}[{i}]: {exc.reason}")
+            if uri.transport not in TRANSPORTS:
+                raise ConfigError(f"{routing.where('next_hop')}[{i}]: transport "
+                                  f"{uri.transport!r} is not supported (udp, tcp)")
+            cfg.next_hop.append(uri)
+    routing.finish()
+
+    tcp = _Section(path, "tcp", raw.get("tcp", {}))
+    cfg.tcp_idle_timeout = tcp.number("idle_timeout", cfg.tcp_idle_timeout, 1.0, 86400.0)
+    cfg.tcp_max_connections = tcp.integer("max_connections", cfg.tcp_max_connections, 1, 1 << 20)
+    cfg.tcp_max_write_buffer = tcp.integer("max_write_buffer", cfg.tcp_max_write_buffer,
+                                           65536, 1 << 30)
+    tcp.finish()
+
+    metrics = _Section(path, "metrics", raw.get("metrics", {}))
+    if "listen" in metrics.data:
+        text = metrics.get("listen", str, "")
+        cfg.metrics_listen = None if text in ("", "off") else parse_host_port(
+            text, metrics.where("listen"))
+    metrics.finish()
+
+    log = _Section(path, "log", raw.get("log", {}))
+    cfg.log_level = log.choice("level", cfg.log_level, ("debug", "info", "warning", "error"))
+    cfg.log_format = log.choice("format", cfg.log_format, ("logfmt", "json"))
+    log.finish()
+
+    shutdown = _Section(path, "shutdown", raw.get("shutdown", {}))
+    cfg.shutdown_grace = shutdown.number("grace", cfg.shutdown_grace, 0.0, 600.0)
+    shutdown.finish()
+    return cfg

@@ -1,0 +1,736 @@
+"""The stateful proxy engine (RFC 3261 section 16): transactions, forwarding,
+response contexts, CANCEL, loop detection and the timer queue, glued to the
+transports. *What* to do with a request is the routing script's business
+(:mod:`hasip.proxy.routing`); this module does it."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import itertools
+import os
+import socket
+import zlib
+from collections.abc import Callable
+
+from hasip import metrics
+from hasip.config import Config
+from hasip.log import get_logger
+from hasip.sip.build import REASONS, make_cancel_for, make_response, make_response_from_raw
+from hasip.sip.errors import SipParseError
+from hasip.sip.headers import Via, parse_name_addr, split_list
+from hasip.sip.message import Request, Response, parse_message, validate_request
+from hasip.sip.transaction import (
+    COMPLETED,
+    CONFIRMED,
+    PROCEEDING,
+    RESPONSE,
+    SEND,
+    TERMINATED,
+    TIMEOUT,
+    TIMER_C,
+    TRYING,
+    Action,
+    ClientTransaction,
+    InviteClientTransaction,
+    InviteServerTransaction,
+    NonInviteClientTransaction,
+    NonInviteServerTransaction,
+    ServerTransaction,
+    Transaction,
+    cancel_target_key,
+    server_key,
+)
+from hasip.sip.uri import SipUri, Uri
+from hasip.transport.base import Destination, Listener, Source
+from hasip.transport.manager import Transports
+from hasip.transport.tcp import TcpConnection
+
+log = get_logger("hasip.proxy")
+
+# Branches we generate: magic cookie, our marker, an 8-hex loop-detection hash
+# (RFC 3261 16.6 step 8), then a per-process unique part.
+_BRANCH_MARK = "z9hG4bKhs"
+
+
+class Branch:
+    """One client transaction of a response context (RFC 3261 16.6)."""
+
+    __slots__ = ("cancel_pending", "cancelled", "dest", "final", "final_status", "provisional",
+                 "rc", "request", "txn")
+
+    def __init__(self, rc: ResponseContext | None, request: Request, dest: Destination) -> None:
+        self.rc = rc
+        self.request = request
+        self.dest = dest
+        self.txn: ClientTransaction | None = None
+        self.provisional = False
+        self.final: Response | None = None
+        self.final_status = 0
+        self.cancel_pending = False
+        self.cancelled = False
+
+
+class ResponseContext:
+    """A server transaction and the branches forwarded for it (RFC 3261 16.7)."""
+
+    __slots__ = ("branches", "cancelled", "data", "final_sent", "reply_dest", "request", "server",
+                 "source")
+
+    def __init__(self, server: ServerTransaction | None, request: Request, source: Source,
+                 reply_dest: Destination) -> None:
+        self.server = server
+        self.request = request
+        self.source = source
+        self.reply_dest = reply_dest
+        self.branches: list[Branch] = []
+        self.final_sent = False
+        self.cancelled = False
+        # Free for the routing script (failover state, selected destination...).
+        self.data: dict[str, object] = {}
+
+    def pending(self) -> bool:
+        return any(b.final_status == 0 for b in self.branches)
+
+
+class RequestContext:
+    """What the routing script gets for one request: the message, where it came
+    from, and the operations it may apply (reply, record-route, forward)."""
+
+    __slots__ = ("proxy", "rc", "record_route", "request", "source")
+
+    def __init__(self, proxy: Proxy, request: Request, source: Source,
+                 rc: ResponseContext | None) -> None:
+        self.proxy = proxy
+        self.request = request
+        self.source = source
+        self.rc = rc
+        self.record_route = False
+
+    def reply(self, status: int, reason: bytes | None = None,
+              extra: list[bytes] | None = None) -> None:
+        self.proxy.reply(self, status, reason, extra)
+
+    def forward(self, request_uri: SipUri | None = None, next_hop: SipUri | None = None) -> bool:
+        return self.proxy.forward(self, request_uri, next_hop)
+
+    def forward_stateless(self) -> bool:
+        return self.proxy.forward_stateless(self)
+
+
+class Proxy:
+    """A stateful proxy bound to a node's transports."""
+
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        from hasip.proxy.routing import Router
+        from hasip.proxy.timers import TimerQueue
+
+        self.config = config
+        self.loop = loop
+        self.timers = config.timers
+        self.transports = Transports(config, self.receive, loop)
+        self.server_txns: dict[tuple[str, ...], ServerTransaction] = {}
+        self.client_txns: dict[tuple[str, ...], ClientTransaction] = {}
+        self.timerq = TimerQueue(loop, self._on_timer)
+        self._unique = os.urandom(3).hex()
+        self._counter = itertools.count(1)
+        self._resolved: dict[str, str] = {}
+        self.draining = False
+        self.my_ips = {a.host.lower() for a in config.listen}
+        self.my_ports = {a.port for a in config.listen}
+        self.my_domains = set(config.domains)
+        self.my_sent_by = {lst.sent_by for lst in self.transports.listeners}
+        self._sent_by_bytes = [s.encode() for s in self.my_sent_by]
+        self.capabilities = [
+            b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, REFER, NOTIFY, SUBSCRIBE, "
+            b"INFO, MESSAGE, UPDATE, PRACK",
+            b"Accept: application/sdp",
+            b"Server: hasip",
+        ]
+        self._req_in = _LabelCache(metrics.REQUESTS_IN)
+        self._resp_in = _LabelCache(metrics.RESPONSES_IN)
+        self._resp_out = _LabelCache(metrics.RESPONSES_OUT)
+        self._req_out = _LabelCache(metrics.REQUESTS_OUT)
+        self._lat_request = metrics.LATENCY.labels("request")
+        self._lat_response = metrics.LATENCY.labels("response")
+        self.router = Router(self)
+        metrics.TRANSACTIONS.labels("server").set_function(lambda: len(self.server_txns))
+        metrics.TRANSACTIONS.labels("client").set_function(lambda: len(self.client_txns))
+        metrics.IN_FLIGHT.set_function(self.in_flight)
+
+    async def start(self) -> None:
+        await self.transports.start()
+
+    async def stop(self) -> None:
+        await self.transports.stop()
+        self.timerq.close()
+
+    def in_flight(self) -> int:
+        """Server transactions that have not sent a final response yet."""
+        return sum(1 for t in self.server_txns.values() if t.state in (PROCEEDING, TRYING))
+
+    # -- identity ----------------------------------------------------------
+
+    def is_myself(self, uri: Uri) -> bool:
+        """Kamailio's ``uri == myself``: one of our addresses (and ports) or domains."""
+        if not isinstance(uri, SipUri):
+            return False
+        host = uri.host_ip
+        if host in self.my_domains:
+            return True
+        if host in self.my_ips:
+            return (uri.port or 5060) in self.my_ports
+        return False
+
+    # -- receiving ---------------------------------------------------------
+
+    def receive(self, data: bytes, listener: Listener, addr: tuple[str, int],
+                conn: TcpConnection | None) -> None:
+        """Transport sink: one datagram or one framed stream message."""
+        src = Source(listener, addr, conn, self.loop.time())
+        try:
+            if len(data) > self.config.max_message_size:
+                metrics.PARSE_ERRORS.labels("too_large").inc()
+                self._reply_unparsable(data, src, 513, b"Message Too Large")
+                return
+            try:
+                msg = parse_message(data, datagram=conn is None)
+            except SipParseError as exc:
+                metrics.PARSE_ERRORS.labels("parse").inc()
+                log.debug("parse_error", peer=f"{addr[0]}:{addr[1]}", reason=exc.reason)
+                self._reply_unparsable(data, src, exc.status,
+                                       REASONS.get(exc.status, b"Bad Request"))
+                return
+            if type(msg) is Request:
+                self._on_request(msg, src)
+            else:
+                assert isinstance(msg, Response)
+                self._on_response(msg, src)
+        except Exception:
+            # A bug must cost one message, never the node.
+            log.error("message_handling_failed", exc_info=True, peer=f"{addr[0]}:{addr[1]}")
+
+    def _reply_unparsable(self, data: bytes, src: Source, status: int, reason: bytes) -> None:
+        if data.startswith(b"SIP/") or data.startswith(b"ACK "):
+            return
+        out = make_response_from_raw(data, status, reason)
+        if out is not None:
+            self._send_to_source(out, src)
+            self._resp_out.inc(status)
+
+    def _send_to_source(self, data: bytes, src: Source) -> None:
+        dest = Destination("tcp" if src.conn else "udp", src.addr, src.listener, src.conn)
+        self.transports.send(data, dest)
+
+    def reply_destination(self, src: Source, via: Via) -> Destination:
+        """Where responses to a request go (RFC 3261 18.2.2, RFC 3581 4)."""
+        if src.conn is not None:
+            return Destination(src.listener.transport, src.addr, src.listener, src.conn)
+        port = src.addr[1] if "rport" in via.params else (via.port or 5060)
+        return Destination("udp", (src.addr[0], port), src.listener)
+
+    def _fix_via(self, req: Request, src: Source) -> None:
+        """Add ``received`` and fill ``rport`` in the top Via (RFC 3261 18.2.1, RFC 3581)."""
+        via = req.top_via
+        ip, port = src.addr
+        host = via.host[1:-1] if via.host.startswith("[") else via.host
+        add_received = host.lower() != ip
+        want_rport = "rport" in via.params and not via.params["rport"]
+        if not add_received and not want_rport:
+            return
+        text = via.text
+        if want_rport:
+            parts = text.split(";")
+            for i, part in enumerate(parts):
+                if part.strip().lower() == "rport":
+                    parts[i] = f"rport={port}"
+            text = ";".join(parts)
+        if add_received:
+            text += f";received={ip}"
+        i = req.keys.index(b"via")
+        raw = req.raws[i]
+        values = split_list(req._value_of(raw).decode("latin-1"))
+        values[0] = text
+        req.raws[i] = raw[:raw.index(b":") + 1] + b" " + ", ".join(values).encode("latin-1")
+        req._via_changed()
+
+    def _on_request(self, req: Request, src: Source) -> None:
+        method = req.method
+        self._req_in.inc(method)
+        try:
+            validate_request(req)
+        except SipParseError as exc:
+            metrics.PARSE_ERRORS.labels("sanity").inc()
+            log.debug("bad_request", peer=f"{src.addr[0]}:{src.addr[1]}", reason=exc.reason)
+            if method != "ACK":
+                data = make_response(req, exc.status, exc.reason.encode("latin-1", "replace"))
+                self._send_to_source(data, src)
+                self._resp_out.inc(exc.status)
+            return
+        self._fix_via(req, src)
+        if method == "ACK":
+            self._on_ack(req, src)
+            return
+        if method == "CANCEL":
+            self._on_cancel(req, src)
+            return
+        key = server_key(req)
+        txn = self.server_txns.get(key)
+        if txn is not None:
+            metrics.RETRANSMISSIONS.labels(method).inc()
+            self._run_server(txn, txn.receive_request(req, src.received_at))
+            return
+        reliable = src.conn is not None
+        if method == "INVITE":
+            txn = InviteServerTransaction(key, req, reliable, self.timers)
+        else:
+            txn = NonInviteServerTransaction(key, req, reliable, self.timers)
+        rc = ResponseContext(txn, req, src, self.reply_destination(src, req.top_via))
+        txn.owner = rc
+        self.server_txns[key] = txn
+        ctx = RequestContext(self, req, src, rc)
+        if method == "INVITE":
+            # RFC 3261 16.2: a stateful proxy answers INVITE with 100 at once.
+            data = make_response(req, 100)
+            self._run_server(txn, txn.send_response(100, data, src.received_at))
+        if self.draining and req.to.tag is None:
+            ctx.reply(503, b"Service Unavailable (shutting down)", [b"Retry-After: 5"])
+            return
+        self.router.route(ctx)
+
+    def _on_ack(self, req: Request, src: Source) -> None:
+        txn = self.server_txns.get(server_key(req))
+        if txn is not None and txn.state in (COMPLETED, CONFIRMED):
+            # ACK for a non-2xx final response: hop by hop, absorbed here.
+            self._run_server(txn, txn.receive_request(req, src.received_at))
+            return
+        if txn is not None and txn.state == PROCEEDING:
+            return
+        # ACK for a 2xx: its own transaction, forwarded statelessly (16.11).
+        self.router.route(RequestContext(self, req, src, None))
+
+    def _on_cancel(self, req: Request, src: Source) -> None:
+        key = server_key(req)
+        txn = self.server_txns.get(key)
+        if txn is not None:
+            metrics.RETRANSMISSIONS.labels("CANCEL").inc()
+            self._run_server(txn, txn.receive_request(req, src.received_at))
+            return
+        invite = self.server_txns.get(cancel_target_key(req))
+        if invite is None:
+            self.router.route_unmatched_cancel(RequestContext(self, req, src, None))
+            return
+        txn = NonInviteServerTransaction(key, req, src.conn is not None, self.timers)
+        txn.owner = ResponseContext(txn, req, src, self.reply_destination(src, req.top_via))
+        self.server_txns[key] = txn
+        # RFC 3261 16.10: answer the CANCEL, then cancel every pending branch.
+        data = make_response(req, 200, to_tag=self._to_tag(invite))
+        self._run_server(txn, txn.send_response(200, data, src.received_at))
+        self._resp_out.inc(200)
+        rc = invite.owner
+        if isinstance(rc, ResponseContext) and not rc.final_sent:
+            self.cancel_context(rc)
+
+    def cancel_context(self, rc: ResponseContext) -> None:
+        rc.cancelled = True
+        if not rc.branches:
+            self._reply_rc(rc, 487)
+            return
+        for branch in rc.branches:
+            if branch.final_status == 0:
+                if branch.provisional:
+                    self._cancel_branch(branch)
+                else:
+                    # RFC 3261 9.1: no CANCEL before a provisional response.
+                    branch.cancel_pending = True
+
+    # -- responses -----------------------------------------------------------
+
+    def _on_response(self, resp: Response, src: Source) -> None:
+        self._resp_in.inc(resp.status)
+        try:
+            via = resp.top_via
+            method = resp.cseq[1]
+        except SipParseError:
+            metrics.PARSE_ERRORS.labels("response").inc()
+            return
+        txn = self.client_txns.get((via.branch or "", method))
+        if txn is None:
+            metrics.STRAY_RESPONSES.inc()
+            return
+        self._run_client(txn, txn.receive_response(resp, src.received_at), src.received_at)
+
+    def _on_branch_response(self, branch: Branch, resp: Response, received_at: float) -> None:
+        status = resp.status
+        rc = branch.rc
+        if status < 200:
+            branch.provisional = True
+            if branch.cancel_pending:
+                self._cancel_branch(branch)
+        else:
+            branch.final_status = status
+            branch.final = resp
+        if rc is None or status == 100:
+            return  # our own request (a CANCEL), or a 100 (hop by hop)
+        resp.pop_first_value(b"via")
+        if not resp.has(b"via"):
+            return
+        if status < 200:
+            self._relay_upstream(rc, resp, received_at)
+        elif status < 300:
+            self._relay_upstream(rc, resp, received_at)
+            if rc.request.method == "INVITE" and not rc.final_sent:
+                rc.final_sent = True
+                for other in rc.branches:
+                    if other is not branch and other.final_status == 0:
+                        self._cancel_branch(other)
+            rc.final_sent = True
+        else:
+            self.router.on_branch_failure(rc, branch)
+            if status >= 600:
+                for other in rc.branches:
+                    if other.final_status == 0:
+                        self._cancel_branch(other)
+            self._maybe_finish(rc, received_at)
+
+    def _on_branch_timeout(self, branch: Branch, received_at: float) -> None:
+        branch.final_status = 408
+        rc = branch.rc
+        if rc is None:
+            return
+        metrics.TIMEOUTS.labels(rc.request.method).inc()
+        self.router.on_branch_failure(rc, branch)
+        self._maybe_finish(rc, received_at)
+
+    def _maybe_finish(self, rc: ResponseContext, received_at: float) -> None:
+        """All branches final: let the script fail over, else send the best answer."""
+        if rc.final_sent or rc.pending():
+            return
+        if not rc.cancelled and self.router.failure_route(rc):
+            return
+        best = self._best_branch(rc)
+        if best is None:
+            return
+        if best.final is None or (rc.cancelled and best.final_status == 408):
+            self._reply_rc(rc, 487 if rc.cancelled else best.final_status)
+            return
+        resp = best.final
+        if resp.status == 503:
+            # RFC 3261 16.7 step 6: a 503 from downstream is not passed up as is.
+            resp.status = 500
+            resp.reason = b"Server Internal Error"
+        self._relay_upstream(rc, resp, received_at)
+
+    @staticmethod
+    def _best_branch(rc: ResponseContext) -> Branch | None:
+        """RFC 3261 16.7 step 6: a 6xx if any, else the lowest class."""
+        best: Branch | None = None
+        best_rank = 10
+        for branch in rc.branches:
+            status = branch.final_status
+            rank = 0 if status >= 600 else status // 100
+            if rank < best_rank:
+                best, best_rank = branch, rank
+        return best
+
+    def _relay_upstream(self, rc: ResponseContext, resp: Response, received_at: float) -> None:
+        status = resp.status
+        if status >= 200:
+            rc.final_sent = True
+        server = rc.server
+        data = resp.to_bytes()
+        if server is None:
+            self.transports.send(data, rc.reply_dest)
+        else:
+            self._run_server(server, server.send_response(status, data, received_at))
+        self._resp_out.inc(status)
+        self._lat_response.observe(self.loop.time() - received_at)
+
+    def _reply_rc(self, rc: ResponseContext, status: int, reason: bytes | None = None,
+                  extra: list[bytes] | None = None) -> None:
+        server = rc.server
+        to_tag = self._to_tag(server) if server is not None and status > 100 else None
+        data = make_response(rc.request, status, reason, to_tag, extra)
+        if status >= 200:
+            rc.final_sent = True
+        if server is None:
+            self.transports.send(data, rc.reply_dest)
+        else:
+            self._run_server(server, server.send_response(status, data, self.loop.time()))
+        self._resp_out.inc(status)
+
+    @staticmethod
+    def _to_tag(txn: Transaction) -> str:
+        return "hs{:08x}".format(zlib.crc32("|".join(txn.key).encode("latin-1", "replace")))
+
+    # -- operations for the routing script -----------------------------------
+
+    def reply(self, ctx: RequestContext, status: int, reason: bytes | None = None,
+              extra: list[bytes] | None = None) -> None:
+        req = ctx.request
+        if req.method == "ACK":
+            return
+        if ctx.rc is not None:
+            self._reply_rc(ctx.rc, status, reason, extra)
+            return
+        to_tag = None
+        if status > 100:
+            to_tag = f"hs{zlib.crc32(req.call_id.encode('latin-1')):08x}"
+        data = make_response(req, status, reason, to_tag, extra)
+        self.transports.send(data, self.reply_destination(ctx.source, req.top_via))
+        self._resp_out.inc(status)
+
+    def _prepare(self, ctx: RequestContext, request_uri: SipUri | None,
+                 next_hop: SipUri | None) -> tuple[Request, SipUri] | None:
+        """The request to send (RFC 3261 16.6 steps 1-7) and the URI to send it to."""
+        req = ctx.request
+        out = req.copy()
+        if request_uri is not None:
+            out.uri = request_uri
+        mf = req.get(b"max-forwards")
+        if mf is None:
+            out.append(b"max-forwards", b"Max-Forwards: %d" % self.config.max_forwards)
+        else:
+            out.replace(b"max-forwards", b"Max-Forwards: %d" % (int(mf) - 1))
+        target: Uri
+        if next_hop is not None:
+            target = next_hop
+        elif b"route" in out.keys:
+            first = parse_name_addr(out.values(b"route")[0], "Route")
+            target = first.uri
+            if isinstance(target, SipUri) and not target.lr:
+                # Next hop is a strict router (RFC 3261 16.6 step 7).
+                out.append(b"route", b"Route: <" + out.uri_raw + b">")
+                out.pop_first_value(b"route")
+                out.uri = target
+        else:
+            target = out.uri
+        if not isinstance(target, SipUri):
+            ctx.reply(416)
+            return None
+        return out, target
+
+    def forward(self, ctx: RequestContext, request_uri: SipUri | None = None,
+                next_hop: SipUri | None = None) -> bool:
+        """Stateful relay (Kamailio's ``t_relay``): a new branch of ``ctx``'s
+        response context. False when the next hop cannot be used; the script
+        then replies."""
+        prepared = self._prepare(ctx, request_uri, next_hop)
+        if prepared is None:
+            return False
+        out, target = prepared
+        dest = self.resolve(target)
+        if dest is None:
+            if self._needs_dns(target):
+                self.loop.create_task(self._forward_after_dns(ctx, out, target))
+                return True
+            return False
+        self._start_branch(ctx, out, dest)
+        return True
+
+    async def _forward_after_dns(self, ctx: RequestContext, out: Request, target: SipUri) -> None:
+        host = target.params.get("maddr") or target.host_ip
+        try:
+            infos = await self.loop.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+            self._resolved[host] = str(infos[0][4][0])
+        except OSError:
+            log.info("dns_failed", host=host)
+        dest = self.resolve(target)
+        if dest is None:
+            ctx.reply(503, b"Service Unavailable (cannot resolve next hop)")
+            return
+        if ctx.rc is not None and ctx.rc.final_sent:
+            return
+        self._start_branch(ctx, out, dest)
+
+    @staticmethod
+    def _needs_dns(target: SipUri) -> bool:
+        host = target.params.get("maddr") or target.host_ip
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return True
+        return False
+
+    def resolve(self, target: SipUri) -> Destination | None:
+        """IP, port, transport and local listener for ``target`` (RFC 3263 for
+        IP literals and A/AAAA names: no NAPTR/SRV yet). None when unusable."""
+        transport = target.transport
+        if transport not in ("udp", "tcp"):
+            return None
+        host = target.params.get("maddr") or target.host_ip
+        ip = self._resolved.get(host, host)
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return None
+        if addr.is_multicast or addr.is_unspecified or str(addr) == "255.255.255.255":
+            return None
+        listener = self.transports.listener_for(
+            transport, socket.AF_INET6 if addr.version == 6 else socket.AF_INET)
+        if listener is None:
+            return None
+        return Destination(transport, (str(addr), target.default_port()), listener)
+
+    def _loop_hash(self, req: Request) -> str:
+        fields = (req.uri_raw, (req.to.tag or "").encode("latin-1"),
+                  (req.from_.tag or "").encode("latin-1"), req.call_id.encode("latin-1"),
+                  b"%d" % req.cseq[0], req.get(b"proxy-require") or b"")
+        return "{:08x}".format(zlib.crc32(b"|".join(fields)))
+
+    def is_loop(self, req: Request) -> bool:
+        """RFC 3261 16.3 step 4: our own Via with the branch we would compute
+        now means the request came back unchanged: a loop, not a spiral. The
+        hash leaves out the top Via, which differs on every pass."""
+        raws = req.raws
+        keys = req.keys
+        if not any(k == b"via" and any(s in r for s in self._sent_by_bytes)
+                   for k, r in zip(keys, raws, strict=True)):
+            return False
+        wanted = self._loop_hash(req)
+        for via in req.vias:
+            branch = via.branch or ""
+            if (via.sent_by in self.my_sent_by and branch.startswith(_BRANCH_MARK)
+                    and branch[9:17] == wanted):
+                return True
+        return False
+
+    def _start_branch(self, ctx: RequestContext, out: Request, dest: Destination) -> None:
+        req = ctx.request
+        rc = ctx.rc
+        if ctx.record_route:
+            in_listener = ctx.source.listener
+            if in_listener is not dest.listener:
+                # Two sockets: record both so each side routes to the one it
+                # can reach (Kamailio's double Record-Route).
+                out.insert_top(b"record-route", in_listener.rr_line)
+            out.insert_top(b"record-route", dest.listener.rr_line)
+        branch_id = f"{_BRANCH_MARK}{self._loop_hash(req)}{self._unique}{next(self._counter):x}"
+        out.insert_top(b"via", dest.listener.via_prefix + branch_id.encode())
+        data = out.to_bytes()
+        branch = Branch(rc, out, dest)
+        txn: ClientTransaction
+        if out.method == "INVITE":
+            txn = InviteClientTransaction(branch_id, out, data, dest.reliable, self.timers)
+        else:
+            txn = NonInviteClientTransaction(branch_id, out, data, dest.reliable, self.timers)
+        branch.txn = txn
+        txn.owner = branch
+        self.client_txns[txn.key] = txn
+        if rc is not None:
+            rc.branches.append(branch)
+        now = self.loop.time()
+        self._run_client(txn, txn.start(now), now)
+        self._req_out.inc(out.method)
+        self._lat_request.observe(self.loop.time() - ctx.source.received_at)
+
+    def forward_stateless(self, ctx: RequestContext) -> bool:
+        """Forward without a transaction (ACK for 2xx, RFC 3261 16.11): the
+        branch is derived from the incoming one so a retransmission gets the same."""
+        prepared = self._prepare(ctx, None, None)
+        if prepared is None:
+            return False
+        out, target = prepared
+        dest = self.resolve(target)
+        if dest is None:
+            return False
+        req = ctx.request
+        seed = (req.top_via.branch or req.top_via.text) + req.call_id
+        branch_id = "z9hG4bKsl{:08x}".format(zlib.crc32(seed.encode("latin-1")))
+        out.insert_top(b"via", dest.listener.via_prefix + branch_id.encode())
+        self.transports.send(out.to_bytes(), dest)
+        self._req_out.inc(out.method)
+        self._lat_request.observe(self.loop.time() - ctx.source.received_at)
+        return True
+
+    def _cancel_branch(self, branch: Branch) -> None:
+        if branch.cancelled or branch.final_status or branch.txn is None:
+            return
+        if branch.request.method != "INVITE":
+            return
+        if not branch.provisional:
+            branch.cancel_pending = True
+            return
+        branch.cancelled = True
+        branch.cancel_pending = False
+        data = make_cancel_for(branch.request)
+        cancel = parse_message(data)
+        assert isinstance(cancel, Request)
+        cancel_branch = Branch(None, cancel, branch.dest)
+        txn = NonInviteClientTransaction(branch.txn.key[0], cancel, data, branch.dest.reliable,
+                                         self.timers)
+        txn.owner = cancel_branch
+        cancel_branch.txn = txn
+        self.client_txns[txn.key] = txn
+        now = self.loop.time()
+        self._run_client(txn, txn.start(now), now)
+
+    # -- running transaction actions -------------------------------------------
+
+    def _run_client(self, txn: ClientTransaction, actions: list[Action], now: float) -> None:
+        branch = txn.owner
+        assert isinstance(branch, Branch)
+        for action in actions:
+            kind = action.kind
+            if kind == SEND:
+                assert isinstance(action.data, bytes)
+                self.transports.send(action.data, branch.dest,
+                                     functools.partial(self._transport_error, txn))
+            elif kind == RESPONSE:
+                assert isinstance(action.data, Response)
+                self._on_branch_response(branch, action.data, now)
+            elif kind == TIMEOUT:
+                self._on_branch_timeout(branch, now)
+            elif kind == TIMER_C:
+                # RFC 3261 16.8: cancel the branch and answer it with 408 ourselves.
+                self._cancel_branch(branch)
+                self._on_branch_timeout(branch, now)
+            elif kind == TERMINATED:
+                self.client_txns.pop(txn.key, None)
+        self.timerq.schedule(txn)
+
+    def _transport_error(self, txn: ClientTransaction) -> None:
+        log.debug("transport_error", branch=txn.key[0])
+        self._run_client(txn, txn.transport_error(), self.loop.time())
+
+    def _run_server(self, txn: ServerTransaction, actions: list[Action]) -> None:
+        rc = txn.owner
+        assert isinstance(rc, ResponseContext)
+        for action in actions:
+            if action.kind == SEND:
+                assert isinstance(action.data, bytes)
+                self.transports.send(action.data, rc.reply_dest)
+            elif action.kind == TERMINATED:
+                self.server_txns.pop(txn.key, None)
+        self.timerq.schedule(txn)
+
+    def _on_timer(self, txn: Transaction, now: float) -> None:
+        actions = txn.handle_timer(now)
+        if any(a.kind == SEND for a in actions):
+            metrics.RETRANSMITTED_OUT.labels(
+                "request" if isinstance(txn, ClientTransaction) else "response").inc()
+        if isinstance(txn, ClientTransaction):
+            self._run_client(txn, actions, now)
+        else:
+            assert isinstance(txn, ServerTransaction)
+            self._run_server(txn, actions)
+
+
+class _LabelCache:
+    """Labelled children of a counter, looked up once per label value."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: metrics.Counter) -> None:
+        self._metric = metric
+        self._children: dict[object, Callable[[], None]] = {}
+
+    def inc(self, label: object) -> None:
+        child = self._children.get(label)
+        if child is None:
+            if len(self._children) > 256:
+                label = "other"  # bound the label set: methods are tokens anyone can send
+            child = self._metric.labels(str(label)).inc
+            self._children[label] = child
+        child()

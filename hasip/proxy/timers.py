@@ -1,0 +1,65 @@
+"""One heap of transaction deadlines behind a single ``loop.call_at`` handle.
+
+A transaction can change its next deadline many times; the heap keeps stale
+entries and skips them when they come up, which is cheaper than cancelling and
+re-arming a timer handle per transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import math
+from collections.abc import Callable
+
+from hasip.sip.transaction import Transaction
+
+
+class TimerQueue:
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 fire: Callable[[Transaction, float], None]) -> None:
+        self._loop = loop
+        self._fire = fire
+        self._heap: list[tuple[float, int, Transaction]] = []
+        self._seq = itertools.count()
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed_at = math.inf
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def schedule(self, txn: Transaction) -> None:
+        """(Re)consider ``txn``'s next deadline."""
+        deadline = txn.get_timer()
+        if deadline is None or (txn.queued is not None and txn.queued <= deadline):
+            return
+        txn.queued = deadline
+        heapq.heappush(self._heap, (deadline, next(self._seq), txn))
+        if deadline < self._armed_at:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._armed_at = deadline
+            self._handle = self._loop.call_at(deadline, self._run)
+
+    def _run(self) -> None:
+        self._handle = None
+        self._armed_at = math.inf
+        heap = self._heap
+        now = self._loop.time()
+        while heap and heap[0][0] <= now:
+            deadline, _, txn = heapq.heappop(heap)
+            if txn.queued == deadline:
+                txn.queued = None
+            due = txn.get_timer()
+            if due is not None and due <= now:
+                self._fire(txn, now)
+            self.schedule(txn)
+        if heap and self._handle is None:
+            self._armed_at = heap[0][0]
+            self._handle = self._loop.call_at(self._armed_at, self._run)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._heap.clear()

@@ -1,0 +1,83 @@
+"""A node's life cycle: start the proxy and the metrics listener, serve until
+a signal, then shut down gracefully within a bound (a second signal exits at
+once)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+from hasip import metrics
+from hasip.config import Config
+from hasip.log import get_logger
+from hasip.proxy.core import Proxy
+
+log = get_logger("hasip.server")
+
+
+class Node:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.proxy: Proxy | None = None
+        self._stop = asyncio.Event()
+        self._signals = 0
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("shutdown_requested", signal=signal.Signals(signum).name,
+                     grace_s=self.config.shutdown_grace)
+            self._stop.set()
+        else:
+            log.warning("shutdown_forced", signal=signal.Signals(signum).name)
+            os._exit(1)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.proxy = Proxy(self.config, loop)
+        await self.proxy.start()
+        if self.config.metrics_listen is not None:
+            host, port = self.config.metrics_listen
+            metrics.start_metrics_server(host, port)
+            log.info("metrics_listening", address=f"{host}:{port}")
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        metrics.UP.set(1)
+        log.info("node_started", node=self.config.node_name, config=self.config.path,
+                 loop=type(loop).__module__)
+        await self._stop.wait()
+        await self.drain()
+        await self.proxy.stop()
+        log.info("node_stopped", node=self.config.node_name)
+        return 0
+
+    async def drain(self) -> None:
+        """Refuse new dialogs (503), let transactions in flight finish, bounded
+        by ``shutdown.grace``."""
+        assert self.proxy is not None
+        self.proxy.draining = True
+        metrics.UP.set(0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.shutdown_grace
+        last_report = 0.0
+        while loop.time() < deadline:
+            pending = self.proxy.in_flight()
+            if pending == 0:
+                break
+            if loop.time() - last_report >= 1.0:
+                log.info("draining", in_flight=pending,
+                         remaining_s=round(deadline - loop.time(), 1))
+                last_report = loop.time()
+            await asyncio.sleep(0.05)
+        else:
+            log.warning("drain_timeout", abandoned=self.proxy.in_flight())
+
+
+def run_node(config: Config) -> int:
+    node = Node(config)
+    if config.event_loop == "uvloop":
+        import uvloop
+
+        return int(uvloop.run(node.run()))
+    return asyncio.run(node.run())

@@ -1,0 +1,222 @@
+"""Parsers for the header values a proxy reads: name-addr/addr-spec (From,
+To, Contact, Route, Record-Route), Via, CSeq and list splitting.
+
+All parsers take ``str`` decoded as latin-1 and raise :class:`SipParseError`
+on malformed input.
+"""
+
+from __future__ import annotations
+
+from hasip.sip.errors import SipParseError
+from hasip.sip.grammar import PARAM_RE, QUOTED_RE, TOKEN_RE, VIA_RE
+from hasip.sip.uri import SipUri, Uri, parse_uri
+
+# Compact forms (RFC 3261 section 7.3.3 and later RFCs) -> canonical lowercase names.
+COMPACT_FORMS: dict[bytes, bytes] = {
+    b"a": b"accept-contact",
+    b"b": b"referred-by",
+    b"c": b"content-type",
+    b"d": b"request-disposition",
+    b"e": b"content-encoding",
+    b"f": b"from",
+    b"i": b"call-id",
+    b"j": b"reject-contact",
+    b"k": b"supported",
+    b"l": b"content-length",
+    b"m": b"contact",
+    b"n": b"identity-info",
+    b"o": b"event",
+    b"r": b"refer-to",
+    b"s": b"subject",
+    b"t": b"to",
+    b"u": b"allow-events",
+    b"v": b"via",
+    b"x": b"session-expires",
+    b"y": b"identity",
+}
+
+
+def split_list(value: str) -> list[str]:
+    """Split a comma-separated header value (RFC 3261 7.3.1), keeping commas
+    inside quoted strings and inside ``<...>`` intact."""
+    if "," not in value:
+        return [value.strip()]
+    if '"' not in value and "<" not in value:
+        return [part.strip() for part in value.split(",")]
+    parts: list[str] = []
+    start = 0
+    quoted = False
+    angle = False
+    i = 0
+    n = len(value)
+    while i < n:
+        ch = value[i]
+        if quoted:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == "<":
+            angle = True
+        elif ch == ">":
+            angle = False
+        elif ch == "," and not angle:
+            parts.append(value[start:i].strip())
+            start = i + 1
+        i += 1
+    if quoted:
+        raise SipParseError("unterminated quoted string")
+    parts.append(value[start:].strip())
+    return parts
+
+
+def parse_params(text: str, pos: int, what: str) -> dict[str, str | None]:
+    """Parse ``*( SEMI generic-param )`` from ``pos`` to the end of ``text``."""
+    params: dict[str, str | None] = {}
+    n = len(text)
+    while pos < n:
+        m = PARAM_RE.match(text, pos)
+        if m is None:
+            if text[pos:].strip(" \t"):
+                raise SipParseError(f"malformed parameters in {what}: {text[pos:]!r}")
+            break
+        params[m.group(1).lower()] = m.group(2)
+        pos = m.end()
+    return params
+
+
+class NameAddr:
+    """``[display-name] <URI> *(;param)`` or ``addr-spec *(;param)``."""
+
+    __slots__ = ("display", "params", "text", "uri")
+
+    def __init__(self, display: str | None, uri: Uri, params: dict[str, str | None],
+                 text: str) -> None:
+        self.display = display
+        self.uri = uri
+        self.params = params
+        self.text = text
+
+    @property
+    def tag(self) -> str | None:
+        return self.params.get("tag")
+
+    def __repr__(self) -> str:
+        return f"NameAddr({self.text!r})"
+
+
+def parse_name_addr(text: str, what: str = "header") -> NameAddr:
+    """Parse one name-addr or addr-spec with header parameters (RFC 3261 20.10)."""
+    s = text.strip(" \t")
+    display: str | None = None
+    if s.startswith('"'):
+        m = QUOTED_RE.match(s)
+        if m is None:
+            raise SipParseError(f"unterminated quoted display name in {what}")
+        display = m.group(0)
+        rest = s[m.end():].lstrip(" \t")
+        if not rest.startswith("<"):
+            raise SipParseError(f"expected <URI> after display name in {what}")
+        lt = len(s) - len(rest)
+    else:
+        lt = s.find("<")
+        if lt >= 0:
+            words = s[:lt].split()
+            for word in words:
+                if TOKEN_RE.fullmatch(word) is None:
+                    raise SipParseError(f"display name is not a token list in {what}")
+            display = " ".join(words) or None
+    if lt >= 0:
+        gt = s.find(">", lt)
+        if gt < 0:
+            raise SipParseError(f"missing '>' in {what}")
+        uri_text = s[lt + 1:gt]
+        if not uri_text or uri_text != uri_text.strip(" \t"):
+            raise SipParseError(f"white space inside <> in {what}")
+        uri = parse_uri(uri_text)
+        params = parse_params(s, gt + 1, what)
+    else:
+        # addr-spec without <>: it ends at the first ';' (RFC 3261 20.10: a
+        # URI with ',', ';' or '?' must be enclosed in <>).
+        semi = s.find(";")
+        uri_text = (s if semi < 0 else s[:semi]).rstrip(" \t")
+        if not uri_text or any(c in uri_text for c in " \t?,"):
+            raise SipParseError(f"malformed addr-spec in {what}: {uri_text!r}")
+        uri = parse_uri(uri_text)
+        params = parse_params(s, len(uri_text), what) if semi >= 0 else {}
+    return NameAddr(display, uri, params, s)
+
+
+class Via:
+    """One Via value (RFC 3261 20.42, RFC 3581)."""
+
+    __slots__ = ("host", "params", "port", "protocol", "text", "transport")
+
+    def __init__(self, protocol: str, transport: str, host: str, port: int | None,
+                 params: dict[str, str | None], text: str) -> None:
+        self.protocol = protocol
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.params = params
+        self.text = text
+
+    @property
+    def branch(self) -> str | None:
+        return self.params.get("branch")
+
+    @property
+    def sent_by(self) -> str:
+        return self.host.lower() if self.port is None else f"{self.host.lower()}:{self.port}"
+
+    def is_rfc3261_branch(self) -> bool:
+        """A branch with the magic cookie and something after it (RFC 3261 8.1.1.7;
+        RFC 4475 3.2.1 treats a bare cookie as no branch)."""
+        b = self.params.get("branch")
+        return b is not None and len(b) > 7 and b.startswith("z9hG4bK")
+
+    def __repr__(self) -> str:
+        return f"Via({self.text!r})"
+
+
+def parse_via(text: str) -> Via:
+    m = VIA_RE.match(text)
+    if m is None:
+        raise SipParseError(f"malformed Via {text.strip()!r}")
+    name, version, transport, host, port = m.groups()
+    if name.upper() != "SIP" or version != "2.0":
+        raise SipParseError(f"unsupported protocol in Via: {name}/{version}", 505)
+    port_num = int(port) if port else None
+    if port_num is not None and port_num > 65535:
+        raise SipParseError("Via port out of range")
+    params = parse_params(text, m.end(), "Via")
+    for key in ("branch", "received", "maddr", "ttl"):
+        if key in params and not params[key]:
+            raise SipParseError(f"Via parameter {key} without a value")
+    return Via(f"{name}/{version}", transport.upper(), host, port_num, params, text.strip())
+
+
+def parse_cseq(text: str) -> tuple[int, str]:
+    """``CSeq = 1*DIGIT LWS Method``; the number is below 2**31 (RFC 3261 8.1.1.5)."""
+    parts = text.split()
+    if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 10:
+        raise SipParseError(f"malformed CSeq {text.strip()!r}")
+    number = int(parts[0])
+    if number >= 2**31:
+        raise SipParseError("CSeq number out of range")
+    if TOKEN_RE.fullmatch(parts[1]) is None:
+        raise SipParseError("CSeq method is not a token")
+    return number, parts[1]
+
+
+def parse_route_set(values: list[str]) -> list[NameAddr]:
+    """Route / Record-Route values: each must be a name-addr with a SIP URI."""
+    out = []
+    for value in values:
+        na = parse_name_addr(value, "Route")
+        if not isinstance(na.uri, SipUri):
+            raise SipParseError("Route URI is not a SIP URI", 416)
+        out.append(na)
+    return out

@@ -1,0 +1,432 @@
+"""SIP messages: parse from bytes lazily, edit, serialise (RFC 3261 section 7).
+
+Parsing splits the start line and the header lines and nothing more; a header
+value is unfolded and parsed only when somebody asks for it. Headers that are
+never touched are written back byte for byte, so a proxy forwards what it does
+not understand unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+
+from hasip.sip.errors import SipParseError
+from hasip.sip.grammar import DATE_RE, TOKEN_RE, is_token
+from hasip.sip.headers import (
+    COMPACT_FORMS,
+    NameAddr,
+    Via,
+    parse_cseq,
+    parse_name_addr,
+    parse_via,
+    split_list,
+)
+from hasip.sip.uri import Uri, parse_uri
+
+# A hard cap on any message, datagram or stream: the largest UDP payload. A
+# message larger than this is answered 513 (RFC 3261 21.5.14) and a stream
+# that announces one is closed, so a peer cannot make us buffer without end.
+MAX_MESSAGE_SIZE = 65535
+
+_FOLD_RE = re.compile(rb"[ \t]*\r?\n[ \t]+")
+_SIP20 = b"SIP/2.0"
+
+
+class SipMessage:
+    """Headers and body shared by requests and responses.
+
+    ``keys[i]`` is the canonical lowercase name of header line ``raws[i]``
+    (compact forms expanded); ``raws[i]`` is the line as received, folding
+    included, without its line ending.
+    """
+
+    __slots__ = ("_call_id", "_cseq", "_from", "_has_cl", "_to", "_top_via", "_vias", "body",
+                 "keys", "raws")
+
+    def __init__(self, keys: list[bytes], raws: list[bytes], body: bytes = b"") -> None:
+        self.keys = keys
+        self.raws = raws
+        self.body = body
+        self._has_cl = b"content-length" in keys
+        self._vias: list[Via] | None = None
+        self._top_via: Via | None = None
+        self._cseq: tuple[int, str] | None = None
+        self._from: NameAddr | None = None
+        self._to: NameAddr | None = None
+        self._call_id: str | None = None
+
+    # -- reading ---------------------------------------------------------
+
+    def start_line(self) -> bytes:
+        raise NotImplementedError
+
+    @staticmethod
+    def _value_of(raw: bytes) -> bytes:
+        value = raw[raw.index(b":") + 1:]
+        if b"\n" in value:
+            value = _FOLD_RE.sub(b" ", value)
+        return value.strip(b" \t")
+
+    def get(self, key: bytes) -> bytes | None:
+        """Value of the first header line named ``key`` (lowercase, full name)."""
+        try:
+            i = self.keys.index(key)
+        except ValueError:
+            return None
+        return self._value_of(self.raws[i])
+
+    def get_str(self, key: bytes) -> str | None:
+        value = self.get(key)
+        return None if value is None else value.decode("latin-1")
+
+    def get_all(self, key: bytes) -> list[bytes]:
+        """Values of every header line named ``key``, unsplit."""
+        return [self._value_of(r) for k, r in zip(self.keys, self.raws, strict=True) if k == key]
+
+    def values(self, key: bytes) -> list[str]:
+        """Every comma-separated value of a list header, across its lines."""
+        out: list[str] = []
+        for value in self.get_all(key):
+            out.extend(split_list(value.decode("latin-1")))
+        return out
+
+    def count(self, key: bytes) -> int:
+        return self.keys.count(key)
+
+    def has(self, key: bytes) -> bool:
+        return key in self.keys
+
+    @property
+    def vias(self) -> list[Via]:
+        """Every Via value, top first (parsed once)."""
+        if self._vias is None:
+            values = self.values(b"via")
+            if not values:
+                raise SipParseError("missing Via")
+            self._vias = [parse_via(v) for v in values]
+        return self._vias
+
+    @property
+    def top_via(self) -> Via:
+        via = self._top_via
+        if via is None:
+            if self._vias is not None:
+                via = self._vias[0]
+            else:
+                # Parse only the first line's first value: the proxy needs no more.
+                try:
+                    i = self.keys.index(b"via")
+                except ValueError:
+                    raise SipParseError("missing Via")
+                first = self._value_of(self.raws[i]).decode("latin-1")
+                via = parse_via(split_list(first)[0] if "," in first else first)
+            self._top_via = via
+        return via
+
+    def _via_changed(self) -> None:
+        self._vias = None
+        self._top_via = None
+
+    def _copy_caches(self, other: SipMessage) -> None:
+        other._cseq = self._cseq
+        other._call_id = self._call_id
+        other._from = self._from
+        other._to = self._to
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        if self._cseq is None:
+            value = self.get(b"cseq")
+            if value is None:
+                raise SipParseError("missing CSeq")
+            self._cseq = parse_cseq(value.decode("latin-1"))
+        return self._cseq
+
+    @property
+    def call_id(self) -> str:
+        if self._call_id is None:
+            value = self.get(b"call-id")
+            if not value or b" " in value or b"\t" in value:
+                raise SipParseError("missing or malformed Call-ID")
+            self._call_id = value.decode("latin-1")
+        return self._call_id
+
+    @property
+    def from_(self) -> NameAddr:
+        if self._from is None:
+            value = self.get(b"from")
+            if value is None:
+                raise SipParseError("missing From")
+            self._from = parse_name_addr(value.decode("latin-1"), "From")
+        return self._from
+
+    @property
+    def to(self) -> NameAddr:
+        if self._to is None:
+            value = self.get(b"to")
+            if value is None:
+                raise SipParseError("missing To")
+            self._to = parse_name_addr(value.decode("latin-1"), "To")
+        return self._to
+
+    @property
+    def content_length(self) -> int:
+        return len(self.body)
+
+    # -- editing ---------------------------------------------------------
+
+    def insert_top(self, key: bytes, line: bytes) -> None:
+        """Insert a header line above the first line named ``key`` (or first of all)."""
+        try:
+            i = self.keys.index(key)
+        except ValueError:
+            i = 0
+        self.keys.insert(i, key)
+        self.raws.insert(i, line)
+        if key == b"via":
+            self._via_changed()
+
+    def append(self, key: bytes, line: bytes) -> None:
+        self.keys.append(key)
+        self.raws.append(line)
+
+    def replace(self, key: bytes, line: bytes) -> None:
+        """Replace the first line named ``key`` (appending when there is none)."""
+        try:
+            i = self.keys.index(key)
+        except ValueError:
+            self.append(key, line)
+            return
+        self.raws[i] = line
+
+    def remove_all(self, key: bytes) -> None:
+        keep = [i for i, k in enumerate(self.keys) if k != key]
+        self.keys = [self.keys[i] for i in keep]
+        self.raws = [self.raws[i] for i in keep]
+
+    def pop_first_value(self, key: bytes) -> str | None:
+        """Remove the first comma-separated value of ``key`` and return it."""
+        try:
+            i = self.keys.index(key)
+        except ValueError:
+            return None
+        raw = self.raws[i]
+        colon = raw.index(b":")
+        values = split_list(self._value_of(raw).decode("latin-1"))
+        first = values[0]
+        if len(values) == 1:
+            del self.keys[i]
+            del self.raws[i]
+        else:
+            self.raws[i] = raw[:colon + 1] + b" " + ", ".join(values[1:]).encode("latin-1")
+        if key == b"via":
+            self._via_changed()
+        return first
+
+    def set_body(self, body: bytes) -> None:
+        self.body = body
+        self.replace(b"content-length", b"Content-Length: %d" % len(body))
+        self._has_cl = True
+
+    def to_bytes(self) -> bytes:
+        parts = [self.start_line(), *self.raws]
+        if not self._has_cl:
+            # A message received over UDP may lack Content-Length; streams need it
+            # (RFC 3261 18.3), so add the one the body implies.
+            parts.append(b"Content-Length: %d" % len(self.body))
+        parts.append(b"")
+        parts.append(self.body)
+        return b"\r\n".join(parts)
+
+
+class Request(SipMessage):
+    __slots__ = ("_uri", "method", "uri_raw")
+
+    def __init__(self, method: str, uri_raw: bytes, keys: list[bytes], raws: list[bytes],
+                 body: bytes = b"") -> None:
+        super().__init__(keys, raws, body)
+        self.method = method
+        self.uri_raw = uri_raw
+        self._uri: Uri | None = None
+
+    def copy(self) -> Request:
+        """A copy to edit and forward; header lines are shared (bytes are immutable)."""
+        out = Request(self.method, self.uri_raw, list(self.keys), list(self.raws), self.body)
+        out._uri = self._uri
+        out._has_cl = self._has_cl
+        self._copy_caches(out)
+        return out
+
+    @property
+    def uri(self) -> Uri:
+        if self._uri is None:
+            self._uri = parse_uri(self.uri_raw.decode("latin-1"))
+        return self._uri
+
+    @uri.setter
+    def uri(self, value: Uri) -> None:
+        self._uri = value
+        self.uri_raw = str(value).encode("latin-1")
+
+    def start_line(self) -> bytes:
+        return b"%s %s SIP/2.0" % (self.method.encode("latin-1"), self.uri_raw)
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri_raw!r}>"
+
+
+class Response(SipMessage):
+    __slots__ = ("reason", "status")
+
+    def __init__(self, status: int, reason: bytes, keys: list[bytes], raws: list[bytes],
+                 body: bytes = b"") -> None:
+        super().__init__(keys, raws, body)
+        self.status = status
+        self.reason = reason
+
+    def start_line(self) -> bytes:
+        return b"SIP/2.0 %d %s" % (self.status, self.reason)
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason!r}>"
+
+
+def parse_message(data: bytes, datagram: bool = True) -> Request | Response:
+    """Parse one message.
+
+    For a datagram, ``Content-Length`` (when present) says how much of the rest
+    is body; octets beyond it are discarded (RFC 3261 18.3) and a length larger
+    than what arrived is an error. For a stream the framer has already cut the
+    message to its length, and ``data`` ends where the body does.
+    """
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise SipParseError("message too large", 513)
+    if data[:1] in (b"\r", b"\n"):
+        data = data.lstrip(b"\r\n")
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        body_start = end + 4
+    else:
+        end = data.find(b"\n\n")
+        if end < 0:
+            raise SipParseError("no blank line after the headers")
+        body_start = end + 2
+    lines = data[:end].split(b"\r\n")
+    if len(lines) == 1 or any(b"\n" in line for line in lines):
+        lines = data[:end].splitlines()
+
+    keys: list[bytes] = []
+    raws: list[bytes] = []
+    compact = COMPACT_FORMS
+    for line in lines[1:]:
+        first = line[:1]
+        if first == b" " or first == b"\t":
+            if not raws:
+                raise SipParseError("continuation line before any header")
+            raws[-1] = raws[-1] + b"\r\n" + line
+            continue
+        colon = line.find(b":")
+        if colon <= 0:
+            raise SipParseError("header line without a name and colon")
+        name = line[:colon].rstrip(b" \t")
+        if not is_token(name):
+            raise SipParseError(f"header name is not a token: {name!r}")
+        key = name.lower()
+        if len(key) == 1:
+            key = compact.get(key, key)
+        keys.append(key)
+        raws.append(line)
+
+    body = data[body_start:]
+    n_cl = keys.count(b"content-length")
+    if n_cl:
+        if n_cl > 1:
+            raise SipParseError("more than one Content-Length")
+        raw_cl = SipMessage._value_of(raws[keys.index(b"content-length")])
+        if not raw_cl.isdigit() or len(raw_cl) > 10:
+            raise SipParseError("malformed Content-Length")
+        length = int(raw_cl)
+        if length > len(body):
+            raise SipParseError("Content-Length larger than the message")
+        if datagram:
+            body = body[:length]
+        elif length != len(body):
+            raise SipParseError("Content-Length does not match the framed body")
+
+    start = lines[0]
+    if start.startswith(b"SIP/"):
+        parts = start.split(b" ", 2)
+        if len(parts) < 2 or parts[0] != _SIP20:
+            raise SipParseError("malformed status line or unsupported version")
+        code = parts[1]
+        if len(code) != 3 or not code.isdigit() or not b"100" <= code <= b"699":
+            raise SipParseError("malformed status code")
+        return Response(int(code), parts[2] if len(parts) == 3 else b"", keys, raws, body)
+
+    parts = start.split(b" ")
+    if len(parts) != 3 or not all(parts):
+        raise SipParseError("malformed request line")
+    method, uri_raw, version = parts
+    if not is_token(method):
+        raise SipParseError("method is not a token")
+    if version != _SIP20:
+        if version.upper().startswith(b"SIP/"):
+            raise SipParseError("unsupported SIP version", 505)
+        raise SipParseError("malformed request line")
+    return Request(method.decode("latin-1"), uri_raw, keys, raws, body)
+
+
+_SINGLE = (b"from", b"to", b"call-id", b"cseq")
+
+
+def _validate_common(msg: SipMessage) -> None:
+    keys = msg.keys
+    for key in _SINGLE:
+        n = keys.count(key)
+        if n != 1:
+            name = key.decode()
+            raise SipParseError(f"missing {name}" if n == 0 else f"more than one {name}")
+    if b"via" not in keys:
+        raise SipParseError("missing Via")
+    msg.vias  # noqa: B018 - parses (and so validates) every Via
+    msg.cseq  # noqa: B018
+    msg.call_id  # noqa: B018
+    msg.from_  # noqa: B018
+    msg.to  # noqa: B018
+
+
+def validate_request(req: Request) -> None:
+    """The proxy's sanity checks (Kamailio's sanity module, RFC 4475 3.1.2):
+    required headers once each, CSeq method equal to the request method, the
+    Request-URI well formed and without headers, scalar fields in range."""
+    uri = req.uri
+    if getattr(uri, "headers", None):
+        raise SipParseError("headers are not allowed in a Request-URI")
+    _validate_common(req)
+    if req.cseq[1] != req.method:
+        raise SipParseError("CSeq method does not match the request method")
+    keys = req.keys
+    if b"max-forwards" in keys:
+        if keys.count(b"max-forwards") > 1:
+            raise SipParseError("more than one Max-Forwards")
+        mf = req.get(b"max-forwards") or b""
+        if not mf.isdigit() or int(mf) > 255:
+            raise SipParseError("Max-Forwards is not a number 0-255")
+    if b"contact" in keys:
+        for value in req.values(b"contact"):
+            if value != "*":
+                parse_name_addr(value, "Contact")
+    if b"expires" in keys:
+        exp = req.get(b"expires") or b""
+        if not exp.isdigit() or int(exp) >= 2**32:
+            raise SipParseError("Expires is not a number below 2**32")
+    if b"date" in keys:
+        date = req.get_str(b"date") or ""
+        if DATE_RE.fullmatch(date) is None:
+            raise SipParseError("Date is not an RFC 1123 date in GMT")
+
+
+def validate_response(resp: Response) -> None:
+    _validate_common(resp)
+    if TOKEN_RE.fullmatch(resp.cseq[1]) is None:
+        raise SipParseError("bad CSeq method")

@@ -1,0 +1,83 @@
+"""What a transport tells the proxy about where a message came from and
+where one goes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hasip.transport.tcp import TcpConnection
+
+
+class Listener:
+    """One local socket (transport, address, port) the node serves.
+
+    The bytes the proxy writes for it are computed once: the start of our
+    Via (``Via: SIP/2.0/UDP 127.0.0.1:5060;branch=``) and our Record-Route.
+    """
+
+    __slots__ = ("family", "host", "port", "rr_line", "rr_uri", "sent_by", "transport", "udp",
+                 "via_prefix")
+
+    def __init__(self, transport: str, host: str, port: int) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        v6 = ":" in host
+        self.family = socket.AF_INET6 if v6 else socket.AF_INET
+        hostref = f"[{host}]" if v6 else host
+        self.sent_by = f"{hostref}:{port}"
+        self.via_prefix = f"Via: SIP/2.0/{transport.upper()} {self.sent_by};branch=".encode()
+        params = ";transport=tcp" if transport == "tcp" else ""
+        self.rr_uri = f"sip:{self.sent_by}{params};lr".encode()
+        self.rr_line = b"Record-Route: <" + self.rr_uri + b">"
+        self.udp: asyncio.DatagramTransport | None = None
+
+    def __repr__(self) -> str:
+        return f"<Listener {self.transport}:{self.sent_by}>"
+
+
+class Source:
+    """Where a message came from, and so where its responses go
+    (RFC 3261 18.2.2 with RFC 3581 rport)."""
+
+    __slots__ = ("addr", "conn", "listener", "received_at")
+
+    def __init__(self, listener: Listener, addr: tuple[str, int], conn: TcpConnection | None,
+                 received_at: float) -> None:
+        self.listener = listener
+        self.addr = addr
+        self.conn = conn
+        self.received_at = received_at
+
+    @property
+    def reliable(self) -> bool:
+        return self.conn is not None
+
+
+class Destination:
+    """A resolved next hop: transport, IP, port, and the listener to send from."""
+
+    __slots__ = ("addr", "conn", "listener", "transport")
+
+    def __init__(self, transport: str, addr: tuple[str, int], listener: Listener,
+                 conn: TcpConnection | None = None) -> None:
+        self.transport = transport
+        self.addr = addr
+        self.listener = listener
+        self.conn = conn
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport != "udp"
+
+    def __repr__(self) -> str:
+        return f"<Destination {self.transport}:{self.addr[0]}:{self.addr[1]}>"
+
+
+# Sink signature: (data, listener, remote address, TCP connection or None)
+Sink = Callable[[bytes, Listener, tuple[str, int], "TcpConnection | None"], None]
+ErrorCallback = Callable[[], None]

@@ -1,0 +1,139 @@
+"""Starts the listeners of a node and sends bytes to destinations."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+from hasip import metrics
+from hasip.config import Config
+from hasip.log import get_logger
+from hasip.transport.base import Destination, ErrorCallback, Listener, Sink
+from hasip.transport.tcp import TcpConnection
+from hasip.transport.udp import UdpProtocol
+
+log = get_logger("hasip.transport")
+
+
+class Transports:
+    """The node's sockets: UDP listeners, TCP servers and TCP connections
+    (keyed by peer address so that both directions reuse one connection)."""
+
+    def __init__(self, config: Config, sink: Sink, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.sink = sink
+        self.loop = loop
+        self.listeners = [Listener(a.transport, a.host, a.port) for a in config.listen]
+        self._by_kind: dict[tuple[str, int], Listener] = {}
+        for listener in self.listeners:
+            self._by_kind.setdefault((listener.transport, listener.family), listener)
+        self._servers: list[asyncio.AbstractServer] = []
+        self._conns: dict[tuple[str, int], TcpConnection] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        for listener in self.listeners:
+            if listener.transport == "udp":
+                await self.loop.create_datagram_endpoint(
+                    lambda lst=listener: UdpProtocol(lst, self.sink),  # type: ignore[misc]
+                    local_addr=(listener.host, listener.port), family=listener.family)
+            else:
+                server = await self.loop.create_server(
+                    lambda lst=listener: self._new_connection(lst),  # type: ignore[misc]
+                    listener.host, listener.port, family=listener.family, reuse_address=True)
+                self._servers.append(server)
+            log.info("listening", transport=listener.transport, address=listener.sent_by)
+        self._sweeper = self.loop.create_task(self._sweep_idle())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for server in self._servers:
+            server.close()
+        for listener in self.listeners:
+            if listener.udp is not None:
+                listener.udp.close()
+        for conn in list(self._conns.values()):
+            conn.abort()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+
+    def listener_for(self, transport: str, family: int) -> Listener | None:
+        return self._by_kind.get((transport, family))
+
+    def _new_connection(self, listener: Listener) -> TcpConnection:
+        conn = TcpConnection(listener, self.sink, self.config.max_message_size,
+                             self.config.tcp_max_write_buffer, self._forget, self.loop)
+        if len(self._conns) >= self.config.tcp_max_connections:
+            log.warning("tcp_connection_limit", limit=self.config.tcp_max_connections)
+            self.loop.call_soon(conn.abort)
+            return conn
+        self.loop.call_soon(self._register, conn)
+        return conn
+
+    def _register(self, conn: TcpConnection) -> None:
+        if not conn.closed and conn.transport is not None:
+            self._conns.setdefault(conn.peer, conn)
+
+    def _forget(self, conn: TcpConnection) -> None:
+        if self._conns.get(conn.peer) is conn:
+            del self._conns[conn.peer]
+
+    def send(self, data: bytes, dest: Destination, on_error: ErrorCallback | None = None) -> bool:
+        """Send ``data``; ``on_error`` runs (perhaps later, for TCP) if it cannot be sent."""
+        if dest.transport == "udp":
+            udp = dest.listener.udp
+            if udp is None:
+                return self._failed("udp", on_error)
+            try:
+                udp.sendto(data, dest.addr)
+            except OSError:
+                return self._failed("udp", on_error)
+            return True
+        conn = dest.conn
+        if conn is None or conn.closed:
+            conn = self._conns.get(dest.addr)
+        if conn is None or conn.closed:
+            conn = self._connect(dest)
+        return conn.write(data, on_error)
+
+    def _failed(self, transport: str, on_error: ErrorCallback | None) -> bool:
+        metrics.TRANSPORT_ERRORS.labels(transport).inc()
+        if on_error is not None:
+            on_error()
+        return False
+
+    def _connect(self, dest: Destination) -> TcpConnection:
+        conn = TcpConnection(dest.listener, self.sink, self.config.max_message_size,
+                             self.config.tcp_max_write_buffer, self._forget, self.loop)
+        conn.peer = dest.addr
+        self._conns[dest.addr] = conn
+        self.loop.create_task(self._open(conn, dest))
+        return conn
+
+    async def _open(self, conn: TcpConnection, dest: Destination) -> None:
+        try:
+            await asyncio.wait_for(self.loop.create_connection(
+                lambda: conn, dest.addr[0], dest.addr[1], family=dest.listener.family), 5.0)
+        except (TimeoutError, OSError) as exc:
+            metrics.TRANSPORT_ERRORS.labels("tcp").inc()
+            log.info("tcp_connect_failed", peer=f"{dest.addr[0]}:{dest.addr[1]}", error=str(exc))
+            conn.connection_failed()
+        else:
+            self._conns[conn.peer] = conn
+
+    async def _sweep_idle(self) -> None:
+        timeout = self.config.tcp_idle_timeout
+        while True:
+            await asyncio.sleep(min(10.0, timeout / 2))
+            cutoff = self.loop.time() - timeout
+            for conn in list(self._conns.values()):
+                if conn.last_activity < cutoff:
+                    log.debug("tcp_idle_closed", peer=f"{conn.peer[0]}:{conn.peer[1]}")
+                    conn.abort()
+
+
+def family_of(ip: str) -> int:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET

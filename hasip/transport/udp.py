@@ -1,0 +1,39 @@
+"""UDP listener: each datagram is handed to the sink as it is."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from hasip.log import get_logger
+from hasip.transport.base import Listener, Sink
+
+log = get_logger("hasip.transport.udp")
+
+
+class UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, listener: Listener, sink: Sink) -> None:
+        self.listener = listener
+        self.sink = sink
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's UDP transport is not an asyncio.DatagramTransport subclass.
+        # The standard loop reads every datagram into a 256 KiB buffer, which
+        # glibc serves with mmap/munmap each time; 64 KiB (the largest UDP
+        # payload) made a relay 2.7x cheaper (../shared/BENCHMARKING.md).
+        if hasattr(transport, "max_size"):
+            transport.max_size = 65536
+        self.listener.udp = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if len(addr) > 2:
+            addr = addr[:2]
+        self.sink(data, self.listener, addr, None)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for earlier sends (port unreachable): the transaction
+        # layer's timers deal with the lost request.
+        log.debug("udp_error", listener=self.listener.sent_by, error=str(exc))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.listener.udp = None
