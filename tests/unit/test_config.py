@@ -1,0 +1,75 @@
+"""Configuration: examples load, errors name the file, the key and the fault."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hasip.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    return path
+
+
+def test_examples_are_valid() -> None:
+    examples = sorted((ROOT / "examples").glob("*.toml"))
+    assert examples
+    for path in examples:
+        load_config(path)
+    single = load_config(ROOT / "examples" / "single-node.toml")
+    assert [str(a) for a in single.listen] == ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
+    assert [str(u) for u in single.next_hop] == ["sip:127.0.0.1:5071", "sip:127.0.0.1:5072"]
+    assert single.timers.non_invite_final == 10.0 and single.timers.invite_final == 120.0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[sip]\nlisten = ["udp:127.0.0.1"]', "sip.listen[0]: 'udp:127.0.0.1' is not"),
+        ('[sip]\nlisten = ["sctp:127.0.0.1:5060"]', "sip.listen[0]: transport 'sctp'"),
+        ('[sip]\nlisten = ["udp:example.com:5060"]', "is not an IP address"),
+        ('[sip]\nlisten = ["udp:127.0.0.1:70000"]', "port 70000 is outside"),
+        ("[sip]\nmax_message_size = 100", "sip.max_message_size: 100 is outside"),
+        ('[sip]\nmax_forwards = "70"', "sip.max_forwards: expected an integer, got str"),
+        ("[sip]\nlisten = []", "sip.listen: needs at least one address"),
+        ("[timers]\nt1 = true", "timers.t1: expected a number, got a boolean"),
+        ("[timers]\nnon_invite_fnal = 3", "timers: unknown key(s) non_invite_fnal"),
+        ('[routing]\nnext_hop = ["http://x"]', "routing.next_hop[0]: malformed SIP URI"),
+        ('[routing]\nnext_hop = ["sip:x;transport=sctp"]', "transport 'sctp' is not supported"),
+        ('[log]\nlevel = "loud"', "log.level: 'loud' is not one of"),
+        ('[metrics]\nlisten = "9060"', "metrics.listen: '9060' is not HOST:PORT"),
+        ("[sipp]\n", "unknown section(s) sipp"),
+        ("sip = 3", "sip: expected a table"),
+        ("[sip\n", "not valid TOML"),
+    ],
+)
+def test_errors_name_file_key_and_fault(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(str(path) + ":")
+    assert expected in message
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config("/nonexistent/hasip.toml")
+
+
+def test_check_config_command(tmp_path: Path) -> None:
+    ok = subprocess.run([sys.executable, "-m", "hasip", "check-config", "-c",
+                         str(ROOT / "examples" / "single-node.toml")],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    bad = write(tmp_path, "[timers]\nt1 = -1\n")
+    res = subprocess.run([sys.executable, "-m", "hasip", "check-config", "-c", str(bad)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert f"{bad}: timers.t1: -1.0 is outside" in res.stderr
