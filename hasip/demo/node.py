@@ -42,11 +42,13 @@ class NodeProcess:
     """``hasip run`` in a child process, logging to a file."""
 
     def __init__(self, config_path: Path | None, workdir: Path, sip_host: str = "127.0.0.1",
-                 sip_port: int = 5060, env: dict[str, str] | None = None) -> None:
+                 sip_port: int = 5060, env: dict[str, str] | None = None,
+                 metrics_url: str = "http://127.0.0.1:9060/metrics") -> None:
         self.config_path = config_path
         self.workdir = workdir
         self.sip_host = sip_host
         self.sip_port = sip_port
+        self.metrics_url = metrics_url
         self.log_path = workdir / f"hasip-{sip_port}.log"
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -92,6 +94,13 @@ class NodeProcess:
             self.proc.wait(5)
         if hasattr(self, "_log"):
             self._log.close()
+
+    def metrics(self) -> str:
+        """The node's Prometheus exposition text."""
+        import urllib.request
+
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
+            return str(resp.read().decode())
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

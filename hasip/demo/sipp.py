@@ -53,8 +53,9 @@ class Sipp:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Sipp:
-        self.proc = subprocess.Popen(self.cmd, cwd=self.workdir, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with open(self.workdir / f"{self.name}-stderr.log", "wb") as err:
+            self.proc = subprocess.Popen(self.cmd, cwd=self.workdir, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=err)
         return self
 
     @property
@@ -80,9 +81,8 @@ class Sipp:
                 self.proc.wait(3)
 
     def stderr(self) -> str:
-        if self.proc is None or self.proc.stderr is None or self.proc.poll() is None:
-            return ""
-        return self.proc.stderr.read().decode(errors="replace")
+        path = self.workdir / f"{self.name}-stderr.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def stats(self) -> dict[str, str]:
         """The last row of SIPp's statistics file (cumulative counters)."""
@@ -98,8 +98,10 @@ class Sipp:
         return int(float(value))
 
     def errors(self) -> str:
+        """SIPp's error log and standard error, for assertion messages."""
         path = self.workdir / f"{self.name}-errors.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return (text + self.stderr())[-3000:]
 
 
 def wait_for_stats(sipp: Sipp, timeout: float = 5.0) -> None:

@@ -1,0 +1,188 @@
+"""Fixtures for end-to-end tests: hasip nodes as child processes on loopback,
+SIPp as callers and answering nodes, raw UDP/TCP peers for precise checks."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hasip.demo.node import NodeProcess
+from hasip.demo.sipp import Sipp, sipp_binary
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on ``host``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(50):
+        with socket.socket(family, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port = udp.getsockname()[1]
+            with socket.socket(family, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+                return int(port)
+    raise RuntimeError("no free port")
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
+    lines = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+class NodeFactory:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.nodes: list[NodeProcess] = []
+
+    def __call__(self, next_hop: list[str] | None = None, host: str = "127.0.0.1",
+                 **sections: dict[str, Any]) -> NodeProcess:
+        port = free_port(host)
+        hostref = f"[{host}]" if ":" in host else host
+        cfg: dict[str, dict[str, Any]] = {
+            "node": {"name": f"test-{port}"},
+            "sip": {"listen": [f"udp:{hostref}:{port}", f"tcp:{hostref}:{port}"]},
+            "routing": {"next_hop": next_hop or []},
+            "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+            "log": {"level": "info"},
+        }
+        for name, values in sections.items():
+            cfg.setdefault(name, {}).update(values)
+        path = write_config(self.tmp_path / f"node-{port}.toml", cfg)
+        node = NodeProcess(path, self.tmp_path, host, port,
+                           metrics_url="http://" + cfg["metrics"]["listen"] + "/metrics")
+        self.nodes.append(node)
+        return node.start()
+
+
+@pytest.fixture
+def make_node(tmp_path: Path) -> Iterator[NodeFactory]:
+    factory = NodeFactory(tmp_path)
+    yield factory
+    for node in factory.nodes:
+        node.kill()
+
+
+@pytest.fixture
+def sipp(tmp_path: Path) -> Iterator[Callable[..., Sipp]]:
+    if sipp_binary() is None:
+        pytest.skip("sipp is not installed (Debian package sip-tester)")
+    started: list[Sipp] = []
+
+    def start(scenario: str, local_port: int | None = None, **kwargs: Any) -> Sipp:
+        port = local_port or free_port()
+        proc = Sipp(scenario, port, tmp_path, **kwargs).start()
+        proc.port = port  # type: ignore[attr-defined]
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+class UdpPeer:
+    """A raw SIP endpoint on a UDP socket, for tests that check single messages."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.bind((host, port))
+        self.host = host
+        self.port = self.sock.getsockname()[1]
+        self.hostref = f"[{host}]" if ":" in host else host
+
+    def send(self, data: bytes, port: int, host: str | None = None) -> None:
+        self.sock.sendto(data, (host or self.host, port))
+
+    def recv(self, timeout: float = 2.0) -> bytes | None:
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recvfrom(65535)[0]
+        except OSError:
+            return None
+
+    def recv_all(self, window: float) -> list[bytes]:
+        out = []
+        while (msg := self.recv(window)) is not None:
+            out.append(msg)
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def udp_peer() -> Iterator[Callable[..., UdpPeer]]:
+    peers: list[UdpPeer] = []
+
+    def make(host: str = "127.0.0.1", port: int = 0) -> UdpPeer:
+        peer = UdpPeer(host, port)
+        peers.append(peer)
+        return peer
+
+    yield make
+    for peer in peers:
+        peer.close()
+
+
+def invite(peer: UdpPeer, target: str, *, branch: str | None = None, call_id: str | None = None,
+           extra: str = "", method: str = "INVITE", to_tag: str = "",
+           max_forwards: int = 70) -> bytes:
+    """An INVITE (or other request) from ``peer`` to Request-URI ``target``."""
+    branch = branch or "z9hG4bK" + uuid.uuid4().hex[:12]
+    call_id = call_id or uuid.uuid4().hex
+    to = f"<{target}>" + (f";tag={to_tag}" if to_tag else "")
+    return (
+        f"{method} {target} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {peer.hostref}:{peer.port};branch={branch};rport\r\n"
+        f"Max-Forwards: {max_forwards}\r\n"
+        f"From: <sip:caller@{peer.hostref}>;tag=ft{call_id[:6]}\r\n"
+        f"To: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 {method}\r\n"
+        f"Contact: <sip:caller@{peer.hostref}:{peer.port}>\r\n{extra}"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def reply_to(request: bytes, status: int, reason: str, to_tag: str = "uas1",
+             extra: str = "") -> bytes:
+    """A response to ``request`` as a UAS writes it (Via, From, Call-ID, CSeq,
+    Record-Route copied; To tagged)."""
+    head = request.split(b"\r\n\r\n")[0].decode()
+    lines = [f"SIP/2.0 {status} {reason}"]
+    for line in head.split("\r\n")[1:]:
+        name = line.split(":", 1)[0].strip().lower()
+        if name in ("via", "from", "call-id", "cseq", "record-route"):
+            lines.append(line)
+        elif name == "to":
+            lines.append(line if "tag=" in line else f"{line};tag={to_tag}")
+    return ("\r\n".join(lines) + f"\r\n{extra}Content-Length: 0\r\n\r\n").encode()
+
+
+def status_of(msg: bytes | None) -> int | None:
+    if msg is None or not msg.startswith(b"SIP/2.0 "):
+        return None
+    return int(msg[8:11])

@@ -1,0 +1,231 @@
+"""Calls through a running node: SIPp callers and answering nodes, and raw
+sockets where a single message must be checked."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from hasip.demo.node import NodeProcess
+from hasip.demo.sipp import wait_for_stats
+from tests.e2e.conftest import free_port, invite, reply_to, status_of, write_config
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)"
+    m = re.search("^" + pattern + "$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def answering_nodes(sipp, count: int = 2, scenario: str = "uas.xml", transport: str = "u1"):
+    nodes = [sipp(scenario, transport=transport) for _ in range(count)]
+    for n in nodes:
+        wait_for_stats(n)
+    return nodes
+
+
+def test_calls_complete_and_spread_round_robin(make_node, sipp) -> None:
+    uas = answering_nodes(sipp)
+    node = make_node(next_hop=[f"sip:127.0.0.1:{u.port}" for u in uas])
+    caller = sipp("uac.xml", remote=f"127.0.0.1:{node.sip_port}", calls=60, rate=30,
+                  call_length_ms=200)
+    assert caller.wait(60) == 0, caller.errors()
+    assert caller.counter("SuccessfulCall(C)") == 60
+    for u in uas:
+        u.stop()
+    assert [u.counter("SuccessfulCall(C)") for u in uas] == [30, 30]
+    text = node.metrics()
+    assert metric(text, "hasip_sip_requests_received_total", 'method="INVITE"') == 60
+    assert metric(text, "hasip_sip_requests_forwarded_total", 'method="BYE"') == 60
+    options = metric(text, "hasip_sip_requests_received_total", 'method="OPTIONS"')  # readiness
+    assert metric(text, "hasip_sip_responses_sent_total", 'code="200"') == 120 + options
+    assert metric(text, "hasip_sip_proxy_latency_seconds_count", 'kind="request"') >= 180
+
+
+def test_calls_over_tcp_to_udp_and_tcp_to_tcp(make_node, sipp) -> None:
+    udp_uas = answering_nodes(sipp, 1)[0]
+    tcp_uas = answering_nodes(sipp, 1, transport="t1")[0]
+    node = make_node(next_hop=[f"sip:127.0.0.1:{udp_uas.port}",
+                               f"sip:127.0.0.1:{tcp_uas.port};transport=tcp"])
+    caller = sipp("uac.xml", remote=f"127.0.0.1:{node.sip_port}", calls=20, rate=20,
+                  transport="t1", call_length_ms=100)
+    assert caller.wait(60) == 0, caller.errors()
+    assert caller.counter("SuccessfulCall(C)") == 20
+    udp_uas.stop()
+    tcp_uas.stop()
+    assert udp_uas.counter("SuccessfulCall(C)") == 10
+    assert tcp_uas.counter("SuccessfulCall(C)") == 10
+
+
+def test_cancel_while_ringing(make_node, sipp) -> None:
+    uas = answering_nodes(sipp, 1, scenario="uas_ring.xml")[0]
+    node = make_node(next_hop=[f"sip:127.0.0.1:{uas.port}"])
+    caller = sipp("uac_cancel.xml", remote=f"127.0.0.1:{node.sip_port}", calls=10, rate=10)
+    assert caller.wait(60) == 0, caller.errors()
+    assert caller.counter("SuccessfulCall(C)") == 10
+    uas.stop()
+    assert uas.counter("SuccessfulCall(C)") == 10
+
+
+def test_callee_that_never_answers_gives_408(make_node, sipp) -> None:
+    dead = free_port()
+    node = make_node(next_hop=[f"sip:127.0.0.1:{dead}"], timers={"non_invite_final": 2.0})
+    started = time.monotonic()
+    caller = sipp("uac_expect_408.xml", remote=f"127.0.0.1:{node.sip_port}", calls=3, rate=10)
+    assert caller.wait(60) == 0, caller.errors()
+    assert caller.counter("SuccessfulCall(C)") == 3
+    assert time.monotonic() - started >= 2.0
+    text = node.metrics()
+    assert metric(text, "hasip_sip_transaction_timeouts_total", 'method="INVITE"') == 3
+    assert metric(text, "hasip_sip_responses_sent_total", 'code="408"') == 3
+
+
+def test_retransmissions_are_absorbed(make_node, udp_peer) -> None:
+    callee = udp_peer()
+    caller = udp_peer()
+    node = make_node(next_hop=[f"sip:127.0.0.1:{callee.port}"])
+    req = invite(caller, f"sip:agent@127.0.0.1:{node.sip_port}")
+    caller.send(req, node.sip_port)
+    assert status_of(caller.recv()) == 100
+    forwarded = callee.recv()
+    assert forwarded is not None and forwarded.startswith(b"INVITE ")
+    callee.send(reply_to(forwarded, 180, "Ringing"), node.sip_port)
+    assert status_of(caller.recv()) == 180
+    for _ in range(3):  # the caller retransmits; each gets the last provisional again
+        caller.send(req, node.sip_port)
+        assert status_of(caller.recv()) == 180
+    assert callee.recv_all(0.7) == []  # the callee saw one INVITE only
+    final = reply_to(forwarded, 486, "Busy Here")
+    callee.send(final, node.sip_port)
+    ack = callee.recv()
+    assert ack is not None and ack.startswith(b"ACK ")  # hop-by-hop ACK from the proxy
+    assert status_of(caller.recv()) == 486
+    hop_ack = req.replace(b"INVITE sip", b"ACK sip", 1).replace(b"CSeq: 1 INVITE", b"CSeq: 1 ACK")
+    caller.send(hop_ack, node.sip_port)  # the caller's ACK for the 486 ends timer G
+    callee.send(final, node.sip_port)  # a retransmitted 486 is absorbed and ACKed again
+    again = callee.recv()
+    assert again is not None and again.startswith(b"ACK ")
+    assert caller.recv(1.0) is None  # neither relayed nor retransmitted by timer G
+    caller.send(req, node.sip_port)  # a late INVITE retransmission is absorbed too
+    assert caller.recv(0.5) is None
+    assert callee.recv(0.2) is None
+    text = node.metrics()
+    assert metric(text, "hasip_sip_retransmissions_absorbed_total", 'method="INVITE"') == 4
+
+
+def test_2xx_retransmissions_are_forwarded_and_ack_passes_statelessly(make_node, udp_peer) -> None:
+    callee = udp_peer()
+    caller = udp_peer()
+    node = make_node(next_hop=[f"sip:127.0.0.1:{callee.port}"])
+    caller.send(invite(caller, f"sip:agent@127.0.0.1:{node.sip_port}"), node.sip_port)
+    assert status_of(caller.recv()) == 100
+    forwarded = callee.recv()
+    assert forwarded is not None
+    assert f"Record-Route: <sip:127.0.0.1:{node.sip_port};lr>".encode() in forwarded
+    ok = reply_to(forwarded, 200, "OK", extra=f"Contact: <sip:agent@127.0.0.1:{callee.port}>\r\n")
+    callee.send(ok, node.sip_port)
+    callee.send(ok, node.sip_port)
+    first, second = caller.recv(), caller.recv()
+    assert status_of(first) == 200 and status_of(second) == 200
+    assert first is not None and b"Record-Route:" in first
+    to_line = next(line for line in first.split(b"\r\n") if line.startswith(b"To:"))
+    call_id = next(line for line in first.split(b"\r\n") if line.startswith(b"Call-ID:"))
+    ack = (f"ACK sip:agent@127.0.0.1:{callee.port} SIP/2.0\r\n"
+           f"Via: SIP/2.0/UDP 127.0.0.1:{caller.port};branch=z9hG4bKack1\r\n"
+           f"Route: <sip:127.0.0.1:{node.sip_port};lr>\r\n"
+           f"From: <sip:caller@127.0.0.1>;tag=ft{call_id.decode()[9:15]}\r\n").encode()
+    ack += to_line + b"\r\n" + call_id + b"\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\n"
+    ack += b"Content-Length: 0\r\n\r\n"
+    caller.send(ack, node.sip_port)
+    got = callee.recv()
+    assert got is not None and got.startswith(f"ACK sip:agent@127.0.0.1:{callee.port}".encode())
+    assert b"Route:" not in got  # our own Route entry was consumed (loose routing)
+    assert b"Max-Forwards: 69" in got
+
+
+def test_options_to_the_proxy_is_answered(make_node, udp_peer) -> None:
+    node = make_node()
+    peer = udp_peer()
+    peer.send(invite(peer, f"sip:127.0.0.1:{node.sip_port}", method="OPTIONS"), node.sip_port)
+    answer = peer.recv()
+    assert status_of(answer) == 200
+    assert answer is not None and b"Allow: INVITE" in answer
+
+
+def test_checks_answer_with_the_right_code(make_node, udp_peer) -> None:
+    callee = udp_peer()
+    node = make_node(next_hop=[f"sip:127.0.0.1:{callee.port}"], sip={"max_message_size": 2048})
+    target = f"sip:agent@127.0.0.1:{node.sip_port}"
+
+    def ask(data: bytes) -> int | None:
+        # A fresh socket each time: we send no ACK, so the proxy retransmits
+        # its final answer (timer G) to the old one.
+        peer.send(data, node.sip_port)
+        statuses = [status_of(m) for m in peer.recv_all(0.5)]
+        finals = [s for s in statuses if s and s >= 200]
+        return finals[0] if finals else None
+
+    peer = udp_peer()
+    assert ask(invite(peer, target, max_forwards=0)) == 483
+    peer = udp_peer()
+    assert ask(invite(peer, target, extra="X-Pad: " + "a" * 3000 + "\r\n")) == 513
+    peer = udp_peer()
+    assert ask(invite(peer, target, extra="Route: <sip:192.0.2.50;lr>\r\n")) == 403
+    peer = udp_peer()
+    assert ask(invite(peer, target, extra="Proxy-Require: foo\r\n")) == 420
+    peer = udp_peer()
+    assert ask(invite(peer, "mailto:x@example.com")) == 416
+    peer = udp_peer()
+    bad_cseq = invite(peer, target).replace(b"CSeq: 1 INVITE", b"CSeq: 1 BYE")
+    assert ask(bad_cseq) == 400
+    peer = udp_peer()
+    assert ask(invite(peer, target).replace(b"SIP/2.0\r\n", b"SIP/3.0\r\n", 1)) == 505
+    assert callee.recv(0.2) is None  # none of them reached the next hop
+
+
+def test_loop_is_detected(make_node, udp_peer) -> None:
+    """A node whose static next hop is its own address: the request comes
+    back unchanged, which is a loop (482), not a spiral."""
+    port = free_port()
+    path = write_config(make_node.tmp_path / "loop.toml", {
+        "sip": {"listen": [f"udp:127.0.0.1:{port}"]},
+        "routing": {"next_hop": [f"sip:127.0.0.1:{port}"]},
+        "metrics": {"listen": "off"},
+    })
+    node = NodeProcess(path, make_node.tmp_path, "127.0.0.1", port)
+    make_node.nodes.append(node)
+    node.start()
+    peer = udp_peer()
+    peer.send(invite(peer, f"sip:agent@127.0.0.1:{port}"), port)
+    statuses = [status_of(m) for m in peer.recv_all(1.0)]
+    assert statuses[-1] == 482
+
+
+def test_stray_responses_are_dropped(make_node, udp_peer) -> None:
+    node = make_node()
+    peer = udp_peer()
+    stray = reply_to(invite(peer, f"sip:x@127.0.0.1:{node.sip_port}"), 200, "OK")
+    peer.send(stray, node.sip_port)
+    assert peer.recv(0.5) is None
+    assert metric(node.metrics(), "hasip_sip_stray_responses_total") == 1
+
+
+def test_ipv6(make_node, udp_peer) -> None:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        import pytest
+
+        pytest.skip("no IPv6 loopback")
+    callee = udp_peer("::1")
+    node = make_node(next_hop=[f"sip:[::1]:{callee.port}"], host="::1")
+    caller = udp_peer("::1")
+    caller.send(invite(caller, f"sip:agent@[::1]:{node.sip_port}"), node.sip_port)
+    assert status_of(caller.recv()) == 100
+    forwarded = callee.recv()
+    assert forwarded is not None and forwarded.startswith(
+        f"INVITE sip:agent@[::1]:{callee.port} SIP/2.0".encode())
+    assert f"Via: SIP/2.0/UDP [::1]:{node.sip_port};branch=z9hG4bK".encode() in forwarded
