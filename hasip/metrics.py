@@ -1,18 +1,120 @@
 """Prometheus metrics of a node, and the HTTP listener that exposes them.
 
-Hot paths keep a reference to the labelled child (``REQUESTS_IN.labels(m)``)
-in a dict, so counting a message costs one dict lookup and one ``inc``.
+The per-message counters and the latency histogram are plain Python integers
+(:class:`MessageStats`) that a collector turns into Prometheus families when
+scraped: counting a message costs a dict update, not a locked
+``Counter.inc``. Rare events use prometheus-client metrics directly.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+import bisect
+from collections.abc import Iterator
 
-REQUESTS_IN = Counter("hasip_sip_requests_received_total", "SIP requests received", ["method"])
-RESPONSES_IN = Counter("hasip_sip_responses_received_total", "SIP responses received", ["code"])
-RESPONSES_OUT = Counter("hasip_sip_responses_sent_total",
-                        "SIP responses sent upstream (relayed or generated)", ["code"])
-REQUESTS_OUT = Counter("hasip_sip_requests_forwarded_total", "SIP requests forwarded", ["method"])
+from prometheus_client import REGISTRY, Counter, Gauge, start_http_server
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+# Label values come from the network: a method is any token. Past this many
+# distinct values, new ones are counted as "other".
+MAX_LABELS = 64
+LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25)
+
+
+class LabelledCount:
+    """A counter family with one label, as a dict of ints."""
+
+    __slots__ = ("counts", "doc", "label", "name")
+
+    def __init__(self, name: str, doc: str, label: str) -> None:
+        self.name = name
+        self.doc = doc
+        self.label = label
+        self.counts: dict[str, int] = {}
+
+    def inc(self, value: str) -> None:
+        counts = self.counts
+        n = counts.get(value)
+        if n is None:
+            if len(counts) >= MAX_LABELS:
+                value = "other"
+                n = counts.get(value, 0)
+            else:
+                n = 0
+        counts[value] = n + 1
+
+    def family(self) -> CounterMetricFamily:
+        fam = CounterMetricFamily(self.name, self.doc, labels=[self.label])
+        for value, n in sorted(self.counts.items()):
+            fam.add_metric([value], n)
+        return fam
+
+
+class Latency:
+    """A histogram of seconds with one label, as lists of ints."""
+
+    __slots__ = ("buckets", "doc", "label", "name", "series")
+
+    def __init__(self, name: str, doc: str, label: str,
+                 buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.name = name
+        self.doc = doc
+        self.label = label
+        self.buckets = buckets
+        self.series: dict[str, tuple[list[int], list[float]]] = {}
+
+    def child(self, value: str) -> tuple[list[int], list[float]]:
+        """(bucket counts + [count], [sum]) for one label value."""
+        if value not in self.series:
+            self.series[value] = ([0] * (len(self.buckets) + 1), [0.0])
+        return self.series[value]
+
+    def observe(self, child: tuple[list[int], list[float]], seconds: float) -> None:
+        counts, total = child
+        counts[bisect.bisect_left(self.buckets, seconds)] += 1
+        total[0] += seconds
+
+    def family(self) -> HistogramMetricFamily:
+        fam = HistogramMetricFamily(self.name, self.doc, labels=[self.label])
+        for value, (counts, total) in sorted(self.series.items()):
+            cumulative = 0
+            buckets = []
+            for bound, n in zip(self.buckets, counts, strict=False):
+                cumulative += n
+                buckets.append((repr(bound), cumulative))
+            cumulative += counts[-1]
+            buckets.append(("+Inf", cumulative))
+            fam.add_metric([value], buckets, total[0])
+        return fam
+
+
+class MessageStats(Collector):
+    """The hot counters of the SIP layer."""
+
+    def __init__(self) -> None:
+        self.requests_in = LabelledCount("hasip_sip_requests_received",
+                                         "SIP requests received", "method")
+        self.responses_in = LabelledCount("hasip_sip_responses_received",
+                                          "SIP responses received", "code")
+        self.responses_out = LabelledCount("hasip_sip_responses_sent",
+                                           "SIP responses sent upstream (relayed or generated)",
+                                           "code")
+        self.requests_out = LabelledCount("hasip_sip_requests_forwarded",
+                                          "SIP requests forwarded", "method")
+        self.latency = Latency("hasip_sip_proxy_latency_seconds",
+                               "Time from receiving a message to sending it on "
+                               "(proxy processing time)", "kind")
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        yield self.requests_in.family()
+        yield self.responses_in.family()
+        yield self.responses_out.family()
+        yield self.requests_out.family()
+        yield self.latency.family()
+
+
+STATS = MessageStats()
+REGISTRY.register(STATS)
 PARSE_ERRORS = Counter("hasip_sip_parse_errors_total", "Messages that did not parse or failed "
                        "sanity checks", ["kind"])
 RETRANSMISSIONS = Counter("hasip_sip_retransmissions_absorbed_total",
@@ -26,12 +128,6 @@ TIMEOUTS = Counter("hasip_sip_transaction_timeouts_total", "Client transactions 
 TRANSACTIONS = Gauge("hasip_sip_transactions", "Transactions held in memory", ["kind"])
 IN_FLIGHT = Gauge("hasip_sip_transactions_in_flight",
                   "Server transactions still waiting for a final response")
-LATENCY = Histogram(
-    "hasip_sip_proxy_latency_seconds",
-    "Time from receiving a message to sending it on (proxy processing time)",
-    ["kind"],
-    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25),
-)
 TRANSPORT_ERRORS = Counter("hasip_transport_errors_total", "Send or connection errors",
                            ["transport"])
 TCP_CONNECTIONS = Gauge("hasip_tcp_connections", "Open TCP connections")

@@ -75,6 +75,9 @@ class Node:
 
 
 def run_node(config: Config) -> int:
+    import gc
+    if os.environ.get("HASIP_GC") == "off":
+        gc.disable()
     node = Node(config)
     if config.event_loop == "uvloop":
         import uvloop

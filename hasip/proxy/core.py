@@ -12,7 +12,6 @@ import itertools
 import os
 import socket
 import zlib
-from collections.abc import Callable
 
 from hasip import metrics
 from hasip.config import Config
@@ -148,12 +147,15 @@ class Proxy:
             b"Accept: application/sdp",
             b"Server: hasip",
         ]
-        self._req_in = _LabelCache(metrics.REQUESTS_IN)
-        self._resp_in = _LabelCache(metrics.RESPONSES_IN)
-        self._resp_out = _LabelCache(metrics.RESPONSES_OUT)
-        self._req_out = _LabelCache(metrics.REQUESTS_OUT)
-        self._lat_request = metrics.LATENCY.labels("request")
-        self._lat_response = metrics.LATENCY.labels("response")
+        stats = metrics.STATS
+        self._req_in = stats.requests_in
+        self._resp_in = stats.responses_in
+        self._resp_out = stats.responses_out
+        self._req_out = stats.requests_out
+        self._latency = stats.latency
+        self._lat_request = stats.latency.child("request")
+        self._lat_response = stats.latency.child("response")
+        self._destinations: dict[tuple[str, str, int], Destination | None] = {}
         self.router = Router(self)
         metrics.TRANSACTIONS.labels("server").set_function(lambda: len(self.server_txns))
         metrics.TRANSACTIONS.labels("client").set_function(lambda: len(self.client_txns))
@@ -217,7 +219,7 @@ class Proxy:
         out = make_response_from_raw(data, status, reason)
         if out is not None:
             self._send_to_source(out, src)
-            self._resp_out.inc(status)
+            self._resp_out.inc(str(status))
 
     def _send_to_source(self, data: bytes, src: Source) -> None:
         dest = Destination("tcp" if src.conn else "udp", src.addr, src.listener, src.conn)
@@ -266,7 +268,7 @@ class Proxy:
             if method != "ACK":
                 data = make_response(req, exc.status, exc.reason.encode("latin-1", "replace"))
                 self._send_to_source(data, src)
-                self._resp_out.inc(exc.status)
+                self._resp_out.inc(str(exc.status))
             return
         self._fix_via(req, src)
         if method == "ACK":
@@ -327,7 +329,7 @@ class Proxy:
         # RFC 3261 16.10: answer the CANCEL, then cancel every pending branch.
         data = make_response(req, 200, to_tag=self._to_tag(invite))
         self._run_server(txn, txn.send_response(200, data, src.received_at))
-        self._resp_out.inc(200)
+        self._resp_out.inc(str(200))
         rc = invite.owner
         if isinstance(rc, ResponseContext) and not rc.final_sent:
             self.cancel_context(rc)
@@ -348,14 +350,14 @@ class Proxy:
     # -- responses -----------------------------------------------------------
 
     def _on_response(self, resp: Response, src: Source) -> None:
-        self._resp_in.inc(resp.status)
+        self._resp_in.inc(str(resp.status))
         try:
-            via = resp.top_via
+            branch = resp.top_branch()
             method = resp.cseq[1]
         except SipParseError:
             metrics.PARSE_ERRORS.labels("response").inc()
             return
-        txn = self.client_txns.get((via.branch or "", method))
+        txn = self.client_txns.get((branch or "", method))
         if txn is None:
             metrics.STRAY_RESPONSES.inc()
             return
@@ -444,8 +446,8 @@ class Proxy:
             self.transports.send(data, rc.reply_dest)
         else:
             self._run_server(server, server.send_response(status, data, received_at))
-        self._resp_out.inc(status)
-        self._lat_response.observe(self.loop.time() - received_at)
+        self._resp_out.inc(str(status))
+        self._latency.observe(self._lat_response, self.loop.time() - received_at)
 
     def _reply_rc(self, rc: ResponseContext, status: int, reason: bytes | None = None,
                   extra: list[bytes] | None = None) -> None:
@@ -458,7 +460,7 @@ class Proxy:
             self.transports.send(data, rc.reply_dest)
         else:
             self._run_server(server, server.send_response(status, data, self.loop.time()))
-        self._resp_out.inc(status)
+        self._resp_out.inc(str(status))
 
     @staticmethod
     def _to_tag(txn: Transaction) -> str:
@@ -479,7 +481,7 @@ class Proxy:
             to_tag = f"hs{zlib.crc32(req.call_id.encode('latin-1')):08x}"
         data = make_response(req, status, reason, to_tag, extra)
         self.transports.send(data, self.reply_destination(ctx.source, req.top_via))
-        self._resp_out.inc(status)
+        self._resp_out.inc(str(status))
 
     def _prepare(self, ctx: RequestContext, request_uri: SipUri | None,
                  next_hop: SipUri | None) -> tuple[Request, SipUri] | None:
@@ -488,11 +490,11 @@ class Proxy:
         out = req.copy()
         if request_uri is not None:
             out.uri = request_uri
-        mf = req.get(b"max-forwards")
+        mf = req.max_forwards
         if mf is None:
             out.append(b"max-forwards", b"Max-Forwards: %d" % self.config.max_forwards)
         else:
-            out.replace(b"max-forwards", b"Max-Forwards: %d" % (int(mf) - 1))
+            out.replace(b"max-forwards", b"Max-Forwards: %d" % (mf - 1))
         target: Uri
         if next_hop is not None:
             target = next_hop
@@ -557,9 +559,22 @@ class Proxy:
         """IP, port, transport and local listener for ``target`` (RFC 3263 for
         IP literals and A/AAAA names: no NAPTR/SRV yet). None when unusable."""
         transport = target.transport
+        host = target.params.get("maddr") or target.host_ip
+        key = (transport, host, target.default_port())
+        try:
+            return self._destinations[key]
+        except KeyError:
+            pass
+        dest = self._resolve(transport, host, key[2])
+        if dest is not None or not self._needs_dns(target):
+            if len(self._destinations) >= 4096:
+                self._destinations.clear()
+            self._destinations[key] = dest
+        return dest
+
+    def _resolve(self, transport: str, host: str, port: int) -> Destination | None:
         if transport not in ("udp", "tcp"):
             return None
-        host = target.params.get("maddr") or target.host_ip
         ip = self._resolved.get(host, host)
         try:
             addr = ipaddress.ip_address(ip)
@@ -571,7 +586,7 @@ class Proxy:
             transport, socket.AF_INET6 if addr.version == 6 else socket.AF_INET)
         if listener is None:
             return None
-        return Destination(transport, (str(addr), target.default_port()), listener)
+        return Destination(transport, (str(addr), port), listener)
 
     def _loop_hash(self, req: Request) -> str:
         fields = (req.uri_raw, (req.to.tag or "").encode("latin-1"),
@@ -583,10 +598,7 @@ class Proxy:
         """RFC 3261 16.3 step 4: our own Via with the branch we would compute
         now means the request came back unchanged: a loop, not a spiral. The
         hash leaves out the top Via, which differs on every pass."""
-        raws = req.raws
-        keys = req.keys
-        if not any(k == b"via" and any(s in r for s in self._sent_by_bytes)
-                   for k, r in zip(keys, raws, strict=True)):
+        if not self._has_our_via(req):
             return False
         wanted = self._loop_hash(req)
         for via in req.vias:
@@ -594,6 +606,17 @@ class Proxy:
             if (via.sent_by in self.my_sent_by and branch.startswith(_BRANCH_MARK)
                     and branch[9:17] == wanted):
                 return True
+        return False
+
+    def _has_our_via(self, req: Request) -> bool:
+        keys = req.keys
+        raws = req.raws
+        for i in range(len(keys)):
+            if keys[i] == b"via":
+                raw = raws[i]
+                for sent_by in self._sent_by_bytes:
+                    if sent_by in raw:
+                        return True
         return False
 
     def _start_branch(self, ctx: RequestContext, out: Request, dest: Destination) -> None:
@@ -623,7 +646,7 @@ class Proxy:
         now = self.loop.time()
         self._run_client(txn, txn.start(now), now)
         self._req_out.inc(out.method)
-        self._lat_request.observe(self.loop.time() - ctx.source.received_at)
+        self._latency.observe(self._lat_request, self.loop.time() - ctx.source.received_at)
 
     def forward_stateless(self, ctx: RequestContext) -> bool:
         """Forward without a transaction (ACK for 2xx, RFC 3261 16.11): the
@@ -641,7 +664,7 @@ class Proxy:
         out.insert_top(b"via", dest.listener.via_prefix + branch_id.encode())
         self.transports.send(out.to_bytes(), dest)
         self._req_out.inc(out.method)
-        self._lat_request.observe(self.loop.time() - ctx.source.received_at)
+        self._latency.observe(self._lat_request, self.loop.time() - ctx.source.received_at)
         return True
 
     def _cancel_branch(self, branch: Branch) -> None:
@@ -715,22 +738,3 @@ class Proxy:
         else:
             assert isinstance(txn, ServerTransaction)
             self._run_server(txn, actions)
-
-
-class _LabelCache:
-    """Labelled children of a counter, looked up once per label value."""
-
-    __slots__ = ("_children", "_metric")
-
-    def __init__(self, metric: metrics.Counter) -> None:
-        self._metric = metric
-        self._children: dict[object, Callable[[], None]] = {}
-
-    def inc(self, label: object) -> None:
-        child = self._children.get(label)
-        if child is None:
-            if len(self._children) > 256:
-                label = "other"  # bound the label set: methods are tokens anyone can send
-            child = self._metric.labels(str(label)).inc
-            self._children[label] = child
-        child()

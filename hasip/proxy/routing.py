@@ -36,20 +36,20 @@ class Router:
         if method == "OPTIONS" and self.is_keepalive(ctx):
             ctx.reply(200, extra=self.proxy.capabilities)
             return
-        mf = req.get(b"max-forwards")
-        if mf is not None and int(mf) == 0:
+        if req.max_forwards == 0:
             ctx.reply(483)
             return
-        proxy_require = req.get(b"proxy-require")
-        if proxy_require is not None:
+        if b"proxy-require" in req.keys:
             # RFC 3261 16.3 step 5: we support no option tag a client can require of us.
-            ctx.reply(420, extra=[b"Unsupported: " + proxy_require])
-            return
-        if self.proxy.is_loop(req):
-            ctx.reply(482)
+            ctx.reply(420, extra=[b"Unsupported: " + (req.get(b"proxy-require") or b"")])
             return
         if req.to.tag is not None:
             self.route_within_dialog(ctx)
+            return
+        # Loops are looked for on initial requests: in-dialog ones follow
+        # their route set, which cannot loop through us unnoticed.
+        if method != "ACK" and self.proxy.is_loop(req):
+            ctx.reply(482)
             return
         self.route_initial(ctx)
 

@@ -7,8 +7,10 @@ on malformed input.
 
 from __future__ import annotations
 
+import re
+
 from hasip.sip.errors import SipParseError
-from hasip.sip.grammar import PARAM_RE, QUOTED_RE, TOKEN_RE, VIA_RE
+from hasip.sip.grammar import ABSOLUTE_URI_RE, PARAM_RE, QUOTED_RE, TOKEN_RE, VIA_RE
 from hasip.sip.uri import SipUri, Uri, parse_uri
 
 # Compact forms (RFC 3261 section 7.3.3 and later RFCs) -> canonical lowercase names.
@@ -88,16 +90,28 @@ def parse_params(text: str, pos: int, what: str) -> dict[str, str | None]:
 
 
 class NameAddr:
-    """``[display-name] <URI> *(;param)`` or ``addr-spec *(;param)``."""
+    """``[display-name] <URI> *(;param)`` or ``addr-spec *(;param)``.
 
-    __slots__ = ("display", "params", "text", "uri")
+    The URI is parsed when first read: a proxy reads the tags of From and To
+    on every request and their URIs rarely.
+    """
 
-    def __init__(self, display: str | None, uri: Uri, params: dict[str, str | None],
+    __slots__ = ("_uri", "display", "params", "text", "uri_text")
+
+    def __init__(self, display: str | None, uri_text: str, params: dict[str, str | None],
                  text: str) -> None:
         self.display = display
-        self.uri = uri
+        self.uri_text = uri_text
+        self._uri: Uri | None = None
         self.params = params
         self.text = text
+
+    @property
+    def uri(self) -> Uri:
+        """The URI; raises :class:`SipParseError` when it is malformed."""
+        if self._uri is None:
+            self._uri = parse_uri(self.uri_text)
+        return self._uri
 
     @property
     def tag(self) -> str | None:
@@ -107,8 +121,23 @@ class NameAddr:
         return f"NameAddr({self.text!r})"
 
 
+# Parsed name-addrs by text: a dialog repeats its From, To and Route values
+# in every request. Bounded; parsed values are never mutated.
+_NA_CACHE: dict[str, NameAddr] = {}
+
+
 def parse_name_addr(text: str, what: str = "header") -> NameAddr:
     """Parse one name-addr or addr-spec with header parameters (RFC 3261 20.10)."""
+    na = _NA_CACHE.get(text)
+    if na is None:
+        na = _parse_name_addr(text, what)
+        if len(_NA_CACHE) >= 4096:
+            _NA_CACHE.clear()
+        _NA_CACHE[text] = na
+    return na
+
+
+def _parse_name_addr(text: str, what: str) -> NameAddr:
     s = text.strip(" \t")
     display: str | None = None
     if s.startswith('"'):
@@ -135,7 +164,8 @@ def parse_name_addr(text: str, what: str = "header") -> NameAddr:
         uri_text = s[lt + 1:gt]
         if not uri_text or uri_text != uri_text.strip(" \t"):
             raise SipParseError(f"white space inside <> in {what}")
-        uri = parse_uri(uri_text)
+        if ABSOLUTE_URI_RE.fullmatch(uri_text) is None:
+            raise SipParseError(f"malformed URI in {what}: {uri_text!r}")
         params = parse_params(s, gt + 1, what)
     else:
         # addr-spec without <>: it ends at the first ';' (RFC 3261 20.10: a
@@ -144,9 +174,10 @@ def parse_name_addr(text: str, what: str = "header") -> NameAddr:
         uri_text = (s if semi < 0 else s[:semi]).rstrip(" \t")
         if not uri_text or any(c in uri_text for c in " \t?,"):
             raise SipParseError(f"malformed addr-spec in {what}: {uri_text!r}")
-        uri = parse_uri(uri_text)
+        if ABSOLUTE_URI_RE.fullmatch(uri_text) is None:
+            raise SipParseError(f"malformed URI in {what}: {uri_text!r}")
         params = parse_params(s, len(uri_text), what) if semi >= 0 else {}
-    return NameAddr(display, uri, params, s)
+    return NameAddr(display, uri_text, params, s)
 
 
 class Via:
@@ -179,6 +210,16 @@ class Via:
 
     def __repr__(self) -> str:
         return f"Via({self.text!r})"
+
+
+_BRANCH_RE = re.compile(r";[ \t]*branch[ \t]*=[ \t]*([^;, \t]+)", re.IGNORECASE)
+
+
+def branch_of(via_value: str) -> str | None:
+    """The branch of a Via value without parsing the rest: enough to match a
+    response to a client transaction, whose Via we wrote ourselves."""
+    m = _BRANCH_RE.search(via_value)
+    return m.group(1) if m else None
 
 
 def parse_via(text: str) -> Via:

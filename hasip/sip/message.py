@@ -16,6 +16,7 @@ from hasip.sip.headers import (
     COMPACT_FORMS,
     NameAddr,
     Via,
+    branch_of,
     parse_cseq,
     parse_name_addr,
     parse_via,
@@ -81,7 +82,12 @@ class SipMessage:
 
     def get_all(self, key: bytes) -> list[bytes]:
         """Values of every header line named ``key``, unsplit."""
-        return [self._value_of(r) for k, r in zip(self.keys, self.raws, strict=True) if k == key]
+        keys = self.keys
+        if key not in keys:
+            return []
+        raws = self.raws
+        value_of = self._value_of
+        return [value_of(raws[i]) for i in range(len(keys)) if keys[i] == key]
 
     def values(self, key: bytes) -> list[str]:
         """Every comma-separated value of a list header, across its lines."""
@@ -240,7 +246,7 @@ class SipMessage:
 
 
 class Request(SipMessage):
-    __slots__ = ("_uri", "method", "uri_raw")
+    __slots__ = ("_uri", "max_forwards", "method", "uri_raw")
 
     def __init__(self, method: str, uri_raw: bytes, keys: list[bytes], raws: list[bytes],
                  body: bytes = b"") -> None:
@@ -248,12 +254,15 @@ class Request(SipMessage):
         self.method = method
         self.uri_raw = uri_raw
         self._uri: Uri | None = None
+        # Set by validate_request: the Max-Forwards value, None when absent.
+        self.max_forwards: int | None = None
 
     def copy(self) -> Request:
         """A copy to edit and forward; header lines are shared (bytes are immutable)."""
         out = Request(self.method, self.uri_raw, list(self.keys), list(self.raws), self.body)
         out._uri = self._uri
         out._has_cl = self._has_cl
+        out.max_forwards = self.max_forwards
         self._copy_caches(out)
         return out
 
@@ -278,6 +287,16 @@ class Request(SipMessage):
 class Response(SipMessage):
     __slots__ = ("reason", "status")
 
+    def top_branch(self) -> str | None:
+        """The branch of the top Via, read without parsing the Via."""
+        try:
+            i = self.keys.index(b"via")
+        except ValueError:
+            return None
+        raw = self.raws[i]
+        first = raw.split(b",", 1)[0] if b"," in raw else raw
+        return branch_of(first.decode("latin-1"))
+
     def __init__(self, status: int, reason: bytes, keys: list[bytes], raws: list[bytes],
                  body: bytes = b"") -> None:
         super().__init__(keys, raws, body)
@@ -289,6 +308,24 @@ class Response(SipMessage):
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.reason!r}>"
+
+
+# Header names as written on the wire -> canonical key. Senders use a handful
+# of spellings, so the check and the lowering are done once per spelling; the
+# table is bounded so that a flood of invented names cannot grow it.
+_NAMES: dict[bytes, bytes] = {}
+
+
+def _header_key(name: bytes) -> bytes:
+    stripped = name.rstrip(b" \t")
+    if not is_token(stripped):
+        raise SipParseError(f"header name is not a token: {stripped!r}")
+    key = stripped.lower()
+    if len(key) == 1:
+        key = COMPACT_FORMS.get(key, key)
+    if len(_NAMES) < 1024:
+        _NAMES[name] = key
+    return key
 
 
 def parse_message(data: bytes, datagram: bool = True) -> Request | Response:
@@ -311,13 +348,15 @@ def parse_message(data: bytes, datagram: bool = True) -> Request | Response:
         if end < 0:
             raise SipParseError("no blank line after the headers")
         body_start = end + 2
-    lines = data[:end].split(b"\r\n")
-    if len(lines) == 1 or any(b"\n" in line for line in lines):
-        lines = data[:end].splitlines()
+    head = data[:end]
+    if head.count(b"\n") == head.count(b"\r\n"):
+        lines = head.split(b"\r\n")
+    else:
+        lines = head.splitlines()  # bare LF line ends: tolerated
 
     keys: list[bytes] = []
     raws: list[bytes] = []
-    compact = COMPACT_FORMS
+    names = _NAMES
     for line in lines[1:]:
         first = line[:1]
         if first == b" " or first == b"\t":
@@ -328,12 +367,10 @@ def parse_message(data: bytes, datagram: bool = True) -> Request | Response:
         colon = line.find(b":")
         if colon <= 0:
             raise SipParseError("header line without a name and colon")
-        name = line[:colon].rstrip(b" \t")
-        if not is_token(name):
-            raise SipParseError(f"header name is not a token: {name!r}")
-        key = name.lower()
-        if len(key) == 1:
-            key = compact.get(key, key)
+        name = line[:colon]
+        key = names.get(name)
+        if key is None:
+            key = _header_key(name)
         keys.append(key)
         raws.append(line)
 
@@ -412,10 +449,11 @@ def validate_request(req: Request) -> None:
         mf = req.get(b"max-forwards") or b""
         if not mf.isdigit() or int(mf) > 255:
             raise SipParseError("Max-Forwards is not a number 0-255")
+        req.max_forwards = int(mf)
     if b"contact" in keys:
         for value in req.values(b"contact"):
             if value != "*":
-                parse_name_addr(value, "Contact")
+                parse_name_addr(value, "Contact").uri  # noqa: B018 - validates the URI
     if b"expires" in keys:
         exp = req.get(b"expires") or b""
         if not exp.isdigit() or int(exp) >= 2**32:

@@ -163,8 +163,25 @@ class AbsoluteUri:
 Uri = SipUri | TelUri | AbsoluteUri
 
 
+# Parsed URIs by text. The same URIs come back all the time (our own
+# Record-Route, the Request-URIs of a service, a phone's Contact), so a
+# bounded cache saves most of the parsing. Parsed URIs are never mutated.
+_CACHE: dict[str, Uri] = {}
+_CACHE_MAX = 4096
+
+
 def parse_uri(text: str) -> Uri:
     """Parse a URI; raises :class:`SipParseError` (400) when malformed."""
+    uri = _CACHE.get(text)
+    if uri is None:
+        uri = _parse_uri(text)
+        if len(_CACHE) >= _CACHE_MAX:
+            _CACHE.clear()
+        _CACHE[text] = uri
+    return uri
+
+
+def _parse_uri(text: str) -> Uri:
     head = text[:5].lower()
     if head.startswith("sip:") or head == "sips:":
         return parse_sip_uri(text)
