@@ -253,7 +253,7 @@ def main() -> int:
         best[name] = at.calls_per_cpu_s if at else 0.0
         print(f"{name:<16} {good.rate if good else 0:>17} {clean.rate if clean else 0:>15} "
               f"{at.cpu_pct if at else 0:>7.1f} {best[name]:>12.0f}")
-    if "kamailio" in best and best["kamailio"]:
+    if best.get("kamailio"):
         for name, value in best.items():
             if name != "kamailio":
                 print(f"{name} / kamailio calls per CPU-second: {value / best['kamailio']:.2f}x")

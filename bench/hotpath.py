@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hasip.config import Config  # noqa: E402
-from hasip.proxy.core import Proxy  # noqa: E402
-from hasip.sip.message import parse_message, validate_request  # noqa: E402
-from hasip.sip.uri import parse_sip_uri  # noqa: E402
-from hasip.transport.base import Destination  # noqa: E402
+from hasip.config import Config
+from hasip.proxy.core import Proxy
+from hasip.sip.message import parse_message, validate_request
+from hasip.sip.uri import parse_sip_uri
+from hasip.transport.base import Destination
 
 CALLER = ("127.0.0.1", 5090)
 CALLEE = ("127.0.0.1", 5071)

@@ -57,7 +57,7 @@ class NodeProcess:
         cmd = [sys.executable, "-m", "hasip", "run"]
         if self.config_path is not None:
             cmd += ["-c", str(self.config_path)]
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + ready_timeout

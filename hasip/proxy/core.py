@@ -711,6 +711,11 @@ class Proxy:
                 self._on_branch_timeout(branch, now)
             elif kind == TERMINATED:
                 self.client_txns.pop(txn.key, None)
+                # Break the branch <-> transaction cycle so that reference
+                # counting frees them without waiting for the cyclic GC.
+                branch.txn = None
+                txn.owner = None
+                return
         self.timerq.schedule(txn)
 
     def _transport_error(self, txn: ClientTransaction) -> None:
@@ -726,6 +731,10 @@ class Proxy:
                 self.transports.send(action.data, rc.reply_dest)
             elif action.kind == TERMINATED:
                 self.server_txns.pop(txn.key, None)
+                rc.server = None
+                rc.branches = []
+                txn.owner = None
+                return
         self.timerq.schedule(txn)
 
     def _on_timer(self, txn: Transaction, now: float) -> None:

@@ -15,6 +15,11 @@ from collections.abc import Callable
 
 from hasip.sip.transaction import Transaction
 
+# Wake-ups are rounded up to this many seconds: SIP timers count in half
+# seconds (T1), and thousands of transactions a second would otherwise each
+# get a loop iteration of their own.
+RESOLUTION = 0.02
+
 
 class TimerQueue:
     def __init__(self, loop: asyncio.AbstractEventLoop,
@@ -37,10 +42,16 @@ class TimerQueue:
         txn.queued = deadline
         heapq.heappush(self._heap, (deadline, next(self._seq), txn))
         if deadline < self._armed_at:
-            if self._handle is not None:
-                self._handle.cancel()
-            self._armed_at = deadline
-            self._handle = self._loop.call_at(deadline, self._run)
+            self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        when = math.ceil(deadline / RESOLUTION) * RESOLUTION
+        if when >= self._armed_at:
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed_at = when
+        self._handle = self._loop.call_at(when, self._run)
 
     def _run(self) -> None:
         self._handle = None
@@ -56,8 +67,7 @@ class TimerQueue:
                 self._fire(txn, now)
             self.schedule(txn)
         if heap and self._handle is None:
-            self._armed_at = heap[0][0]
-            self._handle = self._loop.call_at(self._armed_at, self._run)
+            self._arm(heap[0][0])
 
     def close(self) -> None:
         if self._handle is not None:

@@ -349,10 +349,9 @@ def parse_message(data: bytes, datagram: bool = True) -> Request | Response:
             raise SipParseError("no blank line after the headers")
         body_start = end + 2
     head = data[:end]
-    if head.count(b"\n") == head.count(b"\r\n"):
-        lines = head.split(b"\r\n")
-    else:
-        lines = head.splitlines()  # bare LF line ends: tolerated
+    # Bare LF line ends are tolerated.
+    crlf_only = head.count(b"\n") == head.count(b"\r\n")
+    lines = head.split(b"\r\n") if crlf_only else head.splitlines()
 
     keys: list[bytes] = []
     raws: list[bytes] = []
@@ -425,7 +424,9 @@ def _validate_common(msg: SipMessage) -> None:
             raise SipParseError(f"missing {name}" if n == 0 else f"more than one {name}")
     if b"via" not in keys:
         raise SipParseError("missing Via")
-    msg.vias  # noqa: B018 - parses (and so validates) every Via
+    # Only the top Via is ours to read (as Kamailio does): the others belong
+    # to the elements the responses go back through.
+    msg.top_via  # noqa: B018
     msg.cseq  # noqa: B018
     msg.call_id  # noqa: B018
     msg.from_  # noqa: B018

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 from hasip.log import get_logger
 from hasip.transport.base import Listener, Sink
 
 log = get_logger("hasip.transport.udp")
+
+# Bytes of kernel buffer asked for each way (the kernel caps it at
+# net.core.rmem_max / wmem_max unless those are raised).
+SOCKET_BUFFER = 4 << 20
 
 
 class UdpProtocol(asyncio.DatagramProtocol):
@@ -23,6 +28,14 @@ class UdpProtocol(asyncio.DatagramProtocol):
         # payload) made a relay 2.7x cheaper (../shared/BENCHMARKING.md).
         if hasattr(transport, "max_size"):
             transport.max_size = 65536
+        # Bursts of datagrams must wait in the kernel, not be dropped there.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+                except OSError:
+                    pass
         self.listener.udp = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:

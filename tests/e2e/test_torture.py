@@ -28,7 +28,7 @@ def test_torture_over_udp(make_node, sipp, udp_peer) -> None:
     wait_for_stats(uas)
     node = make_node(next_hop=[f"sip:127.0.0.1:{uas.port}"])
     answers: dict[str, list[int | None]] = {}
-    for name, _, kind in rfc4475.manifest():
+    for name, _, _kind in rfc4475.manifest():
         peer = udp_peer()
         peer.send(rfc4475.read(name), node.sip_port)
         answers[name] = [status_of(m) for m in peer.recv_all(0.3)]

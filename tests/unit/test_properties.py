@@ -69,7 +69,8 @@ def test_any_bytes_parse_or_raise_the_protocol_error(data: bytes) -> None:
 
 @given(requests(), st.data())
 @settings(max_examples=100)
-def test_mutated_messages_parse_or_raise_the_protocol_error(data: bytes, draw: st.DataObject) -> None:
+def test_mutated_messages_parse_or_raise_the_protocol_error(data: bytes,
+                                                           draw: st.DataObject) -> None:
     pos = draw.draw(st.integers(0, len(data) - 1))
     junk = draw.draw(st.binary(min_size=1, max_size=8))
     _parse_or_error(data[:pos] + junk + data[pos + 1:])
