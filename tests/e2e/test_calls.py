@@ -229,3 +229,48 @@ def test_ipv6(make_node, udp_peer) -> None:
     assert forwarded is not None and forwarded.startswith(
         f"INVITE sip:agent@[::1]:{callee.port} SIP/2.0".encode())
     assert f"Via: SIP/2.0/UDP [::1]:{node.sip_port};branch=z9hG4bK".encode() in forwarded
+
+
+def test_request_for_another_domain_is_relayed(make_node, udp_peer) -> None:
+    """127.0.0.2 is not one of the node's addresses: the request goes there."""
+    other = udp_peer("127.0.0.2")
+    node = make_node(next_hop=[])
+    caller = udp_peer()
+    caller.send(invite(caller, f"sip:someone@127.0.0.2:{other.port}"), node.sip_port)
+    assert status_of(caller.recv()) == 100
+    got = other.recv()
+    assert got is not None and got.startswith(f"INVITE sip:someone@127.0.0.2:{other.port}".encode())
+    assert f"Record-Route: <sip:127.0.0.1:{node.sip_port};lr>".encode() in got
+    other.send(reply_to(got, 404, "Not Found"), node.sip_port, "127.0.0.1")
+    assert status_of(caller.recv()) == 404
+
+
+def test_strict_router_upstream_is_undone(make_node, udp_peer) -> None:
+    """RFC 3261 16.4: a strict router put our Record-Route URI in the
+    Request-URI and the remote target last in Route; we restore it."""
+    callee = udp_peer()
+    node = make_node(next_hop=[])
+    caller = udp_peer()
+    bye = invite(caller, f"sip:127.0.0.1:{node.sip_port};lr", method="BYE", to_tag="t1",
+                 extra=f"Route: <sip:agent@127.0.0.1:{callee.port}>\r\n")
+    caller.send(bye, node.sip_port)
+    got = callee.recv()
+    assert got is not None and got.startswith(f"BYE sip:agent@127.0.0.1:{callee.port} ".encode())
+    assert b"\r\nRoute:" not in got
+    callee.send(reply_to(got, 200, "OK"), node.sip_port)
+    assert status_of(caller.recv()) == 200
+
+
+def test_next_hop_that_is_a_strict_router(make_node, udp_peer) -> None:
+    """RFC 3261 16.6 step 7: a next hop without ;lr gets the Request-URI."""
+    router = udp_peer()
+    node = make_node(next_hop=[])
+    caller = udp_peer()
+    bye = invite(caller, "sip:agent@192.0.2.9", method="BYE", to_tag="t1",
+                 extra=f"Route: <sip:127.0.0.1:{node.sip_port};lr>, "
+                       f"<sip:127.0.0.1:{router.port}>\r\n")
+    caller.send(bye, node.sip_port)
+    got = router.recv()
+    assert got is not None
+    assert got.startswith(f"BYE sip:127.0.0.1:{router.port} SIP/2.0".encode())
+    assert b"Route: <sip:agent@192.0.2.9>" in got
