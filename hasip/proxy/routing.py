@@ -26,6 +26,8 @@ class Router:
         self.config = proxy.config
         self.next_hops = list(proxy.config.next_hop)
         self._next = 0
+        # Request-URIs rewritten to a next hop, by (Request-URI, hop index).
+        self._rewritten: dict[tuple[bytes, int], SipUri] = {}
 
     # -- route (main) ----------------------------------------------------------
 
@@ -92,14 +94,16 @@ class Router:
                 req.uri = last.uri
         if b"route" not in req.keys:
             return False
-        for _ in range(2):
-            values = req.values(b"route")
-            if not values:
+        values = req.values(b"route")
+        ours = 0
+        for value in values[:2]:
+            if not proxy.is_myself(parse_name_addr(value, "Route").uri):
                 break
-            if proxy.is_myself(parse_name_addr(values[0], "Route").uri):
-                req.pop_first_value(b"route")
-            else:
-                break
+            ours += 1
+        if ours:
+            req.remove_all(b"route")
+            for value in values[ours:]:
+                req.append(b"route", b"Route: " + value.encode("latin-1"))
         return True
 
     # -- initial requests ----------------------------------------------------
@@ -148,14 +152,23 @@ class Router:
         if not hops:
             ctx.reply(404, b"Not Found (no next hop configured)")
             return
-        hop = hops[self._next % len(hops)]
+        index = self._next % len(hops)
         self._next += 1
-        uri = ctx.request.uri
-        assert isinstance(uri, SipUri)
-        new_uri = SipUri(uri.scheme, uri.user, hop.host, hop.port,
-                         {**uri.params, **({"transport": hop.params["transport"]}
-                                           if "transport" in hop.params else {})},
-                         None, uri.password)
+        req = ctx.request
+        key = (req.uri_raw, index)
+        new_uri = self._rewritten.get(key)
+        if new_uri is None:
+            hop = hops[index]
+            uri = req.uri
+            assert isinstance(uri, SipUri)
+            params = dict(uri.params)
+            if "transport" in hop.params:
+                params["transport"] = hop.params["transport"]
+            new_uri = SipUri(uri.scheme, uri.user, hop.host, hop.port, params, None,
+                             uri.password)
+            if len(self._rewritten) >= 4096:
+                self._rewritten.clear()
+            self._rewritten[key] = new_uri
         if not ctx.forward(request_uri=new_uri):
             ctx.reply(503, b"Service Unavailable (next hop unusable)")
 

@@ -413,6 +413,9 @@ def parse_message(data: bytes, datagram: bool = True) -> Request | Response:
 
 
 _SINGLE = (b"from", b"to", b"call-id", b"cseq")
+# Requests whose Contact is used (registration, dialog target): the others'
+# Contact is not read, so it is not parsed either.
+_CONTACT_METHODS = frozenset(("REGISTER", "INVITE", "SUBSCRIBE", "NOTIFY", "REFER", "UPDATE"))
 
 
 def _validate_common(msg: SipMessage) -> None:
@@ -451,7 +454,7 @@ def validate_request(req: Request) -> None:
         if not mf.isdigit() or int(mf) > 255:
             raise SipParseError("Max-Forwards is not a number 0-255")
         req.max_forwards = int(mf)
-    if b"contact" in keys:
+    if b"contact" in keys and req.method in _CONTACT_METHODS:
         for value in req.values(b"contact"):
             if value != "*":
                 parse_name_addr(value, "Contact").uri  # noqa: B018 - validates the URI
