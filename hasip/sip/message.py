@@ -70,11 +70,14 @@ class SipMessage:
 
     def get(self, key: bytes) -> bytes | None:
         """Value of the first header line named ``key`` (lowercase, full name)."""
-        try:
-            i = self.keys.index(key)
-        except ValueError:
+        keys = self.keys
+        if key not in keys:
             return None
-        return self._value_of(self.raws[i])
+        raw = self.raws[keys.index(key)]
+        value = raw[raw.index(b":") + 1:]
+        if b"\n" in value:
+            value = _FOLD_RE.sub(b" ", value)
+        return value.strip(b" \t")
 
     def get_str(self, key: bytes) -> str | None:
         value = self.get(key)
@@ -328,6 +331,33 @@ def _header_key(name: bytes) -> bytes:
     return key
 
 
+# The name of every header line: after a line end, up to the colon.
+_NAME_RE = re.compile(rb"\r\n([^:\r\n]*):")
+
+
+def _split_headers(head: bytes) -> tuple[list[bytes], list[bytes]]:
+    """Header lines with folding or bare LF line ends: the slow, general way."""
+    keys: list[bytes] = []
+    raws: list[bytes] = []
+    for line in head.splitlines()[1:]:
+        first = line[:1]
+        if first == b" " or first == b"\t":
+            if not raws:
+                raise SipParseError("continuation line before any header")
+            raws[-1] = raws[-1] + b"\r\n" + line
+            continue
+        colon = line.find(b":")
+        if colon <= 0:
+            raise SipParseError("header line without a name and colon")
+        name = line[:colon]
+        key = _NAMES.get(name)
+        if key is None:
+            key = _header_key(name)
+        keys.append(key)
+        raws.append(line)
+    return keys, raws
+
+
 def parse_message(data: bytes, datagram: bool = True) -> Request | Response:
     """Parse one message.
 
@@ -349,29 +379,24 @@ def parse_message(data: bytes, datagram: bool = True) -> Request | Response:
             raise SipParseError("no blank line after the headers")
         body_start = end + 2
     head = data[:end]
-    # Bare LF line ends are tolerated.
-    crlf_only = head.count(b"\n") == head.count(b"\r\n")
-    lines = head.split(b"\r\n") if crlf_only else head.splitlines()
-
-    keys: list[bytes] = []
-    raws: list[bytes] = []
-    names = _NAMES
-    for line in lines[1:]:
-        first = line[:1]
-        if first == b" " or first == b"\t":
-            if not raws:
-                raise SipParseError("continuation line before any header")
-            raws[-1] = raws[-1] + b"\r\n" + line
-            continue
-        colon = line.find(b":")
-        if colon <= 0:
+    keys: list[bytes]
+    raws: list[bytes]
+    if (head.count(b"\n") == head.count(b"\r\n") and b"\r\n " not in head
+            and b"\r\n\t" not in head):
+        # The common case, CRLF and no folding: names are found by one regex
+        # and mapped by the name table, both in C.
+        lines = head.split(b"\r\n")
+        raws = lines[1:]
+        found = _NAME_RE.findall(head)
+        if len(found) != len(raws):
             raise SipParseError("header line without a name and colon")
-        name = line[:colon]
-        key = names.get(name)
-        if key is None:
-            key = _header_key(name)
-        keys.append(key)
-        raws.append(line)
+        keys = list(map(_NAMES.get, found))
+        if None in keys:
+            keys = [k if k is not None else _header_key(n)
+                    for k, n in zip(keys, found, strict=True)]
+    else:
+        keys, raws = _split_headers(head)
+        lines = [head.split(b"\n", 1)[0].rstrip(b"\r")]
 
     body = data[body_start:]
     n_cl = keys.count(b"content-length")
