@@ -390,10 +390,12 @@ def parse_message(data: bytes, datagram: bool = True) -> Request | Response:
         found = _NAME_RE.findall(head)
         if len(found) != len(raws):
             raise SipParseError("header line without a name and colon")
-        keys = list(map(_NAMES.get, found))
-        if None in keys:
+        mapped: list[bytes | None] = list(map(_NAMES.get, found))
+        if None in mapped:
             keys = [k if k is not None else _header_key(n)
-                    for k, n in zip(keys, found, strict=True)]
+                    for k, n in zip(mapped, found, strict=True)]
+        else:
+            keys = mapped  # type: ignore[assignment]
     else:
         keys, raws = _split_headers(head)
         lines = [head.split(b"\n", 1)[0].rstrip(b"\r")]
