@@ -266,7 +266,9 @@ class Proxy:
             metrics.PARSE_ERRORS.labels("sanity").inc()
             log.debug("bad_request", peer=f"{src.addr[0]}:{src.addr[1]}", reason=exc.reason)
             if method != "ACK":
-                data = make_response(req, exc.status, exc.reason.encode("latin-1", "replace"))
+                to_tag = f"hs{zlib.crc32(req.raws[0] if req.raws else b''):08x}"
+                data = make_response(req, exc.status, exc.reason.encode("latin-1", "replace"),
+                                     to_tag)
                 self._send_to_source(data, src)
                 self._resp_out.inc(str(exc.status))
             return
@@ -296,6 +298,7 @@ class Proxy:
             # RFC 3261 16.2: a stateful proxy answers INVITE with 100 at once.
             data = make_response(req, 100)
             self._run_server(txn, txn.send_response(100, data, src.received_at))
+            self._resp_out.inc("100")
         if self.draining and req.to.tag is None:
             ctx.reply(503, b"Service Unavailable (shutting down)", [b"Retry-After: 5"])
             return
@@ -329,7 +332,7 @@ class Proxy:
         # RFC 3261 16.10: answer the CANCEL, then cancel every pending branch.
         data = make_response(req, 200, to_tag=self._to_tag(invite))
         self._run_server(txn, txn.send_response(200, data, src.received_at))
-        self._resp_out.inc(str(200))
+        self._resp_out.inc("200")
         rc = invite.owner
         if isinstance(rc, ResponseContext) and not rc.final_sent:
             self.cancel_context(rc)
