@@ -274,3 +274,44 @@ def test_next_hop_that_is_a_strict_router(make_node, udp_peer) -> None:
     assert got is not None
     assert got.startswith(f"BYE sip:127.0.0.1:{router.port} SIP/2.0".encode())
     assert b"Route: <sip:agent@192.0.2.9>" in got
+
+
+def test_tcp_connection_to_a_next_hop_is_reused(make_node, udp_peer) -> None:
+    """Three calls to a TCP next hop travel on one connection, and the
+    answers that come back on it reach the callers."""
+    import socket as socketmod
+
+    from hasip.sip.framing import StreamFramer
+
+    server = socketmod.socket(socketmod.AF_INET, socketmod.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(5)
+    port = server.getsockname()[1]
+    node = make_node(next_hop=[f"sip:127.0.0.1:{port};transport=tcp"])
+    callers = [udp_peer() for _ in range(3)]
+    for caller in callers:
+        caller.send(invite(caller, f"sip:agent@127.0.0.1:{node.sip_port}"), node.sip_port)
+        assert status_of(caller.recv()) == 100
+    conn, _ = server.accept()
+    conn.settimeout(5)
+    framer = StreamFramer()
+    received: list[bytes] = []
+    deadline = time.monotonic() + 5
+    while len(received) < 3 and time.monotonic() < deadline:
+        received += framer.feed(conn.recv(65535))
+    assert len(received) == 3 and all(m.startswith(b"INVITE ") for m in received)
+    assert b";transport=tcp;lr>" in received[0]  # double Record-Route: UDP in, TCP out
+    server.settimeout(0.5)
+    try:
+        server.accept()
+        extra_connection = True
+    except TimeoutError:
+        extra_connection = False
+    assert not extra_connection
+    for message in received:
+        conn.sendall(reply_to(message, 486, "Busy Here"))
+    statuses = sorted(status_of(c.recv()) for c in callers)
+    assert statuses == [486, 486, 486]
+    conn.close()
+    server.close()
