@@ -697,15 +697,14 @@ class Proxy:
     def _run_client(self, txn: ClientTransaction, actions: list[Action], now: float) -> None:
         branch = txn.owner
         assert isinstance(branch, Branch)
-        for action in actions:
-            kind = action.kind
+        for kind, data in actions:
             if kind == SEND:
-                assert isinstance(action.data, bytes)
-                self.transports.send(action.data, branch.dest,
+                assert isinstance(data, bytes)
+                self.transports.send(data, branch.dest,
                                      functools.partial(self._transport_error, txn))
             elif kind == RESPONSE:
-                assert isinstance(action.data, Response)
-                self._on_branch_response(branch, action.data, now)
+                assert isinstance(data, Response)
+                self._on_branch_response(branch, data, now)
             elif kind == TIMEOUT:
                 self._on_branch_timeout(branch, now)
             elif kind == TIMER_C:
@@ -728,11 +727,11 @@ class Proxy:
     def _run_server(self, txn: ServerTransaction, actions: list[Action]) -> None:
         rc = txn.owner
         assert isinstance(rc, ResponseContext)
-        for action in actions:
-            if action.kind == SEND:
-                assert isinstance(action.data, bytes)
-                self.transports.send(action.data, rc.reply_dest)
-            elif action.kind == TERMINATED:
+        for kind, data in actions:
+            if kind == SEND:
+                assert isinstance(data, bytes)
+                self.transports.send(data, rc.reply_dest)
+            elif kind == TERMINATED:
                 self.server_txns.pop(txn.key, None)
                 rc.server = None
                 rc.branches = []
@@ -742,7 +741,7 @@ class Proxy:
 
     def _on_timer(self, txn: Transaction, now: float) -> None:
         actions = txn.handle_timer(now)
-        if any(a.kind == SEND for a in actions):
+        if any(kind == SEND for kind, _ in actions):
             metrics.RETRANSMITTED_OUT.labels(
                 "request" if isinstance(txn, ClientTransaction) else "response").inc()
         if isinstance(txn, ClientTransaction):

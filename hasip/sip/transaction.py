@@ -59,8 +59,6 @@ non-INVITE server (17.2.2)::
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from hasip.sip.build import make_ack_for
 from hasip.sip.message import Request, Response
 
@@ -80,9 +78,12 @@ CONFIRMED = "confirmed"
 TERMINATED_STATE = "terminated"
 
 
-class Action(NamedTuple):
-    kind: str
-    data: bytes | Response | None = None
+# An action is a plain (kind, data) tuple: the hot path makes a dozen per
+# call, and a tuple costs less to build than a named tuple.
+Action = tuple[str, "bytes | Response | None"]
+_TERMINATED: Action = ("terminated", None)
+_TIMEOUT: Action = ("timeout", None)
+_TIMER_C: Action = ("timer_c", None)
 
 
 class Timers:
@@ -146,7 +147,7 @@ class Transaction:
     def _terminate(self) -> list[Action]:
         self.state = TERMINATED_STATE
         self._timers.clear()
-        return [Action(TERMINATED)]
+        return [_TERMINATED]
 
     def _wait(self, name: str, now: float, seconds: float) -> list[Action]:
         """Start a wait timer; zero (reliable transports) terminates at once."""
@@ -180,7 +181,7 @@ class ClientTransaction(Transaction):
         """The transport could not send (RFC 3261 17.1.4): report a timeout."""
         if self.state in (TERMINATED_STATE, COMPLETED, ACCEPTED):
             return []
-        return [Action(TIMEOUT), *self._terminate()]
+        return [_TIMEOUT, *self._terminate()]
 
 
 class InviteClientTransaction(ClientTransaction):
@@ -191,7 +192,7 @@ class InviteClientTransaction(ClientTransaction):
         if not self.reliable:
             self._timers["A"] = now + self.timers.t1
         self._timers["B"] = now + self.timers.non_invite_final
-        return [Action(SEND, self.data)]
+        return [(SEND, self.data)]
 
     def receive_response(self, resp: Response, now: float) -> list[Action]:
         state = self.state
@@ -203,32 +204,32 @@ class InviteClientTransaction(ClientTransaction):
                 self._timers.pop("A", None)
                 self._timers.pop("B", None)
                 self._timers["C"] = now + self.timers.invite_final
-                return [Action(RESPONSE, resp)]
+                return [(RESPONSE, resp)]
             self._timers.clear()
             if status < 300:
                 self.state = ACCEPTED
                 self._timers["M"] = now + 64 * self.timers.t1
-                return [Action(RESPONSE, resp)]
+                return [(RESPONSE, resp)]
             self.state = COMPLETED
             to_line = next(r for k, r in zip(resp.keys, resp.raws, strict=True) if k == b"to")
             self._ack = make_ack_for(self.request, to_line)
-            actions = [Action(SEND, self._ack), Action(RESPONSE, resp)]
+            actions: list[Action] = [(SEND, self._ack), (RESPONSE, resp)]
             return actions + self._wait("D", now, 0 if self.reliable else 32.0)
         if state == ACCEPTED and 200 <= status < 300:
-            return [Action(RESPONSE, resp)]
+            return [(RESPONSE, resp)]
         if state == COMPLETED and status >= 300 and self._ack is not None:
-            return [Action(SEND, self._ack)]
+            return [(SEND, self._ack)]
         return []
 
     def _fire(self, name: str, now: float) -> list[Action]:
         if name == "A" and self.state == CALLING:
             self._interval *= 2
             self._timers["A"] = now + self._interval
-            return [Action(SEND, self.data)]
+            return [(SEND, self.data)]
         if name == "B" and self.state == CALLING:
-            return [Action(TIMEOUT), *self._terminate()]
+            return [_TIMEOUT, *self._terminate()]
         if name == "C" and self.state == PROCEEDING:
-            return [Action(TIMER_C)]
+            return [_TIMER_C]
         if name in ("D", "M"):
             return self._terminate()
         return []
@@ -242,7 +243,7 @@ class NonInviteClientTransaction(ClientTransaction):
         if not self.reliable:
             self._timers["E"] = now + self.timers.t1
         self._timers["F"] = now + self.timers.non_invite_final
-        return [Action(SEND, self.data)]
+        return [(SEND, self.data)]
 
     def receive_response(self, resp: Response, now: float) -> list[Action]:
         if self.state not in (TRYING, PROCEEDING):
@@ -250,11 +251,11 @@ class NonInviteClientTransaction(ClientTransaction):
         self.last_response = resp
         if resp.status < 200:
             self.state = PROCEEDING
-            return [Action(RESPONSE, resp)]
+            return [(RESPONSE, resp)]
         self.state = COMPLETED
         self._timers.clear()
         wait = 0 if self.reliable else self.timers.t4
-        return [Action(RESPONSE, resp), *self._wait("K", now, wait)]
+        return [(RESPONSE, resp), *self._wait("K", now, wait)]
 
     def _fire(self, name: str, now: float) -> list[Action]:
         if name == "E" and self.state in (TRYING, PROCEEDING):
@@ -263,9 +264,9 @@ class NonInviteClientTransaction(ClientTransaction):
             else:
                 self._interval = self.timers.t2
             self._timers["E"] = now + self._interval
-            return [Action(SEND, self.data)]
+            return [(SEND, self.data)]
         if name == "F":
-            return [Action(TIMEOUT), *self._terminate()]
+            return [_TIMEOUT, *self._terminate()]
         if name == "K":
             return self._terminate()
         return []
@@ -310,7 +311,7 @@ class InviteServerTransaction(ServerTransaction):
                 return self._wait("I", now, 0 if self.reliable else self.timers.t4)
             return []
         if self.state in (PROCEEDING, COMPLETED) and self.last_response is not None:
-            return [Action(SEND, self.last_response)]
+            return [(SEND, self.last_response)]
         return []
 
     def send_response(self, status: int, data: bytes, now: float) -> list[Action]:
@@ -319,25 +320,25 @@ class InviteServerTransaction(ServerTransaction):
             self.last_response = data
             self.last_status = status
             if status < 200:
-                return [Action(SEND, data)]
+                return [(SEND, data)]
             if status < 300:
                 self.state = ACCEPTED
                 self._timers["L"] = now + 64 * self.timers.t1
-                return [Action(SEND, data)]
+                return [(SEND, data)]
             self.state = COMPLETED
             if not self.reliable:
                 self._timers["G"] = now + self.timers.t1
             self._timers["H"] = now + 64 * self.timers.t1
-            return [Action(SEND, data)]
+            return [(SEND, data)]
         if state == ACCEPTED and 200 <= status < 300:
-            return [Action(SEND, data)]
+            return [(SEND, data)]
         return []
 
     def _fire(self, name: str, now: float) -> list[Action]:
         if name == "G" and self.state == COMPLETED and self.last_response is not None:
             self._interval = min(2 * self._interval, self.timers.t2)
             self._timers["G"] = now + self._interval
-            return [Action(SEND, self.last_response)]
+            return [(SEND, self.last_response)]
         if name in ("H", "I", "L"):
             return self._terminate()
         return []
@@ -353,7 +354,7 @@ class NonInviteServerTransaction(ServerTransaction):
 
     def receive_request(self, request: Request, now: float) -> list[Action]:
         if self.state in (PROCEEDING, COMPLETED) and self.last_response is not None:
-            return [Action(SEND, self.last_response)]
+            return [(SEND, self.last_response)]
         return []
 
     def send_response(self, status: int, data: bytes, now: float) -> list[Action]:
@@ -363,11 +364,11 @@ class NonInviteServerTransaction(ServerTransaction):
         self.last_status = status
         if status < 200:
             self.state = PROCEEDING
-            return [Action(SEND, data)]
+            return [(SEND, data)]
         self.state = COMPLETED
         # Only the response is needed now; drop the request to save memory.
         wait = 0 if self.reliable else 64 * self.timers.t1
-        return [Action(SEND, data), *self._wait("J", now, wait)]
+        return [(SEND, data), *self._wait("J", now, wait)]
 
     def _fire(self, name: str, now: float) -> list[Action]:
         if name == "J":

@@ -46,14 +46,14 @@ def response(status: int, method: str = "INVITE", branch: str = "z9hG4bKabc") ->
 
 
 def kinds(actions: list[Action]) -> list[str]:
-    return [a.kind for a in actions]
+    return [kind for kind, _ in actions]
 
 
 def run_until(txn: Transaction, end: float) -> list[tuple[float, str]]:
     """Fire every timer up to ``end``; returns (time, action kind) pairs."""
     out = []
     while (t := txn.get_timer()) is not None and t <= end:
-        out += [(round(t, 3), a.kind) for a in txn.handle_timer(t)]
+        out += [(round(t, 3), kind) for kind, _ in txn.handle_timer(t)]
     return out
 
 
@@ -84,7 +84,7 @@ def test_invite_client_non_2xx_sends_ack_and_absorbs_retransmissions() -> None:
     txn.start(0.0)
     actions = txn.receive_response(response(486), 1.0)
     assert kinds(actions) == [SEND, RESPONSE]
-    ack = actions[0].data
+    ack = actions[0][1]
     assert isinstance(ack, bytes) and ack.startswith(b"ACK sip:b@example.com SIP/2.0")
     assert b"CSeq: 7 ACK" in ack and b";tag=t9" in ack and b"branch=z9hG4bKabc" in ack
     assert txn.state == COMPLETED
@@ -131,12 +131,12 @@ def test_invite_server_resends_final_with_timer_g_until_ack() -> None:
     req = request()
     txn = InviteServerTransaction(server_key(req), req, False, TIMERS)
     assert kinds(txn.send_response(100, b"100", 0.0)) == [SEND]
-    assert txn.receive_request(req, 0.1) == [Action(SEND, b"100")]  # retransmission absorbed
+    assert txn.receive_request(req, 0.1) == [(SEND, b"100")]  # retransmission absorbed
     txn.send_response(486, b"486", 1.0)
     assert txn.state == COMPLETED
     fired = run_until(txn, 4.0)
     assert fired == [(1.5, SEND), (2.5, SEND)]
-    assert txn.receive_request(request(), 4.0) == [Action(SEND, b"486")]
+    assert txn.receive_request(request(), 4.0) == [(SEND, b"486")]
     txn.receive_request(request("ACK"), 4.1)
     assert txn.state == CONFIRMED
     assert run_until(txn, 20.0) == [(9.1, TERMINATED)]  # timer I = T4
@@ -155,7 +155,7 @@ def test_invite_server_accepted_absorbs_invite_and_passes_2xx() -> None:
     txn.send_response(200, b"200", 0.0)
     assert txn.state == ACCEPTED
     assert txn.receive_request(req, 0.5) == []
-    assert txn.send_response(200, b"200", 0.6) == [Action(SEND, b"200")]
+    assert txn.send_response(200, b"200", 0.6) == [(SEND, b"200")]
     assert run_until(txn, 100.0) == [(32.0, TERMINATED)]  # timer L
 
 
@@ -164,7 +164,7 @@ def test_non_invite_server_absorbs_and_replays() -> None:
     txn = NonInviteServerTransaction(server_key(req), req, False, TIMERS)
     assert txn.receive_request(req, 0.1) == []  # trying: nothing to resend yet
     txn.send_response(200, b"200", 0.2)
-    assert txn.receive_request(req, 0.3) == [Action(SEND, b"200")]
+    assert txn.receive_request(req, 0.3) == [(SEND, b"200")]
     assert run_until(txn, 100.0) == [(32.2, TERMINATED)]  # timer J = 64 T1
 
 
