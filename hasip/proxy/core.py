@@ -29,6 +29,7 @@ from hasip.sip.transaction import (
     TERMINATED,
     TIMEOUT,
     TIMER_C,
+    TRANSPORT_ERROR,
     TRYING,
     Action,
     ClientTransaction,
@@ -399,12 +400,14 @@ class Proxy:
                         self._cancel_branch(other)
             self._maybe_finish(rc, received_at)
 
-    def _on_branch_timeout(self, branch: Branch, received_at: float) -> None:
-        branch.final_status = 408
+    def _on_branch_timeout(self, branch: Branch, received_at: float, status: int = 408) -> None:
+        """No answer (408), or the request could not be sent (503, RFC 3261 16.9)."""
+        branch.final_status = status
         rc = branch.rc
         if rc is None:
             return
-        metrics.TIMEOUTS.labels(rc.request.method).inc()
+        if status == 408:
+            metrics.TIMEOUTS.labels(rc.request.method).inc()
         self.router.on_branch_failure(rc, branch)
         self._maybe_finish(rc, received_at)
 
@@ -418,7 +421,13 @@ class Proxy:
         if best is None:
             return
         if best.final is None or (rc.cancelled and best.final_status == 408):
-            self._reply_rc(rc, 487 if rc.cancelled else best.final_status)
+            # Our own answer: a timeout (408) or an unreachable next hop (503).
+            if rc.cancelled:
+                self._reply_rc(rc, 487)
+            elif best.final_status == 503:
+                self._reply_rc(rc, 503, b"Service Unavailable (next hop unreachable)")
+            else:
+                self._reply_rc(rc, best.final_status)
             return
         resp = best.final
         if resp.status == 503:
@@ -707,6 +716,8 @@ class Proxy:
                 self._on_branch_response(branch, data, now)
             elif kind == TIMEOUT:
                 self._on_branch_timeout(branch, now)
+            elif kind == TRANSPORT_ERROR:
+                self._on_branch_timeout(branch, now, 503)
             elif kind == TIMER_C:
                 # RFC 3261 16.8: cancel the branch and answer it with 408 ourselves.
                 self._cancel_branch(branch)

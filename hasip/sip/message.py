@@ -22,7 +22,7 @@ from hasip.sip.headers import (
     parse_via,
     split_list,
 )
-from hasip.sip.uri import Uri, parse_uri
+from hasip.sip.uri import SipUri, Uri, parse_uri
 
 # A hard cap on any message, datagram or stream: the largest UDP payload. A
 # message larger than this is answered 513 (RFC 3261 21.5.14) and a stream
@@ -278,7 +278,7 @@ class Request(SipMessage):
     @uri.setter
     def uri(self, value: Uri) -> None:
         self._uri = value
-        self.uri_raw = str(value).encode("latin-1")
+        self.uri_raw = value.raw if isinstance(value, SipUri) else str(value).encode("latin-1")
 
     def start_line(self) -> bytes:
         return b"%s %s SIP/2.0" % (self.method.encode("latin-1"), self.uri_raw)

@@ -67,6 +67,7 @@ SEND = "send"  # data: bytes to send to the transaction's peer
 RESPONSE = "response"  # data: a Response for the TU (client transactions)
 TIMEOUT = "timeout"  # the peer never answered (timer B or F)
 TIMER_C = "timer_c"  # a proxied INVITE got no final answer in time (RFC 3261 16.8)
+TRANSPORT_ERROR = "transport_error"  # the request could not be sent (17.1.4)
 TERMINATED = "terminated"  # forget the transaction
 
 CALLING = "calling"
@@ -84,6 +85,7 @@ Action = tuple[str, "bytes | Response | None"]
 _TERMINATED: Action = ("terminated", None)
 _TIMEOUT: Action = ("timeout", None)
 _TIMER_C: Action = ("timer_c", None)
+_TRANSPORT_ERROR: Action = ("transport_error", None)
 
 
 class Timers:
@@ -178,10 +180,11 @@ class ClientTransaction(Transaction):
         raise NotImplementedError
 
     def transport_error(self) -> list[Action]:
-        """The transport could not send (RFC 3261 17.1.4): report a timeout."""
+        """The transport could not send (RFC 3261 17.1.4): report it; a proxy
+        then acts as if the branch had answered 503 (RFC 3261 16.9)."""
         if self.state in (TERMINATED_STATE, COMPLETED, ACCEPTED):
             return []
-        return [_TIMEOUT, *self._terminate()]
+        return [_TRANSPORT_ERROR, *self._terminate()]
 
 
 class InviteClientTransaction(ClientTransaction):

@@ -31,7 +31,8 @@ def _split_params(text: str) -> dict[str, str | None]:
 class SipUri:
     """A ``sip:`` or ``sips:`` URI."""
 
-    __slots__ = ("headers", "host", "params", "password", "port", "scheme", "text", "user")
+    __slots__ = ("_raw", "headers", "host", "host_ip", "params", "password", "port", "scheme",
+                 "text", "user")
 
     def __init__(
         self,
@@ -48,10 +49,20 @@ class SipUri:
         self.user = user
         self.password = password
         self.host = host
+        # The host without IPv6 brackets, lowercased: what addresses compare on.
+        self.host_ip = host[1:-1].lower() if host.startswith("[") else host.lower()
         self.port = port
         self.params = params if params is not None else {}
         self.headers = headers
         self.text = text if text is not None else self._compose()
+        self._raw: bytes | None = None
+
+    @property
+    def raw(self) -> bytes:
+        """The URI as bytes (latin-1), computed once."""
+        if self._raw is None:
+            self._raw = self.text.encode("latin-1")
+        return self._raw
 
     def _compose(self) -> str:
         out = [self.scheme, ":"]
@@ -78,14 +89,6 @@ class SipUri:
     @property
     def secure(self) -> bool:
         return self.scheme == "sips"
-
-    @property
-    def host_ip(self) -> str:
-        """The host without IPv6 brackets, lowercased."""
-        host = self.host
-        if host.startswith("["):
-            return host[1:-1].lower()
-        return host.lower()
 
     @property
     def transport(self) -> str:

@@ -315,3 +315,19 @@ def test_tcp_connection_to_a_next_hop_is_reused(make_node, udp_peer) -> None:
     assert statuses == [486, 486, 486]
     conn.close()
     server.close()
+
+
+def test_unreachable_tcp_next_hop_gives_503_at_once(make_node, udp_peer) -> None:
+    """RFC 3261 16.9: a transport error counts as a 503 from that branch."""
+    closed = free_port()
+    node = make_node(next_hop=[f"sip:127.0.0.1:{closed};transport=tcp"])
+    caller = udp_peer()
+    started = time.monotonic()
+    caller.send(invite(caller, f"sip:agent@127.0.0.1:{node.sip_port}"), node.sip_port)
+    statuses = []
+    while (msg := caller.recv(3.0)) is not None:
+        statuses.append(status_of(msg))
+        if statuses[-1] and statuses[-1] >= 200:
+            break
+    assert statuses[-1] == 503
+    assert time.monotonic() - started < 2.0  # not after timer B
