@@ -113,7 +113,7 @@ class Hasip(Balancer):
     def __init__(self, work: Path, hops: list[int], loop: str) -> None:
         self.port = free_port()
         self.name = f"hasip ({loop})"
-        cfg = work / "hasip.toml"
+        cfg = work / f"hasip-{loop}.toml"
         hop_list = ", ".join(f'"sip:127.0.0.1:{p}"' for p in hops)
         cfg.write_text(
             f'[node]\nevent_loop = "{loop}"\n'

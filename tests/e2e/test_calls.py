@@ -331,3 +331,27 @@ def test_unreachable_tcp_next_hop_gives_503_at_once(make_node, udp_peer) -> None
             break
     assert statuses[-1] == 503
     assert time.monotonic() - started < 2.0  # not after timer B
+
+
+def test_timer_c_cancels_a_branch_that_rings_too_long(make_node, udp_peer) -> None:
+    """RFC 3261 16.8: no final answer within timers.invite_final after a
+    provisional one: the proxy CANCELs the branch and answers 408 itself."""
+    callee = udp_peer()
+    node = make_node(next_hop=[f"sip:127.0.0.1:{callee.port}"], timers={"invite_final": 1.0})
+    caller = udp_peer()
+    caller.send(invite(caller, f"sip:agent@127.0.0.1:{node.sip_port}"), node.sip_port)
+    assert status_of(caller.recv()) == 100
+    forwarded = callee.recv()
+    assert forwarded is not None
+    started = time.monotonic()
+    callee.send(reply_to(forwarded, 180, "Ringing"), node.sip_port)
+    assert status_of(caller.recv()) == 180
+    cancel = callee.recv(3.0)
+    assert cancel is not None and cancel.startswith(b"CANCEL ")
+    assert 0.9 <= time.monotonic() - started < 2.5
+    assert status_of(caller.recv(3.0)) == 408
+    callee.send(reply_to(cancel, 200, "OK"), node.sip_port)  # the CANCEL's own answer
+    callee.send(reply_to(forwarded, 487, "Request Terminated"), node.sip_port)
+    ack = callee.recv()
+    assert ack is not None and ack.startswith(b"ACK ")  # the 487 is ACKed hop by hop
+    assert caller.recv(0.5) is None  # and not relayed: the caller already has its 408
