@@ -229,7 +229,9 @@ class Proxy:
     def reply_destination(self, src: Source, via: Via) -> Destination:
         """Where responses to a request go (RFC 3261 18.2.2, RFC 3581 4)."""
         if src.conn is not None:
-            return Destination(src.listener.transport, src.addr, src.listener, src.conn)
+            port = int(via.params.get("rport") or 0) or via.port or 5060
+            return Destination(src.listener.transport, src.addr, src.listener, src.conn,
+                               (src.addr[0], port))
         port = src.addr[1] if "rport" in via.params else (via.port or 5060)
         return Destination("udp", (src.addr[0], port), src.listener)
 

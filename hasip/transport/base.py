@@ -61,14 +61,19 @@ class Source:
 class Destination:
     """A resolved next hop: transport, IP, port, and the listener to send from."""
 
-    __slots__ = ("addr", "conn", "listener", "transport")
+    __slots__ = ("addr", "conn", "fallback", "listener", "transport")
 
     def __init__(self, transport: str, addr: tuple[str, int], listener: Listener,
-                 conn: TcpConnection | None = None) -> None:
+                 conn: TcpConnection | None = None,
+                 fallback: tuple[str, int] | None = None) -> None:
         self.transport = transport
         self.addr = addr
         self.listener = listener
         self.conn = conn
+        # Where to open a new connection when ``conn`` has closed: for a
+        # response, the Via's received address and sent-by port (RFC 3261
+        # 18.2.2), not the old connection's ephemeral port.
+        self.fallback = fallback
 
     @property
     def reliable(self) -> bool:

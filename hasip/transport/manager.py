@@ -95,6 +95,9 @@ class Transports:
         conn = dest.conn
         if conn is None or conn.closed:
             conn = self._conns.get(dest.addr)
+        if (conn is None or conn.closed) and dest.fallback is not None:
+            dest = Destination(dest.transport, dest.fallback, dest.listener)
+            conn = self._conns.get(dest.addr)
         if conn is None or conn.closed:
             conn = self._connect(dest)
         return conn.write(data, on_error)

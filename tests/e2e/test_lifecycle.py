@@ -118,3 +118,41 @@ def test_oversize_stream_message_closes_the_connection(make_node) -> None:
             data = b""
         assert data == b""  # closed by the node
     assert node.alive()
+
+
+def test_response_after_the_tcp_connection_closed_goes_to_the_via(make_node, udp_peer) -> None:
+    """RFC 3261 18.2.2: the connection a request came on is gone; the answer
+    is sent over a new connection to the Via's address and port."""
+    from hasip.sip.framing import StreamFramer
+    from tests.e2e.conftest import reply_to, status_of
+
+    callee = udp_peer()
+    node = make_node(next_hop=[f"sip:127.0.0.1:{callee.port}"])
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(2)
+    listener.settimeout(5)
+    via_port = listener.getsockname()[1]
+    conn = socket.create_connection(("127.0.0.1", node.sip_port), timeout=5)
+    msg = (f"INVITE sip:agent@127.0.0.1:{node.sip_port} SIP/2.0\r\n"
+           f"Via: SIP/2.0/TCP 127.0.0.1:{via_port};branch=z9hG4bKtcpgone\r\n"
+           "Max-Forwards: 70\r\nFrom: <sip:caller@127.0.0.1>;tag=f1\r\n"
+           f"To: <sip:agent@127.0.0.1:{node.sip_port}>\r\nCall-ID: tcpgone1\r\n"
+           "CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n").encode()
+    conn.sendall(msg)
+    assert status_of(StreamFramer().feed(conn.recv(65535))[0]) == 100
+    conn.close()
+    forwarded = callee.recv()
+    assert forwarded is not None
+    time.sleep(0.2)
+    callee.send(reply_to(forwarded, 486, "Busy Here"), node.sip_port)
+    back, _ = listener.accept()
+    back.settimeout(5)
+    framer = StreamFramer()
+    got: list[bytes] = []
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        got = framer.feed(back.recv(65535))
+    assert got and status_of(got[0]) == 486
+    back.close()
+    listener.close()
