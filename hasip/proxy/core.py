@@ -488,6 +488,8 @@ class Proxy:
         if req.method == "ACK":
             return
         if ctx.rc is not None:
+            if ctx.rc.final_sent and status >= 200:
+                return  # answered already (e.g. 416 by _prepare before a 503 fallback)
             self._reply_rc(ctx.rc, status, reason, extra)
             return
         to_tag = None

@@ -355,3 +355,15 @@ def test_timer_c_cancels_a_branch_that_rings_too_long(make_node, udp_peer) -> No
     ack = callee.recv()
     assert ack is not None and ack.startswith(b"ACK ")  # the 487 is ACKed hop by hop
     assert caller.recv(0.5) is None  # and not relayed: the caller already has its 408
+
+
+def test_one_final_answer_only(make_node, udp_peer) -> None:
+    """A request the proxy cannot route gets exactly one final answer."""
+    node = make_node(next_hop=[])
+    peer = udp_peer()
+    peer.send(invite(peer, "mailto:x@example.com"), node.sip_port)
+    finals = [status_of(m) for m in peer.recv_all(0.4) if (status_of(m) or 0) >= 200]
+    assert finals[0] == 416
+    text = node.metrics()
+    assert metric(text, "hasip_sip_responses_sent_total", 'code="416"') == 1
+    assert metric(text, "hasip_sip_responses_sent_total", 'code="503"') == 0
