@@ -16,6 +16,8 @@ import zlib
 from hasip import metrics
 from hasip.config import Config
 from hasip.log import get_logger
+from hasip.proxy.routing import Router
+from hasip.proxy.timers import TimerQueue
 from hasip.sip.build import REASONS, make_cancel_for, make_response, make_response_from_raw
 from hasip.sip.errors import SipParseError
 from hasip.sip.headers import Via, parse_name_addr, split_list
@@ -123,9 +125,6 @@ class Proxy:
     """A stateful proxy bound to a node's transports."""
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
-        from hasip.proxy.routing import Router
-        from hasip.proxy.timers import TimerQueue
-
         self.config = config
         self.loop = loop
         self.timers = config.timers

@@ -61,7 +61,6 @@ PARAM_RE = re.compile(
     f"{WS};{WS}({TOKEN})(?:{WS}={WS}({TOKEN}|{IPV6REF}|{QUOTED}))?"
 )
 QUOTED_RE = re.compile(QUOTED)
-WS_RE = re.compile(WS)
 
 # Via: sent-protocol LWS sent-by *( SEMI via-params )
 # sent-protocol = protocol-name SLASH protocol-version SLASH transport

@@ -11,7 +11,7 @@ import re
 
 from hasip.sip.errors import SipParseError
 from hasip.sip.grammar import ABSOLUTE_URI_RE, PARAM_RE, QUOTED_RE, TOKEN_RE, VIA_RE
-from hasip.sip.uri import SipUri, Uri, parse_uri
+from hasip.sip.uri import Uri, parse_uri
 
 # Compact forms (RFC 3261 section 7.3.3 and later RFCs) -> canonical lowercase names.
 COMPACT_FORMS: dict[bytes, bytes] = {
@@ -250,14 +250,3 @@ def parse_cseq(text: str) -> tuple[int, str]:
     if TOKEN_RE.fullmatch(parts[1]) is None:
         raise SipParseError("CSeq method is not a token")
     return number, parts[1]
-
-
-def parse_route_set(values: list[str]) -> list[NameAddr]:
-    """Route / Record-Route values: each must be a name-addr with a SIP URI."""
-    out = []
-    for value in values:
-        na = parse_name_addr(value, "Route")
-        if not isinstance(na.uri, SipUri):
-            raise SipParseError("Route URI is not a SIP URI", 416)
-        out.append(na)
-    return out

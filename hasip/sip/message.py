@@ -73,11 +73,7 @@ class SipMessage:
         keys = self.keys
         if key not in keys:
             return None
-        raw = self.raws[keys.index(key)]
-        value = raw[raw.index(b":") + 1:]
-        if b"\n" in value:
-            value = _FOLD_RE.sub(b" ", value)
-        return value.strip(b" \t")
+        return self._value_of(self.raws[keys.index(key)])
 
     def get_str(self, key: bytes) -> str | None:
         value = self.get(key)
@@ -231,11 +227,6 @@ class SipMessage:
         if key == b"via":
             self._via_changed()
         return first
-
-    def set_body(self, body: bytes) -> None:
-        self.body = body
-        self.replace(b"content-length", b"Content-Length: %d" % len(body))
-        self._has_cl = True
 
     def to_bytes(self) -> bytes:
         parts = [self.start_line(), *self.raws]

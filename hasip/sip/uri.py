@@ -108,26 +108,6 @@ class SipUri:
     def user_unescaped(self) -> str | None:
         return None if self.user is None else unquote(self.user, encoding="latin-1")
 
-    def with_params(self, **changes: str | None) -> SipUri:
-        params = dict(self.params)
-        params.update(changes)
-        return SipUri(self.scheme, self.user, self.host, self.port, params, self.headers,
-                      self.password)
-
-    def equivalent(self, other: object) -> bool:
-        """URI comparison, a practical subset of RFC 3261 19.1.4."""
-        if not isinstance(other, SipUri):
-            return False
-        return (
-            self.scheme == other.scheme
-            and self.user_unescaped() == other.user_unescaped()
-            and self.host.lower() == other.host.lower()
-            and self.port == other.port
-            and self.params.get("transport") == other.params.get("transport")
-            and self.params.get("user") == other.params.get("user")
-            and self.params.get("maddr") == other.params.get("maddr")
-        )
-
 
 class TelUri:
     """A ``tel:`` URI (RFC 3966): a number and its parameters."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 
 from hasip import metrics
 from hasip.config import Config
@@ -137,6 +136,3 @@ class Transports:
                     log.debug("tcp_idle_closed", peer=f"{conn.peer[0]}:{conn.peer[1]}")
                     conn.abort()
 
-
-def family_of(ip: str) -> int:
-    return socket.AF_INET6 if ":" in ip else socket.AF_INET
