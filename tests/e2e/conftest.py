@@ -167,6 +167,18 @@ def invite(peer: UdpPeer, target: str, *, branch: str | None = None, call_id: st
     ).encode()
 
 
+def start_invite(caller: UdpPeer, node: NodeProcess, callee: UdpPeer | None = None) -> bytes:
+    """``caller`` sends an INVITE to an agent through ``node`` and gets the
+    proxy's 100; with ``callee``, the INVITE as forwarded to it is returned."""
+    caller.send(invite(caller, f"sip:agent@127.0.0.1:{node.sip_port}"), node.sip_port)
+    assert status_of(caller.recv()) == 100
+    if callee is None:
+        return b""
+    forwarded = callee.recv()
+    assert forwarded is not None
+    return forwarded
+
+
 def reply_to(request: bytes, status: int, reason: str, to_tag: str = "uas1",
              extra: str = "") -> bytes:
     """A response to ``request`` as a UAS writes it (Via, From, Call-ID, CSeq,

@@ -8,7 +8,14 @@ import time
 
 from hasip.demo.node import NodeProcess
 from hasip.demo.sipp import wait_for_stats
-from tests.e2e.conftest import free_port, invite, reply_to, status_of, write_config
+from tests.e2e.conftest import (
+    free_port,
+    invite,
+    reply_to,
+    start_invite,
+    status_of,
+    write_config,
+)
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
@@ -117,10 +124,7 @@ def test_2xx_retransmissions_are_forwarded_and_ack_passes_statelessly(make_node,
     callee = udp_peer()
     caller = udp_peer()
     node = make_node(next_hop=[f"sip:127.0.0.1:{callee.port}"])
-    caller.send(invite(caller, f"sip:agent@127.0.0.1:{node.sip_port}"), node.sip_port)
-    assert status_of(caller.recv()) == 100
-    forwarded = callee.recv()
-    assert forwarded is not None
+    forwarded = start_invite(caller, node, callee)
     assert f"Record-Route: <sip:127.0.0.1:{node.sip_port};lr>".encode() in forwarded
     ok = reply_to(forwarded, 200, "OK", extra=f"Contact: <sip:agent@127.0.0.1:{callee.port}>\r\n")
     callee.send(ok, node.sip_port)
@@ -291,8 +295,7 @@ def test_tcp_connection_to_a_next_hop_is_reused(make_node, udp_peer) -> None:
     node = make_node(next_hop=[f"sip:127.0.0.1:{port};transport=tcp"])
     callers = [udp_peer() for _ in range(3)]
     for caller in callers:
-        caller.send(invite(caller, f"sip:agent@127.0.0.1:{node.sip_port}"), node.sip_port)
-        assert status_of(caller.recv()) == 100
+        start_invite(caller, node)
     conn, _ = server.accept()
     conn.settimeout(5)
     framer = StreamFramer()
@@ -339,10 +342,7 @@ def test_timer_c_cancels_a_branch_that_rings_too_long(make_node, udp_peer) -> No
     callee = udp_peer()
     node = make_node(next_hop=[f"sip:127.0.0.1:{callee.port}"], timers={"invite_final": 1.0})
     caller = udp_peer()
-    caller.send(invite(caller, f"sip:agent@127.0.0.1:{node.sip_port}"), node.sip_port)
-    assert status_of(caller.recv()) == 100
-    forwarded = callee.recv()
-    assert forwarded is not None
+    forwarded = start_invite(caller, node, callee)
     started = time.monotonic()
     callee.send(reply_to(forwarded, 180, "Ringing"), node.sip_port)
     assert status_of(caller.recv()) == 180

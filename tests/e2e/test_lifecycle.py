@@ -6,7 +6,7 @@ import signal
 import socket
 import time
 
-from tests.e2e.conftest import invite, reply_to, status_of
+from tests.e2e.conftest import invite, reply_to, start_invite, status_of
 from tests.e2e.test_calls import metric
 
 
@@ -14,10 +14,7 @@ def test_sigterm_finishes_transactions_in_flight_then_exits(make_node, udp_peer)
     callee = udp_peer()
     node = make_node(next_hop=[f"sip:127.0.0.1:{callee.port}"], shutdown={"grace": 10.0})
     caller = udp_peer()
-    caller.send(invite(caller, f"sip:agent@127.0.0.1:{node.sip_port}"), node.sip_port)
-    assert status_of(caller.recv()) == 100
-    forwarded = callee.recv()
-    assert forwarded is not None
+    forwarded = start_invite(caller, node, callee)
     assert node.proc is not None
     node.proc.send_signal(signal.SIGTERM)
     time.sleep(0.5)
@@ -38,8 +35,7 @@ def test_grace_bounds_the_drain_and_second_signal_exits_at_once(make_node, udp_p
     callee = udp_peer()
     node = make_node(next_hop=[f"sip:127.0.0.1:{callee.port}"], shutdown={"grace": 1.0})
     caller = udp_peer()
-    caller.send(invite(caller, f"sip:agent@127.0.0.1:{node.sip_port}"), node.sip_port)
-    assert status_of(caller.recv()) == 100
+    start_invite(caller, node)
     assert node.proc is not None
     started = time.monotonic()
     node.proc.send_signal(signal.SIGTERM)
