@@ -60,6 +60,61 @@ class Config:
     log_level: str = "info"
     log_format: str = "logfmt"
     shutdown_grace: float = 5.0
+    registrar: RegistrarConfig = field(default_factory=lambda: RegistrarConfig())
+    location: LocationConfig = field(default_factory=lambda: LocationConfig())
+    auth: AuthConfig = field(default_factory=lambda: AuthConfig())
+    radius: RadiusConfig = field(default_factory=lambda: RadiusConfig())
+    nat: NatConfig = field(default_factory=lambda: NatConfig())
+
+
+@dataclass
+class RegistrarConfig:
+    default_expires: int = 3600
+    min_expires: int = 60
+    max_expires: int = 3600
+    max_contacts: int = 10
+    use_domain: bool = False
+
+
+@dataclass
+class LocationConfig:
+    backend: str = "sqlite"            # sqlite, mysql or memory
+    sqlite_path: str = "hasip-location.db"
+    mysql_url: str = ""
+    max_pending: int = 1_000_000
+    batch: int = 500
+
+
+@dataclass
+class AuthConfig:
+    source: str = "file"               # file or radius
+    users_file: str = ""               # empty: the demo users shipped with hasip
+    realm: str = "hasip"               # empty: the To (REGISTER) / From host
+    secret: str = ""                   # empty: random per process (single node)
+    nonce_lifetime: float = 300.0
+    algorithms: list[str] = field(default_factory=lambda: ["MD5"])
+    allow_no_qop: bool = False
+    trusted: list[str] = field(default_factory=list)
+    retry_after: int = 30
+
+
+@dataclass
+class RadiusConfig:
+    servers: list[tuple[str, int]] = field(default_factory=list)
+    secret: str = ""
+    timeout: float = 1.0
+    retries: int = 1
+    dead_time: float = 10.0
+    attributes: str = "sterman"
+    nas_identifier: str = ""
+    service_type: int = 15
+
+
+@dataclass
+class NatConfig:
+    detect: list[str] = field(default_factory=lambda: ["private_contact", "via_address",
+                                                       "via_port"])
+    ping_interval: float = 10.0
 
 
 class _Section:
@@ -158,7 +213,9 @@ def parse_host_port(text: str, where: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-_SECTIONS = ("node", "sip", "timers", "routing", "tcp", "metrics", "log", "shutdown")
+_SECTIONS = ("node", "sip", "timers", "routing", "tcp", "metrics", "log", "shutdown",
+             "registrar", "location", "auth", "radius", "nat")
+NAT_TESTS = ("private_contact", "via_address", "via_port")
 
 
 def load_config(path: str | Path) -> Config:
@@ -257,4 +314,94 @@ def config_from_dict(raw: dict[str, Any], path: str = "<dict>") -> Config:
     shutdown = _Section(path, "shutdown", raw.get("shutdown", {}))
     cfg.shutdown_grace = shutdown.number("grace", cfg.shutdown_grace, 0.0, 600.0)
     shutdown.finish()
+    _registrar_section(cfg, _Section(path, "registrar", raw.get("registrar", {})))
+    _location_section(cfg, _Section(path, "location", raw.get("location", {})))
+    _auth_section(cfg, _Section(path, "auth", raw.get("auth", {})))
+    _radius_section(cfg, _Section(path, "radius", raw.get("radius", {})))
+    _nat_section(cfg, _Section(path, "nat", raw.get("nat", {})))
     return cfg
+
+
+def _registrar_section(cfg: Config, sec: _Section) -> None:
+    r = cfg.registrar
+    r.default_expires = sec.integer("default_expires", r.default_expires, 1, 1 << 30)
+    r.min_expires = sec.integer("min_expires", r.min_expires, 0, 1 << 30)
+    r.max_expires = sec.integer("max_expires", r.max_expires, 1, 1 << 30)
+    if r.min_expires > r.max_expires:
+        raise sec.error("min_expires", f"{r.min_expires} is above max_expires {r.max_expires}")
+    r.max_contacts = sec.integer("max_contacts", r.max_contacts, 0, 1000)
+    r.use_domain = sec.get("use_domain", bool, r.use_domain)
+    sec.finish()
+
+
+def _location_section(cfg: Config, sec: _Section) -> None:
+    loc = cfg.location
+    loc.backend = sec.choice("backend", loc.backend, ("sqlite", "mysql", "memory"))
+    loc.sqlite_path = sec.get("sqlite_path", str, loc.sqlite_path)
+    loc.mysql_url = sec.get("mysql_url", str, loc.mysql_url)
+    if loc.backend == "mysql" and not loc.mysql_url.startswith(("mysql://", "mariadb://")):
+        raise sec.error("mysql_url", "backend is mysql: give mysql://USER:PASSWORD@HOST:PORT/DB")
+    loc.max_pending = sec.integer("max_pending", loc.max_pending, 100, 100_000_000)
+    loc.batch = sec.integer("batch", loc.batch, 1, 100_000)
+    sec.finish()
+
+
+def _auth_section(cfg: Config, sec: _Section) -> None:
+    a = cfg.auth
+    a.source = sec.choice("source", a.source, ("file", "radius"))
+    a.users_file = sec.get("users_file", str, a.users_file)
+    a.realm = sec.get("realm", str, a.realm)
+    a.secret = sec.get("secret", str, a.secret)
+    a.nonce_lifetime = sec.number("nonce_lifetime", a.nonce_lifetime, 5.0, 86400.0)
+    a.algorithms = sec.str_list("algorithms", a.algorithms)
+    if not a.algorithms:
+        raise sec.error("algorithms", "needs at least one of MD5, SHA-256")
+    for alg in a.algorithms:
+        if alg not in ("MD5", "SHA-256"):
+            raise sec.error("algorithms", f"{alg!r} is not one of MD5, SHA-256")
+    a.allow_no_qop = sec.get("allow_no_qop", bool, a.allow_no_qop)
+    a.trusted = sec.str_list("trusted", a.trusted)
+    for i, net in enumerate(a.trusted):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"{sec.where('trusted')}[{i}]: {net!r} is not an address or "
+                              "network (e.g. 192.0.2.0/24)")
+    a.retry_after = sec.integer("retry_after", a.retry_after, 1, 3600)
+    sec.finish()
+
+
+def _radius_section(cfg: Config, sec: _Section) -> None:
+    r = cfg.radius
+    servers = sec.str_list("servers", [])
+    r.servers = []
+    for i, text in enumerate(servers):
+        if text.rpartition(":")[2].isdigit():
+            r.servers.append(parse_host_port(text, f"{sec.where('servers')}[{i}]"))
+        else:
+            r.servers.append((text, 1812))
+    r.secret = sec.get("secret", str, r.secret)
+    r.timeout = sec.number("timeout", r.timeout, 0.05, 30.0)
+    r.retries = sec.integer("retries", r.retries, 0, 10)
+    r.dead_time = sec.number("dead_time", r.dead_time, 0.0, 3600.0)
+    r.attributes = sec.choice("attributes", r.attributes, ("sterman", "rfc5090"))
+    r.nas_identifier = sec.get("nas_identifier", str, r.nas_identifier) or cfg.node_name
+    r.service_type = sec.integer("service_type", r.service_type, 1, 1 << 31)
+    sec.finish()
+    if cfg.auth.source == "radius":
+        if not r.servers:
+            raise ConfigError(f"{sec.where('servers')}: auth.source is radius: list at least "
+                              "one server (HOST:PORT)")
+        if not r.secret:
+            raise ConfigError(f"{sec.where('secret')}: auth.source is radius: the shared "
+                              "secret is required")
+
+
+def _nat_section(cfg: Config, sec: _Section) -> None:
+    n = cfg.nat
+    n.detect = sec.str_list("detect", n.detect)
+    for test in n.detect:
+        if test not in NAT_TESTS:
+            raise sec.error("detect", f"{test!r} is not one of {', '.join(NAT_TESTS)}")
+    n.ping_interval = sec.number("ping_interval", n.ping_interval, 0.0, 3600.0)
+    sec.finish()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, Counter, Gauge, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -134,6 +134,37 @@ TCP_CONNECTIONS = Gauge("hasip_tcp_connections", "Open TCP connections")
 TCP_CLOSED_SLOW = Counter("hasip_tcp_closed_slow_peer_total",
                           "TCP connections closed because the peer did not read")
 UP = Gauge("hasip_up", "1 while the node serves SIP, 0 while it drains")
+
+# Registrar and location store
+REGISTERED_CONTACTS = Gauge("hasip_registrar_contacts", "Current registered contacts (bindings)")
+REGISTERED_AORS = Gauge("hasip_registrar_aors", "Addresses-of-record with at least one binding")
+REGISTRATIONS = Counter("hasip_registrar_requests_total",
+                        "REGISTER requests handled by the registrar, by result", ["result"])
+LOCATION_QUEUE = Gauge("hasip_location_write_queue",
+                       "Binding changes waiting to be written to the durable store")
+LOCATION_WRITES = Counter("hasip_location_writes_total",
+                          "Binding changes written to the durable store", ["backend"])
+LOCATION_WRITE_ERRORS = Counter("hasip_location_write_errors_total",
+                                "Failed write batches (retried)", ["backend"])
+LOCATION_DROPPED = Counter("hasip_location_writes_dropped_total",
+                           "Changes dropped because the write queue was full")
+LOOKUPS = Counter("hasip_location_lookups_total", "Location lookups for requests to our domain",
+                  ["result"])
+
+# Digest authentication
+AUTH_RESULTS = Counter("hasip_auth_total", "Digest authentication outcomes",
+                       ["method", "result"])
+RADIUS_LATENCY = Histogram("hasip_radius_latency_seconds",
+                           "RADIUS Access-Request round trips", ["server"],
+                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+RADIUS_ERRORS = Counter("hasip_radius_errors_total", "RADIUS timeouts and bad replies",
+                        ["server", "kind"])
+
+# NAT traversal
+NAT_PINGS = Counter("hasip_nat_pings_total", "OPTIONS keepalives to NATed contacts",
+                    ["result"])
+NAT_DETECTED = Counter("hasip_nat_detected_total", "Requests from clients detected behind NAT",
+                       ["method"])
 
 
 def start_metrics_server(host: str, port: int) -> None:

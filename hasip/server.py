@@ -13,6 +13,7 @@ from hasip import metrics
 from hasip.config import Config
 from hasip.log import get_logger
 from hasip.proxy.core import Proxy
+from hasip.services import build as build_services
 
 log = get_logger("hasip.server")
 
@@ -36,7 +37,9 @@ class Node:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        self.proxy = Proxy(self.config, loop)
+        services = build_services(self.config)
+        await services.start()
+        self.proxy = Proxy(self.config, loop, services)
         await self.proxy.start()
         if self.config.metrics_listen is not None:
             host, port = self.config.metrics_listen
@@ -50,6 +53,7 @@ class Node:
         await self._stop.wait()
         await self.drain()
         await self.proxy.stop()
+        await services.stop(self.config.shutdown_grace)
         log.info("node_stopped", node=self.config.node_name)
         return 0
 

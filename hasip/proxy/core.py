@@ -12,12 +12,18 @@ import itertools
 import os
 import socket
 import zlib
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from hasip import metrics
 from hasip.config import Config
+from hasip.location.natping import BRANCH_PREFIX as NAT_PING_BRANCH
+from hasip.location.natping import NatPinger
 from hasip.log import get_logger
+from hasip.proxy.nat import fix_contact
 from hasip.proxy.routing import Router
 from hasip.proxy.timers import TimerQueue
+from hasip.services import Services
 from hasip.sip.build import REASONS, make_cancel_for, make_response, make_response_from_raw
 from hasip.sip.errors import SipParseError
 from hasip.sip.headers import Via, parse_name_addr, split_list
@@ -51,6 +57,8 @@ from hasip.transport.tcp import TcpConnection
 
 log = get_logger("hasip.proxy")
 
+T = TypeVar("T")
+
 # Branches we generate: magic cookie, our marker, an 8-hex loop-detection hash
 # (RFC 3261 16.6 step 8), then a per-process unique part.
 _BRANCH_MARK = "z9hG4bKhs"
@@ -59,8 +67,8 @@ _BRANCH_MARK = "z9hG4bKhs"
 class Branch:
     """One client transaction of a response context (RFC 3261 16.6)."""
 
-    __slots__ = ("cancel_pending", "cancelled", "dest", "final", "final_status", "provisional",
-                 "rc", "request", "txn")
+    __slots__ = ("cancel_pending", "cancelled", "dest", "final", "final_status", "nat",
+                 "provisional", "rc", "request", "txn")
 
     def __init__(self, rc: ResponseContext | None, request: Request, dest: Destination) -> None:
         self.rc = rc
@@ -72,6 +80,8 @@ class Branch:
         self.final_status = 0
         self.cancel_pending = False
         self.cancelled = False
+        # The callee is behind NAT: fix the Contact of its answers.
+        self.nat = False
 
 
 class ResponseContext:
@@ -100,7 +110,7 @@ class RequestContext:
     """What the routing script gets for one request: the message, where it came
     from, and the operations it may apply (reply, record-route, forward)."""
 
-    __slots__ = ("proxy", "rc", "record_route", "request", "source")
+    __slots__ = ("nat", "proxy", "rc", "record_route", "request", "source", "user")
 
     def __init__(self, proxy: Proxy, request: Request, source: Source,
                  rc: ResponseContext | None) -> None:
@@ -109,13 +119,32 @@ class RequestContext:
         self.source = source
         self.rc = rc
         self.record_route = False
+        # The sender is behind NAT (Record-Route gets ;nat=yes).
+        self.nat = False
+        # The authenticated user, once digest authentication succeeded.
+        self.user: str | None = None
 
     def reply(self, status: int, reason: bytes | None = None,
               extra: list[bytes] | None = None) -> None:
         self.proxy.reply(self, status, reason, extra)
 
-    def forward(self, request_uri: SipUri | None = None, next_hop: SipUri | None = None) -> bool:
-        return self.proxy.forward(self, request_uri, next_hop)
+    def forward(self, request_uri: SipUri | None = None, next_hop: SipUri | None = None,
+                dest: Destination | None = None, routes: tuple[str, ...] = (),
+                nat: bool = False) -> bool:
+        return self.proxy.forward(self, request_uri, next_hop, dest, routes, nat)
+
+    def suspend(self, pending: Awaitable[T], resume: Callable[[T], None]) -> None:
+        """Wait for ``pending`` (a RADIUS answer...) off the hot path, then call
+        ``resume`` with its result unless the request was answered meanwhile
+        (a CANCEL). The server transaction absorbs retransmissions."""
+        self.proxy.suspend(self, pending, resume)
+
+    def force_rport(self) -> None:
+        """Answer to the packet's source port whatever the Via says (RFC 3581)."""
+        rc = self.rc
+        src = self.source
+        if rc is not None and src.conn is None:
+            rc.reply_dest = Destination("udp", src.addr, src.listener)
 
     def forward_stateless(self) -> bool:
         return self.proxy.forward_stateless(self)
@@ -124,9 +153,12 @@ class RequestContext:
 class Proxy:
     """A stateful proxy bound to a node's transports."""
 
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop,
+                 services: Services | None = None) -> None:
         self.config = config
         self.loop = loop
+        self.services = services if services is not None else Services.in_memory(config)
+        self._tasks: set[asyncio.Task[None]] = set()
         self.timers = config.timers
         self.transports = Transports(config, self.receive, loop)
         self.server_txns: dict[tuple[str, ...], ServerTransaction] = {}
@@ -156,6 +188,9 @@ class Proxy:
         self._lat_request = stats.latency.child("request")
         self._lat_response = stats.latency.child("response")
         self._destinations: dict[tuple[str, str, int], Destination | None] = {}
+        self.listeners_by_socket = {lst.socket: lst for lst in self.transports.listeners}
+        self.pinger = NatPinger(self.services.location, self.listeners_by_socket,
+                                self.transports.send, config.nat.ping_interval)
         self.router = Router(self)
         metrics.TRANSACTIONS.labels("server").set_function(lambda: len(self.server_txns))
         metrics.TRANSACTIONS.labels("client").set_function(lambda: len(self.client_txns))
@@ -163,10 +198,38 @@ class Proxy:
 
     async def start(self) -> None:
         await self.transports.start()
+        self.pinger.start()
 
     async def stop(self) -> None:
+        await self.pinger.stop()
+        for task in list(self._tasks):
+            task.cancel()
         await self.transports.stop()
         self.timerq.close()
+
+    def context_for(self, rc: ResponseContext) -> RequestContext:
+        """A request context to forward more branches of ``rc`` (failure route)."""
+        return RequestContext(self, rc.request, rc.source, rc)
+
+    def suspend(self, ctx: RequestContext, pending: Awaitable[T],
+                resume: Callable[[T], None]) -> None:
+        async def wait() -> None:
+            try:
+                result = await pending
+            except Exception:
+                log.error("suspended_step_failed", exc_info=True, call_id=ctx.request.call_id)
+                ctx.reply(500, b"Server Internal Error")
+                return
+            if ctx.rc is not None and ctx.rc.final_sent:
+                return
+            try:
+                resume(result)
+            except Exception:
+                log.error("message_handling_failed", exc_info=True, call_id=ctx.request.call_id)
+
+        task = self.loop.create_task(wait())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def in_flight(self) -> int:
         """Server transactions that have not sent a final response yet."""
@@ -364,7 +427,8 @@ class Proxy:
             return
         txn = self.client_txns.get((branch or "", method))
         if txn is None:
-            metrics.STRAY_RESPONSES.inc()
+            if not (branch and branch.startswith(NAT_PING_BRANCH) and self.pinger.answered(branch)):
+                metrics.STRAY_RESPONSES.inc()
             return
         self._run_client(txn, txn.receive_response(resp, src.received_at), src.received_at)
 
@@ -383,6 +447,8 @@ class Proxy:
         resp.pop_first_value(b"via")
         if not resp.has(b"via"):
             return
+        if branch.nat and status < 300:
+            fix_contact(resp, branch.dest.addr)
         if status < 200:
             self._relay_upstream(rc, resp, received_at)
         elif status < 300:
@@ -499,12 +565,16 @@ class Proxy:
         self._resp_out.inc(str(status))
 
     def _prepare(self, ctx: RequestContext, request_uri: SipUri | None,
-                 next_hop: SipUri | None) -> tuple[Request, SipUri] | None:
+                 next_hop: SipUri | None,
+                 routes: tuple[str, ...] = ()) -> tuple[Request, SipUri] | None:
         """The request to send (RFC 3261 16.6 steps 1-7) and the URI to send it to."""
         req = ctx.request
         out = req.copy()
         if request_uri is not None:
             out.uri = request_uri
+        for value in reversed(routes):
+            # A registered Path (RFC 3327): the route set in front of the contact.
+            out.insert_top(b"route", b"Route: " + value.encode("latin-1"))
         mf = req.max_forwards
         if mf is None:
             out.append(b"max-forwards", b"Max-Forwards: %d" % self.config.max_forwards)
@@ -529,21 +599,24 @@ class Proxy:
         return out, target
 
     def forward(self, ctx: RequestContext, request_uri: SipUri | None = None,
-                next_hop: SipUri | None = None) -> bool:
+                next_hop: SipUri | None = None, dest: Destination | None = None,
+                routes: tuple[str, ...] = (), nat: bool = False) -> bool:
         """Stateful relay (Kamailio's ``t_relay``): a new branch of ``ctx``'s
-        response context. False when the next hop cannot be used; the script
-        then replies."""
-        prepared = self._prepare(ctx, request_uri, next_hop)
+        response context, to ``dest`` when given (a registered contact's
+        recorded source), else to where the target resolves. False when the
+        next hop cannot be used; the script then replies."""
+        prepared = self._prepare(ctx, request_uri, next_hop, routes)
         if prepared is None:
             return False
         out, target = prepared
-        dest = self.resolve(target)
+        if dest is None:
+            dest = self.resolve(target)
         if dest is None:
             if self._needs_dns(target):
                 self.loop.create_task(self._forward_after_dns(ctx, out, target))
                 return True
             return False
-        self._start_branch(ctx, out, dest)
+        self._start_branch(ctx, out, dest, nat)
         return True
 
     async def _forward_after_dns(self, ctx: RequestContext, out: Request, target: SipUri) -> None:
@@ -634,20 +707,25 @@ class Proxy:
                         return True
         return False
 
-    def _start_branch(self, ctx: RequestContext, out: Request, dest: Destination) -> None:
+    def _start_branch(self, ctx: RequestContext, out: Request, dest: Destination,
+                      nat: bool = False) -> None:
         req = ctx.request
         rc = ctx.rc
         if ctx.record_route:
             in_listener = ctx.source.listener
+            marked = ctx.nat or nat
             if in_listener is not dest.listener:
                 # Two sockets: record both so each side routes to the one it
                 # can reach (Kamailio's double Record-Route).
-                out.insert_top(b"record-route", in_listener.rr_line)
-            out.insert_top(b"record-route", dest.listener.rr_line)
+                out.insert_top(b"record-route",
+                               in_listener.rr_line_nat if marked else in_listener.rr_line)
+            out.insert_top(b"record-route",
+                           dest.listener.rr_line_nat if marked else dest.listener.rr_line)
         branch_id = f"{_BRANCH_MARK}{self._loop_hash(req)}{self._unique}{next(self._counter):x}"
         out.insert_top(b"via", dest.listener.via_prefix + branch_id.encode())
         data = out.to_bytes()
         branch = Branch(rc, out, dest)
+        branch.nat = nat
         txn: ClientTransaction
         if out.method == "INVITE":
             txn = InviteClientTransaction(branch_id, out, data, dest.reliable, self.timers)

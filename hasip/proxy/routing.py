@@ -4,11 +4,22 @@ forwards; what the blocks do, not how, lives here."""
 
 from __future__ import annotations
 
+import socket
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from hasip import metrics
+from hasip.auth.authenticator import AUTHENTICATED, Verdict
+from hasip.location.binding import Binding, format_socket, parse_socket
+from hasip.location.registrar import Origin, register
 from hasip.log import get_logger
+from hasip.proxy.nat import behind_nat, fix_contact
+from hasip.sip.errors import SipParseError
 from hasip.sip.headers import parse_name_addr
-from hasip.sip.uri import SipUri
+from hasip.sip.message import Request
+from hasip.sip.uri import SipUri, Uri
+from hasip.transport.base import Destination
 
 if TYPE_CHECKING:
     from hasip.proxy.core import Branch, Proxy, RequestContext, ResponseContext
@@ -24,6 +35,7 @@ class Router:
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self.config = proxy.config
+        self.services = proxy.services
         self.next_hops = list(proxy.config.next_hop)
         self._next = 0
         # Request-URIs rewritten to a next hop, by (Request-URI, hop index).
@@ -66,6 +78,12 @@ class Router:
 
     def route_within_dialog(self, ctx: RequestContext) -> None:
         req = ctx.request
+        if b";nat=yes" in (req.get(b"route") or b""):
+            # A dialog we marked NATed at its start (media relay hooks here).
+            ctx.nat = True
+            if ctx.rc is not None:
+                ctx.rc.data["nat"] = True
+        self.handle_nat(ctx)
         had_route = self.loose_route(ctx)
         if had_route or not self.proxy.is_myself(req.uri):
             if req.method == "ACK":
@@ -113,36 +131,199 @@ class Router:
         method = req.method
         # A Route preloaded by a phone that uses us as outbound proxy: ours is
         # dropped; one pointing elsewhere is refused for INVITE/REFER (seed).
+        foreign_route = False
         if b"route" in req.keys:
             self.loose_route(ctx)
             if b"route" in req.keys:
                 if method in _DIALOG_CREATING:
                     ctx.reply(403, b"Forbidden (Route without To tag)")
                     return
-                self.route_relay(ctx)
-                return
+                foreign_route = True
         if method == "ACK":
-            if not self.proxy.is_myself(req.uri):
+            if foreign_route or not self.proxy.is_myself(req.uri):
                 ctx.forward_stateless()
             return
-        if method != "REGISTER":
-            ctx.record_route = True
-        if not self.proxy.is_myself(req.uri):
-            self.route_relay(ctx)
-        elif method == "INVITE":
-            self.route_invite(ctx)
-        elif method == "REGISTER":
+        self.handle_nat(ctx)
+        if method == "REGISTER" and not foreign_route and self.proxy.is_myself(req.uri):
             self.route_register(ctx)
+            return
+        ctx.record_route = True
+        if self.services.is_trusted(*ctx.source.addr):
+            self.route_request(ctx)
+            return
+        # The seed's hole: phones placed calls unauthenticated. Every initial
+        # request from an untrusted address proves who sent it (407).
+        identity = self._user_of(req.from_.uri)
+        self.authenticate(ctx, True, identity, self.route_request)
+
+    def route_request(self, ctx: RequestContext) -> None:
+        """An initial request allowed through: relay, or look up our users."""
+        req = ctx.request
+        if b"route" in req.keys or not self.proxy.is_myself(req.uri):
+            self.route_relay(ctx)
+        elif req.method == "INVITE":
+            self.route_invite(ctx)
         else:
-            self.route_to_next_hop(ctx)
+            self.route_local(ctx)
 
     def route_invite(self, ctx: RequestContext) -> None:
-        """The seed's route[3]; location lookup arrives with the registrar."""
-        self.route_to_next_hop(ctx)
+        """The seed's route[3]: a registered user gets the call, anything
+        else goes to the next hop (route[5])."""
+        self.route_local(ctx)
+
+    # -- NAT (the seed's nat_uac_test / force_rport / fix_contact) -------------
+
+    def handle_nat(self, ctx: RequestContext) -> None:
+        req = ctx.request
+        src = ctx.source
+        if not behind_nat(req, src.addr, self.config.nat.detect):
+            return
+        ctx.nat = True
+        metrics.NAT_DETECTED.labels(req.method).inc()
+        ctx.force_rport()
+        if ctx.rc is not None:
+            ctx.rc.data["nat"] = True
+        if req.method != "REGISTER" and src.conn is None:
+            # The registrar keeps the contact as sent and records the source
+            # (fix_nated_register); other requests get a reachable Contact.
+            fix_contact(req, src.addr)
+
+    # -- authentication ---------------------------------------------------------
+
+    def _user_of(self, uri: Uri) -> str | None:
+        return uri.user_unescaped() if isinstance(uri, SipUri) else None
+
+    def _realm(self, req: Request, proxy: bool) -> str:
+        if self.config.auth.realm:
+            return self.config.auth.realm
+        uri = req.from_.uri if proxy else req.to.uri
+        return uri.host_ip if isinstance(uri, SipUri) else "hasip"
+
+    def authenticate(self, ctx: RequestContext, proxy: bool, identity: str | None,
+                     then: Callable[[RequestContext], None]) -> None:
+        """Digest-authenticate ``ctx`` (401 for REGISTER, 407 otherwise), then
+        call ``then``; an answer from RADIUS resumes the request later."""
+        verdict = self.services.authenticator.check(ctx.request, proxy,
+                                                    self._realm(ctx.request, proxy), identity)
+        if isinstance(verdict, Verdict):
+            self._authenticated(ctx, verdict, then)
+        else:
+            ctx.suspend(verdict, lambda v: self._authenticated(ctx, v, then))
+
+    @staticmethod
+    def _authenticated(ctx: RequestContext, verdict: Verdict,
+                       then: Callable[[RequestContext], None]) -> None:
+        if verdict.kind == AUTHENTICATED:
+            ctx.user = verdict.user
+            then(ctx)
+        else:
+            ctx.reply(verdict.status, verdict.reason, verdict.headers)
+
+    # -- registrar (the seed's route[2]) -------------------------------------------
 
     def route_register(self, ctx: RequestContext) -> None:
-        """The seed's route[2]; until the registrar lands, REGISTER goes on."""
-        self.route_to_next_hop(ctx)
+        """Authenticate every REGISTER, unregistering included (the seed let
+        Expires: 0 through without credentials), then save."""
+        user = self._user_of(ctx.request.to.uri)
+        if not user:
+            ctx.reply(400, b"Bad Request (To has no user part)")
+            return
+        self.authenticate(ctx, False, user, self.save)
+
+    def aor_of(self, uri: Uri) -> str | None:
+        if not isinstance(uri, SipUri) or not uri.user:
+            return None
+        user = uri.user_unescaped() or ""
+        return f"{user}@{uri.host_ip}" if self.config.registrar.use_domain else user
+
+    def save(self, ctx: RequestContext) -> None:
+        req = ctx.request
+        aor = self.aor_of(req.to.uri)
+        assert aor is not None
+        src = ctx.source
+        transport = src.listener.transport
+        received = None
+        if ctx.nat or src.conn is not None:
+            # Where the phone can be reached: its NAT's public side, or its
+            # TCP connection (Kamailio's received / fix_nated_register).
+            received = format_socket(transport, src.addr[0], src.addr[1])
+        origin = Origin(src.listener.socket, received, ctx.nat)
+        outcome = register(req, aor, self.services.location, self.services.policy, origin,
+                           time.time())
+        metrics.REGISTRATIONS.labels(outcome.result).inc()
+        log.debug("register", aor=aor, result=outcome.result, status=outcome.status)
+        ctx.reply(outcome.status, outcome.reason, outcome.headers)
+
+    # -- location lookup -------------------------------------------------------
+
+    def route_local(self, ctx: RequestContext) -> None:
+        """A request to our domain: every current binding of the Request-URI's
+        user, highest q first (parallel within a q, serial between); nobody
+        registered: the next-hop step."""
+        aor = self.aor_of(ctx.request.uri)
+        bindings = self.services.location.bindings(aor) if aor else []
+        if not bindings:
+            metrics.LOOKUPS.labels("not_found").inc()
+            self.route_to_next_hop(ctx)
+            return
+        metrics.LOOKUPS.labels("found").inc()
+        groups: list[list[Binding]] = []
+        for b in bindings:
+            if groups and groups[-1][0].q == b.q:
+                groups[-1].append(b)
+            else:
+                groups.append([b])
+        assert ctx.rc is not None
+        ctx.rc.data["location"] = groups[1:]
+        if not self.fork(ctx, groups[0]):
+            self.next_contacts(ctx)
+
+    def fork(self, ctx: RequestContext, bindings: list[Binding]) -> bool:
+        """One branch per binding; False when none could be sent."""
+        sent = False
+        for b in bindings:
+            try:
+                na = parse_name_addr(b.contact, "Contact")
+                uri = na.uri
+            except SipParseError:
+                continue
+            if not isinstance(uri, SipUri):
+                continue
+            if ctx.forward(request_uri=uri, dest=self.binding_destination(b), routes=b.path,
+                           nat=b.nat):
+                sent = True
+        return sent
+
+    def binding_destination(self, b: Binding) -> Destination | None:
+        """The recorded source of a NATed or TCP contact, sent from the socket
+        it registered on; None: resolve the contact (or its Path)."""
+        if b.path or b.received is None:
+            return None
+        where = parse_socket(b.received)
+        if where is None:
+            return None
+        transport, host, port = where
+        listener = self.proxy.listeners_by_socket.get(b.socket)
+        if listener is None or listener.transport != transport:
+            listener = self.proxy.transports.listener_for(
+                transport, socket.AF_INET6 if ":" in host else socket.AF_INET)
+        if listener is None:
+            return None
+        return Destination(transport, (host, port), listener)
+
+    def next_contacts(self, ctx: RequestContext) -> bool:
+        """Fork to the next q-group; False when there is none left (480)."""
+        rc = ctx.rc
+        assert rc is not None
+        groups = rc.data.get("location")
+        assert isinstance(groups, list)
+        while groups:
+            if self.fork(ctx, groups.pop(0)):
+                return True
+        if not rc.branches or all(b.final is None for b in rc.branches):
+            ctx.reply(480, b"Temporarily Unavailable")
+            return True
+        return False
 
     def route_to_next_hop(self, ctx: RequestContext) -> None:
         """The static next hops, round-robin; the dispatcher replaces this.
@@ -194,6 +375,13 @@ class Router:
         detection hooks in here."""
 
     def failure_route(self, rc: ResponseContext) -> bool:
-        """Every branch failed: True when the script forwarded a new branch
-        (the seed's failure_route; the dispatcher issue adds failover)."""
+        """Every branch failed: True when the script forwarded a new branch or
+        answered (the seed's failure_route; the dispatcher issue adds failover).
+        A registered user whose contacts all failed: the next q-group, and
+        when no contact answered at all, 480."""
+        if "location" in rc.data and rc.server is not None:
+            ctx = self.proxy.context_for(rc)
+            ctx.record_route = True
+            ctx.nat = bool(rc.data.get("nat"))
+            return self.next_contacts(ctx)
         return False

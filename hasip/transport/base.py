@@ -19,8 +19,8 @@ class Listener:
     Via (``Via: SIP/2.0/UDP 127.0.0.1:5060;branch=``) and our Record-Route.
     """
 
-    __slots__ = ("family", "host", "port", "rr_line", "rr_uri", "sent_by", "transport", "udp",
-                 "via_prefix")
+    __slots__ = ("family", "host", "port", "rr_line", "rr_line_nat", "rr_uri", "sent_by", "socket",
+                 "transport", "udp", "via_prefix")
 
     def __init__(self, transport: str, host: str, port: int) -> None:
         self.transport = transport
@@ -34,6 +34,10 @@ class Listener:
         params = ";transport=tcp" if transport == "tcp" else ""
         self.rr_uri = f"sip:{self.sent_by}{params};lr".encode()
         self.rr_line = b"Record-Route: <" + self.rr_uri + b">"
+        # For dialogs with a NATed party: the seed's record_route_preset(";nat=yes").
+        self.rr_line_nat = b"Record-Route: <" + self.rr_uri + b";nat=yes>"
+        # As the location table records it: "udp:192.0.2.10:5060".
+        self.socket = f"{transport}:{self.sent_by}"
         self.udp: asyncio.DatagramTransport | None = None
 
     def __repr__(self) -> str:

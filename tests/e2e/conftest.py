@@ -68,6 +68,10 @@ class NodeFactory:
             "routing": {"next_hop": next_hop or []},
             "metrics": {"listen": f"127.0.0.1:{free_port()}"},
             "log": {"level": "info"},
+            # Callers on loopback act as trusted gateways unless a test says
+            # otherwise (the authentication tests do).
+            "auth": {"trusted": ["127.0.0.0/8", "::1/128"]},
+            "location": {"sqlite_path": str(self.tmp_path / f"location-{port}.db")},
         }
         for name, values in sections.items():
             cfg.setdefault(name, {}).update(values)

@@ -1,0 +1,1 @@
+"""Digest authentication: nonces, credentials, and where passwords come from."""

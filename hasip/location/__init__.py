@@ -1,0 +1,1 @@
+"""Location service: bindings in memory, the registrar, and the durable store."""

@@ -1,0 +1,130 @@
+"""The location service in memory: bindings by address-of-record, expiry,
+and a change feed.
+
+Every change (a binding put or deleted) gets the next sequence number and is
+handed to each subscriber: the durable store's write-behind queue today, the
+replication stream to peer nodes later. Lookups never wait for either.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from hasip.location.binding import Binding
+
+PUT = "put"
+DELETE = "delete"
+
+
+@dataclass(slots=True, frozen=True)
+class Change:
+    seq: int
+    op: str          # PUT or DELETE
+    binding: Binding
+
+
+Subscriber = Callable[[Change], None]
+
+
+class LocationStore:
+    def __init__(self, node: str = "", clock: Callable[[], float] = time.time) -> None:
+        self.node = node
+        self.clock = clock
+        self.by_aor: dict[str, list[Binding]] = {}
+        self.seq = 0
+        self._subscribers: list[Subscriber] = []
+        self._expiry: list[tuple[float, str, str]] = []   # (expires, aor, ruid)
+
+    def subscribe(self, callback: Subscriber) -> None:
+        self._subscribers.append(callback)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.by_aor.values())
+
+    def aor_count(self) -> int:
+        return len(self.by_aor)
+
+    def bindings(self, aor: str, now: float | None = None) -> list[Binding]:
+        """Current bindings of ``aor``, highest q first (RFC 3261 16.6)."""
+        found = self.by_aor.get(aor)
+        if not found:
+            return []
+        t = self.clock() if now is None else now
+        live = [b for b in found if b.expires > t]
+        live.sort(key=lambda b: -b.q)
+        return live
+
+    def all(self) -> Iterable[Binding]:
+        for items in self.by_aor.values():
+            yield from items
+
+    def _emit(self, op: str, binding: Binding) -> None:
+        change = Change(binding.version, op, binding)
+        for callback in self._subscribers:
+            callback(change)
+
+    def put(self, binding: Binding, now: float | None = None) -> None:
+        """Add or replace (same ruid) a binding; stamps version and time."""
+        self.seq += 1
+        binding.version = self.seq
+        binding.updated = self.clock() if now is None else now
+        binding.node = self.node
+        self._store(binding)
+        self._emit(PUT, binding)
+
+    def _store(self, binding: Binding) -> None:
+        items = self.by_aor.setdefault(binding.aor, [])
+        for i, old in enumerate(items):
+            if old.ruid == binding.ruid:
+                items[i] = binding
+                break
+        else:
+            items.append(binding)
+        heapq.heappush(self._expiry, (binding.expires, binding.aor, binding.ruid))
+
+    def delete(self, binding: Binding) -> bool:
+        items = self.by_aor.get(binding.aor)
+        if not items:
+            return False
+        for i, old in enumerate(items):
+            if old.ruid == binding.ruid:
+                del items[i]
+                if not items:
+                    del self.by_aor[binding.aor]
+                self.seq += 1
+                old.version = self.seq
+                self._emit(DELETE, old)
+                return True
+        return False
+
+    def load(self, bindings: Iterable[Binding], now: float | None = None) -> int:
+        """Bindings from the durable store at start: added without emitting
+        changes (they are stored already); a binding we hold that is newer wins."""
+        t = self.clock() if now is None else now
+        count = 0
+        for b in bindings:
+            if b.expires <= t:
+                continue
+            current = next((x for x in self.by_aor.get(b.aor, ()) if x.ruid == b.ruid), None)
+            if current is not None and current.updated >= b.updated:
+                continue
+            self._store(b)
+            count += 1
+        return count
+
+    def expire(self, now: float | None = None, limit: int = 10_000) -> int:
+        """Delete bindings whose time is up (at most ``limit`` per call)."""
+        t = self.clock() if now is None else now
+        heap = self._expiry
+        removed = 0
+        while heap and heap[0][0] <= t and removed < limit:
+            _expires, aor, ruid = heapq.heappop(heap)
+            for b in self.by_aor.get(aor, ()):
+                if b.ruid == ruid and b.expires <= t:
+                    self.delete(b)
+                    removed += 1
+                    break
+        return removed

@@ -1,0 +1,138 @@
+"""The parts a node's routing script uses besides the SIP engine: the
+location store and its durable backend, digest authentication with its
+credential source, and the trusted networks. Built from the config, started
+and stopped with the node."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+
+from hasip import metrics
+from hasip.auth.authenticator import Authenticator
+from hasip.auth.digest import NonceManager
+from hasip.auth.radius import RadiusClient
+from hasip.auth.users import LocalUsers, UsersFileError
+from hasip.config import Config, ConfigError
+from hasip.location.backend import Backend, MysqlBackend, SqliteBackend
+from hasip.location.persist import WriteBehind, load_into
+from hasip.location.registrar import Policy
+from hasip.location.store import LocationStore
+from hasip.log import get_logger
+
+log = get_logger("hasip.services")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def demo_users_file() -> str:
+    return str(resources.files("hasip.demo").joinpath("users.htdigest"))
+
+
+@dataclass
+class Services:
+    location: LocationStore
+    authenticator: Authenticator
+    policy: Policy
+    trusted: list[Network]
+    trusted_peers: set[tuple[str, int]] = field(default_factory=set)
+    backend: Backend | None = None
+    writer: WriteBehind | None = None
+    radius: RadiusClient | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    def in_memory(cls, config: Config) -> Services:
+        """Everything but the durable store (tests of the proxy engine)."""
+        return build(config, durable=False)
+
+    def is_trusted(self, ip: str, port: int) -> bool:
+        """From a trusted network, or from a next hop's own address and port
+        (an Asterisk node sends from the port it listens on)."""
+        if (ip, port) in self.trusted_peers:
+            return True
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted)
+
+    async def start(self) -> None:
+        """Load bindings from the durable store (retried in the background
+        when it is down: the node serves meanwhile) and start writing."""
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._expire()))
+        if self.backend is None or self.writer is None:
+            return
+        self.writer.start()
+        loading = loop.create_task(load_into(self.location, self.backend))
+        self._tasks.append(loading)
+        try:
+            await asyncio.wait_for(asyncio.shield(loading), 5.0)
+        except TimeoutError:
+            log.warning("location_load_pending", backend=self.backend.name)
+
+    async def _expire(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.location.expire()
+
+    async def stop(self, grace: float) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self.writer is not None:
+            await self.writer.stop()
+            if not await self.writer.flush(max(grace, 1.0)):
+                log.error("location_unwritten_at_exit", pending=len(self.writer.pending))
+        if self.backend is not None:
+            await self.backend.close()
+        if self.radius is not None:
+            self.radius.close()
+
+
+def build(config: Config, durable: bool = True) -> Services:
+    """Services from ``config``; ConfigError names the field and file on trouble."""
+    store = LocationStore(config.node_name)
+    metrics.REGISTERED_CONTACTS.set_function(lambda: len(store))
+    metrics.REGISTERED_AORS.set_function(store.aor_count)
+    a = config.auth
+    secret = a.secret.encode() if a.secret else os.urandom(32)
+    nonces = NonceManager(secret, a.nonce_lifetime)
+    radius: RadiusClient | None = None
+    source: LocalUsers | RadiusClient
+    if a.source == "radius":
+        r = config.radius
+        radius = RadiusClient(r.servers, r.secret.encode(), r.timeout, r.retries, r.dead_time,
+                              r.attributes, r.nas_identifier, r.service_type)
+        source = radius
+    else:
+        path = a.users_file or demo_users_file()
+        try:
+            source = LocalUsers(path)
+        except UsersFileError as exc:
+            raise ConfigError(f"{config.path}: auth.users_file: {exc}") from None
+        missing = [alg for alg in a.algorithms if alg not in source.algorithms()]
+        if missing and source.ha1:
+            log.warning("users_file_lacks_algorithm", file=path, algorithms=",".join(missing))
+    authenticator = Authenticator(nonces, source, a.algorithms, a.allow_no_qop, a.retry_after)
+    reg = config.registrar
+    policy = Policy(reg.default_expires, reg.min_expires, reg.max_expires, reg.max_contacts)
+    trusted: list[Network] = [ipaddress.ip_network(n, strict=False) for n in a.trusted]
+    peers = {(hop.host_ip, hop.default_port()) for hop in config.next_hop}
+    backend: Backend | None = None
+    writer: WriteBehind | None = None
+    if durable and config.location.backend != "memory":
+        loc = config.location
+        if loc.backend == "mysql":
+            try:
+                backend = MysqlBackend(loc.mysql_url)
+            except ValueError as exc:
+                raise ConfigError(f"{config.path}: location.mysql_url: {exc}") from None
+        else:
+            backend = SqliteBackend(loc.sqlite_path)
+        writer = WriteBehind(backend, loc.max_pending, loc.batch)
+        store.subscribe(writer.on_change)
+    return Services(store, authenticator, policy, trusted, peers, backend, writer, radius)
