@@ -17,6 +17,7 @@ import itertools
 import time
 from dataclasses import dataclass
 from importlib import resources
+from typing import cast
 
 from pyrad.dictionary import Dictionary
 from pyrad.packet import AccessAccept, AccessReject, AccessRequest, AuthPacket, Packet
@@ -95,8 +96,8 @@ class _Endpoint(asyncio.DatagramProtocol):
         self._ids = itertools.cycle(range(256))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # uvloop's UDP transport is not an asyncio.DatagramTransport subclass.
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if len(data) >= 20:

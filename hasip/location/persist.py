@@ -118,8 +118,15 @@ async def load_into(store: LocationStore, backend: Backend, retry: float = 2.0) 
     while True:
         try:
             await backend.open()
-            loaded = store.load(await backend.load())
-            log.info("location_loaded", backend=backend.name, bindings=loaded)
+            rows = await backend.load()
+            loaded = store.load(rows)
+            # Bindings that expired while no node was running.
+            now = store.clock()
+            expired = [b.ruid for b in rows if b.expires <= now]
+            if expired:
+                await backend.write([], expired)
+            log.info("location_loaded", backend=backend.name, bindings=loaded,
+                     purged=len(expired))
             return
         except Exception as exc:
             log.warning("location_load_failed", backend=backend.name,

@@ -1,0 +1,106 @@
+"""Digest authentication: RFC 2617 / RFC 7616 test vectors, nonces, replay."""
+
+from __future__ import annotations
+
+import pytest
+
+from hasip.auth.digest import (
+    INVALID,
+    REPLAYED,
+    STALE,
+    VALID,
+    Credentials,
+    CredentialsError,
+    NonceManager,
+    challenge,
+    expected_response,
+    make_ha1,
+    parse_credentials,
+    response_matches,
+)
+
+
+@pytest.mark.parametrize(("algorithm", "expected"), [
+    ("MD5", "8ca523f5e9506fed4657c9700eebdbec"),
+    ("SHA-256", "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"),
+])
+def test_rfc7616_section_3_9_1_vectors(algorithm: str, expected: str) -> None:
+    creds = Credentials("Mufasa", "http-auth@example.org",
+                        "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", "/dir/index.html", "",
+                        algorithm, "auth", "00000001",
+                        "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ")
+    ha1 = make_ha1(algorithm, "Mufasa", "http-auth@example.org", "Circle of Life")
+    assert expected_response(creds, ha1, "GET") == expected
+
+
+def test_rfc2617_section_3_5_vector_through_the_parser() -> None:
+    creds = parse_credentials(
+        'Digest username="Mufasa", realm="testrealm@host.com", '
+        'nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", uri="/dir/index.html", qop=auth, '
+        'nc=00000001, cnonce="0a4f113b", response="6629fae49393a05397450978507c4ef1", '
+        'opaque="5ccc069c403ebaf9f0171e9517f40e41"')
+    assert creds.opaque == "5ccc069c403ebaf9f0171e9517f40e41"
+    ha1 = make_ha1("MD5", "Mufasa", "testrealm@host.com", "Circle Of Life")
+    assert response_matches(creds, ha1, "GET")
+    assert not response_matches(creds, ha1, "POST")
+
+
+def test_parser_unescapes_quoted_values_and_defaults_to_md5() -> None:
+    creds = parse_credentials('Digest username="a\\"b",realm="r",nonce="n",uri="sip:x",'
+                              'response="AB"')
+    assert creds.username == 'a"b'
+    assert creds.algorithm == "MD5"
+    assert creds.response == "ab"
+    assert creds.qop is None
+
+
+@pytest.mark.parametrize("value", [
+    'Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==',
+    'Digest username="a", realm="r"',
+    'Digest username="a", realm="r", nonce="n", uri="u", response="x", qop=auth',
+    'Digest username="a" realm',
+])
+def test_malformed_credentials_are_rejected(value: str) -> None:
+    with pytest.raises(CredentialsError):
+        parse_credentials(value)
+
+
+def test_nonce_valid_then_stale_then_forged() -> None:
+    nonces = NonceManager(b"k" * 32, lifetime=30)
+    nonce = nonces.issue(now=1000)
+    assert nonces.check(nonce, None, now=1010) == VALID
+    assert nonces.check(nonce, None, now=1031) == STALE
+    forged = nonce[:-1] + ("0" if nonce[-1] != "0" else "1")
+    assert nonces.check(forged, None, now=1010) == INVALID
+    assert nonces.check("abc", None, now=1010) == INVALID
+
+
+def test_any_node_with_the_cluster_secret_verifies_a_nonce() -> None:
+    issued = NonceManager(b"cluster-secret").issue()
+    assert NonceManager(b"cluster-secret").check(issued, "00000001") == VALID
+    assert NonceManager(b"other-secret").check(issued, "00000001") == INVALID
+
+
+def test_nonce_count_is_accepted_once() -> None:
+    nonces = NonceManager(b"s")
+    nonce = nonces.issue()
+    assert nonces.check(nonce, "00000001") == VALID
+    assert nonces.check(nonce, "00000001") == REPLAYED
+    assert nonces.check(nonce, "00000003") == VALID   # out of order is fine...
+    assert nonces.check(nonce, "00000002") == VALID
+    assert nonces.check(nonce, "00000002") == REPLAYED  # ...a repeat is not
+    assert nonces.check(nonce, "zz") == INVALID
+
+
+def test_nonce_memory_is_bounded_and_expires() -> None:
+    nonces = NonceManager(b"s", lifetime=10, max_tracked=5)
+    for i in range(20):
+        nonces.check(nonces.issue(now=100 + i), "1", now=100 + i)
+    assert nonces.tracked() == 5
+    nonces.expire(now=200)
+    assert nonces.tracked() == 0
+
+
+def test_challenge_text() -> None:
+    text = challenge("hasip", "abc", "SHA-256", stale=True)
+    assert text == 'Digest realm="hasip", nonce="abc", qop="auth", algorithm=SHA-256, stale=true'
