@@ -452,13 +452,13 @@ class Proxy:
         if status < 200:
             self._relay_upstream(rc, resp, received_at)
         elif status < 300:
+            first = not rc.final_sent
             self._relay_upstream(rc, resp, received_at)
-            if rc.request.method == "INVITE" and not rc.final_sent:
-                rc.final_sent = True
+            if first and rc.request.method == "INVITE":
+                # RFC 3261 16.7 step 10: a 2xx ends the other branches.
                 for other in rc.branches:
                     if other is not branch and other.final_status == 0:
                         self._cancel_branch(other)
-            rc.final_sent = True
         else:
             self.router.on_branch_failure(rc, branch)
             if status >= 600:

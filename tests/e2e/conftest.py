@@ -3,6 +3,7 @@ SIPp as callers and answering nodes, raw UDP/TCP peers for precise checks."""
 
 from __future__ import annotations
 
+import re
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,8 +14,16 @@ import pytest
 
 from hasip.demo.node import NodeProcess
 from hasip.demo.sipp import Sipp, sipp_binary
+from tests.e2e.services import FreeRadius, MariaDB, freeradius_missing, mariadb_missing
 
 pytestmark = pytest.mark.e2e
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    """One sample of a Prometheus text exposition (0 when absent)."""
+    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)"
+    m = re.search("^" + pattern + "$", text, re.M)
+    return float(m.group(1)) if m else 0.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -202,3 +211,32 @@ def status_of(msg: bytes | None) -> int | None:
     if msg is None or not msg.startswith(b"SIP/2.0 "):
         return None
     return int(msg[8:11])
+
+
+@pytest.fixture
+def mariadb(tmp_path: Path) -> Iterator[MariaDB]:
+    """A private MariaDB server (database and user ``hasip``)."""
+    missing = mariadb_missing()
+    if missing:
+        pytest.skip(missing)
+    server = MariaDB(tmp_path, free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def freeradius(tmp_path: Path) -> Iterator[Callable[..., FreeRadius]]:
+    """Start FreeRADIUS servers: ``freeradius(users={"1001": "pw"})``."""
+    missing = freeradius_missing()
+    if missing:
+        pytest.skip(missing)
+    started: list[FreeRadius] = []
+
+    def start(users: dict[str, str], port: int | None = None) -> FreeRadius:
+        server = FreeRadius(tmp_path, port or free_port(), users).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

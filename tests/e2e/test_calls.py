@@ -3,7 +3,6 @@ sockets where a single message must be checked."""
 
 from __future__ import annotations
 
-import re
 import time
 
 from hasip.demo.node import NodeProcess
@@ -11,17 +10,12 @@ from hasip.demo.sipp import wait_for_stats
 from tests.e2e.conftest import (
     free_port,
     invite,
+    metric,
     reply_to,
     start_invite,
     status_of,
     write_config,
 )
-
-
-def metric(text: str, name: str, labels: str = "") -> float:
-    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)"
-    m = re.search("^" + pattern + "$", text, re.M)
-    return float(m.group(1)) if m else 0.0
 
 
 def answering_nodes(sipp, count: int = 2, scenario: str = "uas.xml", transport: str = "u1"):
