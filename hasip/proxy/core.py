@@ -110,7 +110,7 @@ class RequestContext:
     """What the routing script gets for one request: the message, where it came
     from, and the operations it may apply (reply, record-route, forward)."""
 
-    __slots__ = ("nat", "proxy", "rc", "record_route", "request", "source", "user")
+    __slots__ = ("nat", "proxy", "rc", "record_route", "request", "send_socket", "source", "user")
 
     def __init__(self, proxy: Proxy, request: Request, source: Source,
                  rc: ResponseContext | None) -> None:
@@ -123,6 +123,8 @@ class RequestContext:
         self.nat = False
         # The authenticated user, once digest authentication succeeded.
         self.user: str | None = None
+        # Our socket named by a double Record-Route: in-dialog requests leave from it.
+        self.send_socket: Listener | None = None
 
     def reply(self, status: int, reason: bytes | None = None,
               extra: list[bytes] | None = None) -> None:
@@ -610,7 +612,7 @@ class Proxy:
             return False
         out, target = prepared
         if dest is None:
-            dest = self.resolve(target)
+            dest = self._with_socket(ctx, self.resolve(target))
         if dest is None:
             if self._needs_dns(target):
                 self.loop.create_task(self._forward_after_dns(ctx, out, target))
@@ -643,6 +645,14 @@ class Proxy:
             return True
         return False
 
+    @staticmethod
+    def _with_socket(ctx: RequestContext, dest: Destination | None) -> Destination | None:
+        sock = ctx.send_socket
+        if dest is None or sock is None or sock is dest.listener or \
+                sock.transport != dest.transport or sock.family != dest.listener.family:
+            return dest
+        return Destination(dest.transport, dest.addr, sock)
+
     def resolve(self, target: SipUri) -> Destination | None:
         """IP, port, transport and local listener for ``target`` (RFC 3263 for
         IP literals and A/AAAA names: no NAPTR/SRV yet). None when unusable."""
@@ -671,7 +681,7 @@ class Proxy:
         if addr.is_multicast or addr.is_unspecified or str(addr) == "255.255.255.255":
             return None
         listener = self.transports.listener_for(
-            transport, socket.AF_INET6 if addr.version == 6 else socket.AF_INET)
+            transport, socket.AF_INET6 if addr.version == 6 else socket.AF_INET, str(addr))
         if listener is None:
             return None
         return Destination(transport, (str(addr), port), listener)
@@ -748,7 +758,7 @@ class Proxy:
         if prepared is None:
             return False
         out, target = prepared
-        dest = self.resolve(target)
+        dest = self._with_socket(ctx, self.resolve(target))
         if dest is None:
             return False
         req = ctx.request

@@ -118,6 +118,12 @@ class Router:
             if not proxy.is_myself(parse_name_addr(value, "Route").uri):
                 break
             ours += 1
+        if ours == 2:
+            # Double Record-Route: the second of ours faces the next hop.
+            second = parse_name_addr(values[1], "Route").uri
+            if isinstance(second, SipUri):
+                ctx.send_socket = proxy.transports.listener_at(
+                    second.transport, second.host_ip, second.default_port())
         if ours:
             req.remove_all(b"route")
             for value in values[ours:]:
@@ -306,7 +312,7 @@ class Router:
         listener = self.proxy.listeners_by_socket.get(b.socket)
         if listener is None or listener.transport != transport:
             listener = self.proxy.transports.listener_for(
-                transport, socket.AF_INET6 if ":" in host else socket.AF_INET)
+                transport, socket.AF_INET6 if ":" in host else socket.AF_INET, host)
         if listener is None:
             return None
         return Destination(transport, (host, port), listener)

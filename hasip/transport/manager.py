@@ -15,6 +15,10 @@ from hasip.transport.udp import UdpProtocol
 log = get_logger("hasip.transport")
 
 
+def _is_loopback(ip: str) -> bool:
+    return ip.startswith("127.") or ip == "::1"
+
+
 class Transports:
     """The node's sockets: UDP listeners, TCP servers and TCP connections
     (keyed by peer address so that both directions reuse one connection)."""
@@ -24,9 +28,15 @@ class Transports:
         self.sink = sink
         self.loop = loop
         self.listeners = [Listener(a.transport, a.host, a.port) for a in config.listen]
-        self._by_kind: dict[tuple[str, int], Listener] = {}
-        for listener in self.listeners:
-            self._by_kind.setdefault((listener.transport, listener.family), listener)
+        # (transport, family, loopback destination) -> the listener to send from:
+        # a loopback socket cannot reach other hosts, nor the other way round
+        # when both kinds are configured.
+        self._by_kind: dict[tuple[str, int, bool], Listener] = {}
+        for loop_dest in (True, False):
+            for listener in sorted(self.listeners,
+                                   key=lambda lst: _is_loopback(lst.host) != loop_dest):
+                self._by_kind.setdefault((listener.transport, listener.family, loop_dest),
+                                         listener)
         self._servers: list[asyncio.AbstractServer] = []
         self._conns: dict[tuple[str, int], TcpConnection] = {}
         self._sweeper: asyncio.Task[None] | None = None
@@ -59,8 +69,17 @@ class Transports:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
 
-    def listener_for(self, transport: str, family: int) -> Listener | None:
-        return self._by_kind.get((transport, family))
+    def listener_for(self, transport: str, family: int, dest_ip: str = "") -> Listener | None:
+        """The socket to send from to ``dest_ip``."""
+        return self._by_kind.get((transport, family, _is_loopback(dest_ip)))
+
+    def listener_at(self, transport: str, host: str, port: int) -> Listener | None:
+        """Our listener with exactly this address (from a Record-Route of ours)."""
+        for listener in self.listeners:
+            if (listener.transport == transport and listener.host == host
+                    and listener.port == port):
+                return listener
+        return None
 
     def _new_connection(self, listener: Listener) -> TcpConnection:
         conn = TcpConnection(listener, self.sink, self.config.max_message_size,

@@ -84,6 +84,8 @@ class NodeFactory:
         }
         for name, values in sections.items():
             cfg.setdefault(name, {}).update(values)
+        # Listen addresses may name the node's port: "udp:198.19.0.1:{port}".
+        cfg["sip"]["listen"] = [a.format(port=port) for a in cfg["sip"]["listen"]]
         path = write_config(self.tmp_path / f"node-{port}.toml", cfg)
         node = NodeProcess(path, self.tmp_path, host, port,
                            metrics_url="http://" + cfg["metrics"]["listen"] + "/metrics")

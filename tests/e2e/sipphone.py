@@ -47,6 +47,9 @@ class Phone:
         self.contact_host = contact_host or self.host
         self.call_id = uuid.uuid4().hex
         self.cseq = 0
+        # Ask for rport (RFC 3581); a phone behind NAT that does not ask
+        # relies on the proxy forcing it.
+        self.rport = True
 
     @property
     def contact(self) -> str:
@@ -81,7 +84,7 @@ class Phone:
         host = proxy[0]
         lines = [f"REGISTER sip:{host}:{proxy[1]} SIP/2.0",
                  f"Via: SIP/2.0/UDP {self.contact_host}:{self.port};branch=z9hG4bK"
-                 f"{uuid.uuid4().hex[:12]};rport",
+                 f"{uuid.uuid4().hex[:12]}{';rport' if self.rport else ''}",
                  f"From: <sip:{self.user}@{host}>;tag={self.call_id[:8]}",
                  f"To: <sip:{to_user or self.user}@{host}>",
                  f"Call-ID: {self.call_id}", f"CSeq: {self.cseq} REGISTER", "Max-Forwards: 70"]
