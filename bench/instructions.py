@@ -1,4 +1,5 @@
-"""Deterministic cost of one call through the proxy: CPU instructions counted
+"""Deterministic cost of one call (or ``--register``: one authenticated
+registration) through the proxy: CPU instructions counted
 by valgrind's callgrind (repeatable whatever else the machine does, unlike
 seconds on a shared VM). Runs bench/hotpath.py's call loop for N and for
 N + M calls and prints (I(N+M) - I(N)) / M, harness included (~0.1 M).
@@ -25,19 +26,22 @@ import hotpath
 from hasip.config import Config
 from hasip.proxy.core import Proxy
 from hasip.sip.uri import parse_sip_uri
-proxy = Proxy(Config(next_hop=[parse_sip_uri("sip:127.0.0.1:5071")], metrics_listen=None),
-              asyncio.new_event_loop())
+config = Config(next_hop=[parse_sip_uri("sip:127.0.0.1:5071")], metrics_listen=None)
+register = sys.argv[2] == "register"
+config.auth.trusted = [] if register else ["127.0.0.1/32"]
+proxy = Proxy(config, asyncio.new_event_loop())
+step = hotpath.one_registration if register else hotpath.one_call
 rec = hotpath.Recorder()
 proxy.transports.send = rec.send
 listener = proxy.transports.listeners[0]
 for n in range(int(sys.argv[1])):
-    hotpath.one_call(proxy, listener, rec, n)
+    step(proxy, listener, rec, n)
 """
 
 
-def instructions(script: Path, calls: int, out: Path) -> int:
+def instructions(script: Path, calls: int, out: Path, mode: str) -> int:
     res = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                          sys.executable, str(script), str(calls)],
+                          sys.executable, str(script), str(calls), mode],
                          capture_output=True, text=True, check=True)
     m = re.search(r"Collected : (\d+)", res.stderr)
     if m is None:
@@ -48,18 +52,22 @@ def instructions(script: Path, calls: int, out: Path) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--register", action="store_true",
+                        help="authenticated registrations instead of calls")
     args = parser.parse_args()
+    mode = "register" if args.register else "call"
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "loop.py"
         script.write_text(LOOP.format(bench=str(ROOT / "bench")))
-        base = instructions(script, 100, Path(tmp) / "a.out")
-        more = instructions(script, 100 + args.calls, Path(tmp) / "b.out")
+        base = instructions(script, 100, Path(tmp) / "a.out", mode)
+        more = instructions(script, 100 + args.calls, Path(tmp) / "b.out", mode)
     per_call = (more - base) / args.calls
-    print(f"{per_call / 1e6:.3f} M instructions per call (INVITE, 180, 200, ACK, BYE, 200; "
-          f"harness included)")
+    what = ("registration (REGISTER, 401, REGISTER, 200; harness with its MD5 included)"
+            if args.register else "call (INVITE, 180, 200, ACK, BYE, 200; harness included)")
+    print(f"{per_call / 1e6:.3f} M instructions per {what}")
     return 0
 
 

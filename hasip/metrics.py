@@ -88,6 +88,29 @@ class Latency:
         return fam
 
 
+class Children:
+    """A labelled prometheus-client metric whose children are looked up once
+    per label set; past MAX_LABELS sets (label values can come from the
+    network, e.g. a method), new ones count under "other"."""
+
+    __slots__ = ("cache", "metric")
+
+    def __init__(self, metric: Counter) -> None:
+        self.metric = metric
+        self.cache: dict[tuple[str, ...], Counter] = {}
+
+    def inc(self, *labels: str, amount: float = 1.0) -> None:
+        child = self.cache.get(labels)
+        if child is None:
+            if len(self.cache) >= MAX_LABELS:
+                labels = ("other",) * len(labels)
+                child = self.cache.get(labels)
+            if child is None:
+                child = self.metric.labels(*labels)
+                self.cache[labels] = child
+        child.inc(amount)
+
+
 class MessageStats(Collector):
     """The hot counters of the SIP layer."""
 
@@ -138,8 +161,9 @@ UP = Gauge("hasip_up", "1 while the node serves SIP, 0 while it drains")
 # Registrar and location store
 REGISTERED_CONTACTS = Gauge("hasip_registrar_contacts", "Current registered contacts (bindings)")
 REGISTERED_AORS = Gauge("hasip_registrar_aors", "Addresses-of-record with at least one binding")
-REGISTRATIONS = Counter("hasip_registrar_requests_total",
-                        "REGISTER requests handled by the registrar, by result", ["result"])
+REGISTRATIONS = Children(Counter("hasip_registrar_requests_total",
+                                 "REGISTER requests handled by the registrar, by result",
+                                 ["result"]))
 LOCATION_QUEUE = Gauge("hasip_location_write_queue",
                        "Binding changes waiting to be written to the durable store")
 LOCATION_WRITES = Counter("hasip_location_writes_total",
@@ -148,12 +172,12 @@ LOCATION_WRITE_ERRORS = Counter("hasip_location_write_errors_total",
                                 "Failed write batches (retried)", ["backend"])
 LOCATION_DROPPED = Counter("hasip_location_writes_dropped_total",
                            "Changes dropped because the write queue was full")
-LOOKUPS = Counter("hasip_location_lookups_total", "Location lookups for requests to our domain",
-                  ["result"])
+LOOKUPS = Children(Counter("hasip_location_lookups_total",
+                           "Location lookups for requests to our domain", ["result"]))
 
 # Digest authentication
-AUTH_RESULTS = Counter("hasip_auth_total", "Digest authentication outcomes",
-                       ["method", "result"])
+AUTH_RESULTS = Children(Counter("hasip_auth_total", "Digest authentication outcomes",
+                                ["method", "result"]))
 RADIUS_LATENCY = Histogram("hasip_radius_latency_seconds",
                            "RADIUS Access-Request round trips", ["server"],
                            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
@@ -161,10 +185,10 @@ RADIUS_ERRORS = Counter("hasip_radius_errors_total", "RADIUS timeouts and bad re
                         ["server", "kind"])
 
 # NAT traversal
-NAT_PINGS = Counter("hasip_nat_pings_total", "OPTIONS keepalives to NATed contacts",
-                    ["result"])
-NAT_DETECTED = Counter("hasip_nat_detected_total", "Requests from clients detected behind NAT",
-                       ["method"])
+NAT_PINGS = Children(Counter("hasip_nat_pings_total", "OPTIONS keepalives to NATed contacts",
+                             ["result"]))
+NAT_DETECTED = Children(Counter("hasip_nat_detected_total",
+                                "Requests from clients detected behind NAT", ["method"]))
 
 
 def start_metrics_server(host: str, port: int) -> None:

@@ -60,7 +60,7 @@ class Authenticator:
         name = b"Proxy-Authenticate: " if proxy else b"WWW-Authenticate: "
         nonce = self.nonces.issue()
         headers = [name + challenge(realm, nonce, alg, stale).encode() for alg in self.algorithms]
-        metrics.AUTH_RESULTS.labels(method, result).inc()
+        metrics.AUTH_RESULTS.inc(method, result)
         return Verdict(CHALLENGE, 407 if proxy else 401, None, headers, result=result)
 
     def _find(self, req: Request, proxy: bool, realm: str) -> Credentials | Verdict | None:
@@ -73,7 +73,7 @@ class Authenticator:
             try:
                 creds = parse_credentials(value)
             except CredentialsError as exc:
-                metrics.AUTH_RESULTS.labels(req.method, "malformed").inc()
+                metrics.AUTH_RESULTS.inc(req.method, "malformed")
                 return Verdict(BAD, 400, f"Bad Request ({exc})".encode(), result="malformed")
             if creds.realm == realm:
                 return creds
@@ -115,7 +115,7 @@ class Authenticator:
         try:
             accepted = await client.verify(creds, method)
         except RadiusUnavailable:
-            metrics.AUTH_RESULTS.labels(method, "unavailable").inc()
+            metrics.AUTH_RESULTS.inc(method, "unavailable")
             return Verdict(UNAVAILABLE, 503, b"Service Unavailable (authentication server down)",
                            [b"Retry-After: %d" % self.retry_after], result="unavailable")
         if not accepted:
@@ -125,8 +125,8 @@ class Authenticator:
     @staticmethod
     def _identity(creds: Credentials, identity: str | None, method: str) -> Verdict:
         if identity is not None and identity != creds.username:
-            metrics.AUTH_RESULTS.labels(method, "wrong_identity").inc()
+            metrics.AUTH_RESULTS.inc(method, "wrong_identity")
             return Verdict(FORBIDDEN, 403, b"Forbidden (identity does not match credentials)",
                            result="wrong_identity")
-        metrics.AUTH_RESULTS.labels(method, "ok").inc()
+        metrics.AUTH_RESULTS.inc(method, "ok")
         return Verdict(AUTHENTICATED, user=creds.username, result="ok")

@@ -3,6 +3,7 @@ address-of-record, the fields of the seed's ``location`` table."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, field
 
@@ -10,9 +11,14 @@ from dataclasses import dataclass, field
 FLAG_NAT = 1
 
 
+_RUID_PREFIX = "hs-" + os.urandom(8).hex() + "-"
+_ruid_counter = itertools.count(1)
+
+
 def new_ruid() -> str:
-    """A record id unique across the cluster (random, 96 bits)."""
-    return "hs-" + os.urandom(12).hex()
+    """A record id unique across the cluster: 64 random bits per process and
+    a counter (no system call per registration)."""
+    return f"{_RUID_PREFIX}{next(_ruid_counter):x}"
 
 
 @dataclass(slots=True)

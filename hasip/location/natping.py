@@ -60,7 +60,7 @@ class NatPinger:
     def ping_all(self) -> int:
         """One round: count the unanswered pings of the last one, send new ones."""
         if self.outstanding:
-            metrics.NAT_PINGS.labels("failed").inc(len(self.outstanding))
+            metrics.NAT_PINGS.inc("failed", amount=len(self.outstanding))
             self.outstanding.clear()
         sent = 0
         for binding in list(self.store.all()):
@@ -88,13 +88,13 @@ class NatPinger:
                 f"Content-Length: 0\r\n\r\n").encode("latin-1", "replace")
         self.send(data, Destination("udp", (where[1], where[2]), listener))
         self.outstanding.add(branch)
-        metrics.NAT_PINGS.labels("sent").inc()
+        metrics.NAT_PINGS.inc("sent")
         return True
 
     def answered(self, branch: str) -> bool:
         """A response to one of our pings (any status keeps the binding open)."""
         if branch in self.outstanding:
             self.outstanding.discard(branch)
-            metrics.NAT_PINGS.labels("answered").inc()
+            metrics.NAT_PINGS.inc("answered")
             return True
         return False

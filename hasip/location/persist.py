@@ -25,8 +25,11 @@ log = get_logger("hasip.location")
 
 class WriteBehind:
     def __init__(self, backend: Backend, max_pending: int = 1_000_000, batch: int = 500,
-                 max_backoff: float = 5.0) -> None:
+                 max_backoff: float = 5.0, interval: float = 0.1) -> None:
         self.backend = backend
+        # Gather changes this long before writing: one transaction per batch,
+        # not per registration.
+        self.interval = interval
         self.max_pending = max_pending
         self.batch = batch
         self.max_backoff = max_backoff
@@ -57,6 +60,7 @@ class WriteBehind:
             if not self.pending:
                 self._wake.clear()
                 await self._wake.wait()
+                await asyncio.sleep(self.interval)
             if await self.write_batch():
                 backoff = 0.2
                 continue

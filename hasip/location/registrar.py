@@ -11,7 +11,7 @@ from __future__ import annotations
 import email.utils
 from dataclasses import dataclass, field
 
-from hasip.location.binding import FLAG_NAT, Binding
+from hasip.location.binding import FLAG_NAT, Binding, new_ruid
 from hasip.location.store import LocationStore
 from hasip.sip.errors import SipParseError
 from hasip.sip.headers import NameAddr, parse_name_addr
@@ -180,9 +180,7 @@ def register(req: Request, aor: str, store: LocationStore, policy: Policy, origi
         binding = Binding(aor=aor, contact=w.contact, expires=now + expires, call_id=call_id,
                           cseq=cseq, q=w.q, instance=w.instance, reg_id=w.reg_id, path=path,
                           received=origin.received, socket=origin.socket, user_agent=ua[:255],
-                          flags=flags)
-        if old is not None:
-            binding.ruid = old.ruid
+                          flags=flags, ruid=old.ruid if old is not None else new_ruid())
         store.put(binding, now)
     result = "query" if not plan else ("unregistered" if unregistered else "ok")
     return _ok(store, aor, now, path, result)
@@ -204,5 +202,15 @@ def _ok(store: LocationStore, aor: str, now: float, path: tuple[str, ...],
         headers.append(b"Path: " + value.encode("latin-1", "replace"))
     if path:
         headers.append(b"Supported: path")
-    headers.append(b"Date: " + email.utils.formatdate(now, usegmt=True).encode())
+    headers.append(_date(int(now)))
     return Outcome(200, None, headers, result)
+
+
+_DATE: list[tuple[int, bytes]] = [(0, b"")]
+
+
+def _date(second: int) -> bytes:
+    """The Date header, formatted once per second."""
+    if _DATE[0][0] != second:
+        _DATE[0] = (second, b"Date: " + email.utils.formatdate(second, usegmt=True).encode())
+    return _DATE[0][1]

@@ -54,7 +54,8 @@ class LocationStore:
             return []
         t = self.clock() if now is None else now
         live = [b for b in found if b.expires > t]
-        live.sort(key=lambda b: -b.q)
+        if len(live) > 1:
+            live.sort(key=lambda b: -b.q)
         return live
 
     def all(self) -> Iterable[Binding]:

@@ -185,7 +185,7 @@ class Router:
         if not behind_nat(req, src.addr, self.config.nat.detect):
             return
         ctx.nat = True
-        metrics.NAT_DETECTED.labels(req.method).inc()
+        metrics.NAT_DETECTED.inc(req.method)
         ctx.force_rport()
         if ctx.rc is not None:
             ctx.rc.data["nat"] = True
@@ -256,7 +256,7 @@ class Router:
         origin = Origin(src.listener.socket, received, ctx.nat)
         outcome = register(req, aor, self.services.location, self.services.policy, origin,
                            time.time())
-        metrics.REGISTRATIONS.labels(outcome.result).inc()
+        metrics.REGISTRATIONS.inc(outcome.result)
         log.debug("register", aor=aor, result=outcome.result, status=outcome.status)
         ctx.reply(outcome.status, outcome.reason, outcome.headers)
 
@@ -269,10 +269,10 @@ class Router:
         aor = self.aor_of(ctx.request.uri)
         bindings = self.services.location.bindings(aor) if aor else []
         if not bindings:
-            metrics.LOOKUPS.labels("not_found").inc()
+            metrics.LOOKUPS.inc("not_found")
             self.route_to_next_hop(ctx)
             return
-        metrics.LOOKUPS.labels("found").inc()
+        metrics.LOOKUPS.inc("found")
         groups: list[list[Binding]] = []
         for b in bindings:
             if groups and groups[-1][0].q == b.q:

@@ -70,10 +70,14 @@ class SipMessage:
 
     def get(self, key: bytes) -> bytes | None:
         """Value of the first header line named ``key`` (lowercase, full name)."""
-        keys = self.keys
-        if key not in keys:
+        try:
+            raw = self.raws[self.keys.index(key)]
+        except ValueError:
             return None
-        return self._value_of(self.raws[keys.index(key)])
+        value = raw[raw.index(b":") + 1:]
+        if b"\n" in value:
+            value = _FOLD_RE.sub(b" ", value)
+        return value.strip(b" \t")
 
     def get_str(self, key: bytes) -> str | None:
         value = self.get(key)

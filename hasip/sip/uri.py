@@ -106,7 +106,10 @@ class SipUri:
         return self.port if self.port is not None else (5061 if self.secure else 5060)
 
     def user_unescaped(self) -> str | None:
-        return None if self.user is None else unquote(self.user, encoding="latin-1")
+        user = self.user
+        if user is None or "%" not in user:
+            return user
+        return unquote(user, encoding="latin-1")
 
 
 class TelUri:
