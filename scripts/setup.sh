@@ -5,7 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(sip-tester kamailio iproute2 tcpdump python3-venv python3-dev curl)
+# sip-tester: SIPp (phones, gateways, Asterisk stand-ins); mariadb-server and
+# freeradius: the location store and the RADIUS server the tests start their
+# own instances of; iptables: the NAT in the namespace test; kamailio: the
+# benchmark's reference.
+DEBS=(sip-tester kamailio iproute2 iptables tcpdump mariadb-server freeradius freeradius-utils
+      python3-venv python3-dev curl)
 missing=()
 for pkg in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -17,10 +22,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
-# Kamailio is only the benchmark's reference: make sure no packaged service runs.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet kamailio 2>/dev/null; then
-  systemctl stop kamailio || true
-fi
+# The tests and benchmarks start private instances on free ports: the
+# packaged services are not used, so stop any that the packages started.
+for svc in kamailio freeradius mariadb; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+    systemctl stop "$svc" || true
+  fi
+done
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

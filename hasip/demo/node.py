@@ -58,8 +58,9 @@ class NodeProcess:
         if self.config_path is not None:
             cmd += ["-c", str(self.config_path)]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child
+        # In the work directory: the embedded default SQLite file lands there.
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=self.env)
+                                     stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir)
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
