@@ -352,7 +352,7 @@ def _auth_section(cfg: Config, sec: _Section) -> None:
     a.users_file = sec.get("users_file", str, a.users_file)
     a.realm = sec.get("realm", str, a.realm)
     a.secret = sec.get("secret", str, a.secret)
-    a.nonce_lifetime = sec.number("nonce_lifetime", a.nonce_lifetime, 5.0, 86400.0)
+    a.nonce_lifetime = sec.number("nonce_lifetime", a.nonce_lifetime, 1.0, 86400.0)
     a.algorithms = sec.str_list("algorithms", a.algorithms)
     if not a.algorithms:
         raise sec.error("algorithms", "needs at least one of MD5, SHA-256")

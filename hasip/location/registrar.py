@@ -16,7 +16,7 @@ from hasip.location.store import LocationStore
 from hasip.sip.errors import SipParseError
 from hasip.sip.headers import NameAddr, parse_name_addr
 from hasip.sip.message import Request
-from hasip.sip.uri import SipUri
+from hasip.sip.uri import SipUri, parse_uri
 
 
 @dataclass
@@ -68,8 +68,7 @@ def contact_key(uri_text: str) -> str:
     """Contacts are the same binding when their URIs match (RFC 3261 19.1.4,
     reduced to user, host, port and transport)."""
     try:
-        na = parse_name_addr(uri_text, "Contact")
-        uri = na.uri
+        uri = parse_uri(uri_text)
     except SipParseError:
         return uri_text
     if not isinstance(uri, SipUri):

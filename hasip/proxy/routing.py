@@ -18,7 +18,7 @@ from hasip.proxy.nat import behind_nat, fix_contact
 from hasip.sip.errors import SipParseError
 from hasip.sip.headers import parse_name_addr
 from hasip.sip.message import Request
-from hasip.sip.uri import SipUri, Uri
+from hasip.sip.uri import SipUri, Uri, parse_uri
 from hasip.transport.base import Destination
 
 if TYPE_CHECKING:
@@ -289,8 +289,7 @@ class Router:
         sent = False
         for b in bindings:
             try:
-                na = parse_name_addr(b.contact, "Contact")
-                uri = na.uri
+                uri = parse_uri(b.contact)
             except SipParseError:
                 continue
             if not isinstance(uri, SipUri):

@@ -83,16 +83,16 @@ class Transports:
 
     def _new_connection(self, listener: Listener) -> TcpConnection:
         conn = TcpConnection(listener, self.sink, self.config.max_message_size,
-                             self.config.tcp_max_write_buffer, self._forget, self.loop)
+                             self.config.tcp_max_write_buffer, self._forget, self.loop,
+                             on_open=self._register)
         if len(self._conns) >= self.config.tcp_max_connections:
             log.warning("tcp_connection_limit", limit=self.config.tcp_max_connections)
             self.loop.call_soon(conn.abort)
-            return conn
-        self.loop.call_soon(self._register, conn)
         return conn
 
     def _register(self, conn: TcpConnection) -> None:
-        if not conn.closed and conn.transport is not None:
+        """An accepted connection, once open: requests to its peer address reuse it."""
+        if not conn.closed and len(self._conns) < self.config.tcp_max_connections:
             self._conns.setdefault(conn.peer, conn)
 
     def _forget(self, conn: TcpConnection) -> None:

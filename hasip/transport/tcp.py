@@ -21,8 +21,10 @@ class TcpConnection(asyncio.Protocol):
 
     def __init__(self, listener: Listener, sink: Sink, max_message: int, max_write_buffer: int,
                  on_close: Callable[[TcpConnection], None],
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop,
+                 on_open: Callable[[TcpConnection], None] | None = None) -> None:
         self.listener = listener
+        self.on_open = on_open
         self.sink = sink
         self.framer = StreamFramer(max_message)
         self.max_write_buffer = max_write_buffer
@@ -39,6 +41,8 @@ class TcpConnection(asyncio.Protocol):
         peer: Any = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1])
         metrics.TCP_CONNECTIONS.inc()
+        if self.on_open is not None:
+            self.on_open(self)
         for data, on_error in self.pending:
             self.write(data, on_error)
         self.pending.clear()

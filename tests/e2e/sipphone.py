@@ -52,6 +52,11 @@ class Phone:
         self.rport = True
 
     @property
+    def hostref(self) -> str:
+        """The address the phone writes in Via and Contact (private behind NAT)."""
+        return self.contact_host
+
+    @property
     def contact(self) -> str:
         return f"sip:{self.user}@{self.contact_host}:{self.port}"
 

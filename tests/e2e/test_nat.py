@@ -59,3 +59,36 @@ def test_natted_phone_is_registered_reached_and_pinged(make_node, udp_peer) -> N
         assert metric(text, "hasip_nat_pings_total", 'result="answered"') >= 1
     finally:
         phone.close()
+
+
+def test_natted_caller_gets_its_contact_fixed(make_node, udp_peer) -> None:
+    """An INVITE from a phone behind NAT: authenticated, then forwarded with
+    its Contact rewritten to the public source and Record-Route ;nat=yes."""
+    from tests.e2e.sipphone import digest_header
+
+    asterisk = udp_peer()
+    node = make_node(next_hop=[f"sip:127.0.0.1:{asterisk.port}"],
+                     auth={"trusted": [f"{GATEWAY}/32"]})
+    proxy = ("127.0.0.1", node.sip_port)
+    phone = Phone("1009", "demo1009", contact_host="10.0.0.5")
+    phone.rport = False
+    try:
+        target = f"sip:2000@127.0.0.1:{node.sip_port}"
+
+        def send_invite(auth: str = "") -> None:
+            extra = auth + "\r\n" if auth else ""
+            msg = invite(phone, target, extra=extra).replace(b"sip:caller@", b"sip:1009@")
+            phone.send(msg, proxy)
+
+        send_invite()
+        challenge = phone.response()
+        assert challenge is not None and challenge.status == 407
+        send_invite(digest_header(challenge.get_str(b"proxy-authenticate") or "", "1009",
+                                  "demo1009", "INVITE", target, True))
+        forwarded = asterisk.recv(2.0)
+        assert forwarded is not None and forwarded.startswith(b"INVITE sip:2000@")
+        msg = parse_message(forwarded)
+        assert msg.get(b"contact") == f"<sip:1009@127.0.0.1:{phone.port}>".encode()
+        assert b";nat=yes" in (msg.get(b"record-route") or b"")
+    finally:
+        phone.close()

@@ -327,3 +327,96 @@ def test_radius_down_means_503_and_registrations_stay(phones, make_node, freerad
     time.sleep(0.6)  # dead_time
     resp = phone.register(proxy)
     assert resp is not None and resp.status == 200
+
+
+def test_sha256_digest_and_stale_nonce(phones, make_node) -> None:
+    """RFC 7616: SHA-256 offered first; an expired nonce gets stale=true."""
+    node = phone_node(make_node, auth={"trusted": [f"{GATEWAY}/32"], "nonce_lifetime": 1.0,
+                                       "algorithms": ["SHA-256", "MD5"]})
+    proxy = ("127.0.0.1", node.sip_port)
+    phone = phones("1004", pw("1004"))
+    phone.send(phone.register_request(proxy), proxy)
+    challenge = phone.response()
+    assert challenge is not None and challenge.status == 401
+    offered = [v.decode() for v in challenge.get_all(b"www-authenticate")]
+    assert [o.rsplit("algorithm=", 1)[1] for o in offered] == ["SHA-256", "MD5"]
+    uri = f"sip:127.0.0.1:{node.sip_port}"
+    auth = digest_header(offered[0], "1004", pw("1004"), "REGISTER", uri, False)
+    assert "algorithm=SHA-256" in auth
+    phone.send(phone.register_request(proxy, auth=auth), proxy)
+    ok = phone.response()
+    assert ok is not None and ok.status == 200
+    time.sleep(2.2)  # the nonce is now older than nonce_lifetime
+    auth = digest_header(offered[0], "1004", pw("1004"), "REGISTER", uri, False, nc=2)
+    phone.send(phone.register_request(proxy, auth=auth), proxy)
+    stale = phone.response()
+    assert stale is not None and stale.status == 401
+    assert "stale=true" in (stale.get_str(b"www-authenticate") or "")
+
+
+def test_sipp_wrong_password_is_not_registered(make_node, sipp) -> None:
+    node = phone_node(make_node)
+    phone = sipp_register(sipp, node, "1001", 5997, password="wrong")
+    assert phone.wait(15) != 0  # SIPp expected 200 and got a second 401
+    assert "401" in phone.errors()
+    assert metric(node.metrics(), "hasip_registrar_contacts") == 0
+
+
+def test_path_is_stored_and_used(phones, make_node, udp_peer) -> None:
+    """RFC 3327: a REGISTER through an edge proxy carries Path; calls to the
+    user go through that proxy (Route from the stored Path)."""
+    edge = udp_peer()
+    node = phone_node(make_node)
+    proxy = ("127.0.0.1", node.sip_port)
+    phone = phones("1003", pw("1003"))
+    path = f"Path: <sip:edge@127.0.0.1:{edge.port};lr>"
+    resp = phone.register(proxy, extra=(path, "Supported: path"))
+    assert resp is not None and resp.status == 200
+    assert resp.get(b"path") == f"<sip:edge@127.0.0.1:{edge.port};lr>".encode()
+    gw = udp_peer(GATEWAY)
+    _invite_from_gateway(gw, node, "1003")
+    forwarded = edge.recv(2.0)
+    assert forwarded is not None and forwarded.startswith(b"INVITE " + phone.contact.encode())
+    assert f"Route: <sip:edge@127.0.0.1:{edge.port};lr>".encode() in forwarded
+
+
+def test_tcp_phone_is_reached_over_its_connection(make_node, udp_peer) -> None:
+    """A phone registered over TCP gets its calls on that connection, not at
+    the Contact address (where nothing listens)."""
+    import socket as _socket
+
+    from tests.e2e.sipphone import digest_header as dh
+
+    node = phone_node(make_node)
+    conn = _socket.create_connection(("127.0.0.1", node.sip_port), timeout=3)
+    try:
+        local = conn.getsockname()
+
+        def request(cseq: int, auth: str = "") -> bytes:
+            return (f"REGISTER sip:127.0.0.1:{node.sip_port};transport=tcp SIP/2.0\r\n"
+                    f"Via: SIP/2.0/TCP 127.0.0.1:{local[1]};branch=z9hG4bKt{cseq}\r\n"
+                    f"From: <sip:1002@127.0.0.1>;tag=t\r\nTo: <sip:1002@127.0.0.1>\r\n"
+                    f"Call-ID: tcp-reg-1\r\nCSeq: {cseq} REGISTER\r\n"
+                    f"Contact: <sip:1002@127.0.0.1:9;transport=tcp>\r\nExpires: 600\r\n"
+                    f"{auth}Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+
+        def read() -> bytes:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            return data
+
+        conn.sendall(request(1))
+        challenge = parse_message(read())
+        assert isinstance(challenge, Response) and challenge.status == 401
+        auth = dh(challenge.get_str(b"www-authenticate") or "", "1002", pw("1002"), "REGISTER",
+                  f"sip:127.0.0.1:{node.sip_port};transport=tcp", False)
+        conn.sendall(request(2, auth + "\r\n"))
+        ok = parse_message(read())
+        assert isinstance(ok, Response) and ok.status == 200
+        gw = udp_peer(GATEWAY)
+        _invite_from_gateway(gw, node, "1002")
+        data = read()
+        assert data.startswith(b"INVITE sip:1002@127.0.0.1:9;transport=tcp SIP/2.0")
+    finally:
+        conn.close()
