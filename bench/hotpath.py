@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hasip.config import Config
 from hasip.proxy.core import Proxy
+from hasip.server import tune_gc
 from hasip.sip.message import parse_message, validate_request
 from hasip.sip.uri import parse_sip_uri
 from hasip.transport.base import Destination
@@ -133,6 +134,7 @@ def main() -> int:
     rec = Recorder()
     proxy.transports.send = rec.send  # type: ignore[method-assign]
     listener = proxy.transports.listeners[0]
+    tune_gc()  # as a running node does
     step = one_registration if args.register else one_call
     what = "registration" if args.register else "call"
     for n in range(200):

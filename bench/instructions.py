@@ -30,6 +30,8 @@ config = Config(next_hop=[parse_sip_uri("sip:127.0.0.1:5071")], metrics_listen=N
 register = sys.argv[2] == "register"
 config.auth.trusted = [] if register else ["127.0.0.1/32"]
 proxy = Proxy(config, asyncio.new_event_loop())
+from hasip.server import tune_gc
+tune_gc()
 step = hotpath.one_registration if register else hotpath.one_call
 rec = hotpath.Recorder()
 proxy.transports.send = rec.send

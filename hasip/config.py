@@ -83,6 +83,7 @@ class LocationConfig:
     mysql_url: str = ""
     max_pending: int = 1_000_000
     batch: int = 500
+    flush_interval: float = 0.5
 
 
 @dataclass
@@ -343,6 +344,7 @@ def _location_section(cfg: Config, sec: _Section) -> None:
         raise sec.error("mysql_url", "backend is mysql: give mysql://USER:PASSWORD@HOST:PORT/DB")
     loc.max_pending = sec.integer("max_pending", loc.max_pending, 100, 100_000_000)
     loc.batch = sec.integer("batch", loc.batch, 1, 100_000)
+    loc.flush_interval = sec.number("flush_interval", loc.flush_interval, 0.0, 60.0)
     sec.finish()
 
 

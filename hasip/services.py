@@ -133,6 +133,6 @@ def build(config: Config, durable: bool = True) -> Services:
                 raise ConfigError(f"{config.path}: location.mysql_url: {exc}") from None
         else:
             backend = SqliteBackend(loc.sqlite_path)
-        writer = WriteBehind(backend, loc.max_pending, loc.batch)
+        writer = WriteBehind(backend, loc.max_pending, loc.batch, interval=loc.flush_interval)
         store.subscribe(writer.on_change)
     return Services(store, authenticator, policy, trusted, peers, backend, writer, radius)
