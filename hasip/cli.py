@@ -41,10 +41,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hasip: configuration error: {exc}", file=sys.stderr)
         return 2
 
+    if args.command in ("check-config", "run"):
+        from hasip.services import build
+
+        try:
+            build(config, durable=False)  # reads the users file, RADIUS dictionary...
+        except ConfigError as exc:
+            print(f"hasip: configuration error: {exc}", file=sys.stderr)
+            return 2
     if args.command == "check-config":
         listen = ", ".join(str(a) for a in config.listen)
         print(f"{config.path}: OK (node {config.node_name}, listen {listen}, "
-              f"{len(config.next_hop)} next hop(s))")
+              f"{len(config.next_hop)} next hop(s), auth {config.auth.source}, "
+              f"locations {config.location.backend})")
         return 0
     if args.command == "run":
         from hasip.server import run_node

@@ -45,6 +45,17 @@ def test_examples_are_valid() -> None:
         ('[log]\nlevel = "loud"', "log.level: 'loud' is not one of"),
         ('[metrics]\nlisten = "9060"', "metrics.listen: '9060' is not HOST:PORT"),
         ("[sipp]\n", "unknown section(s) sipp"),
+        ("[registrar]\nmin_expires = 100\nmax_expires = 50", "registrar.min_expires: 100 is above"),
+        ('[location]\nbackend = "mysql"', "location.mysql_url: backend is mysql"),
+        ('[location]\nbackend = "oracle"', "location.backend: 'oracle' is not one of"),
+        ('[auth]\nsource = "radius"', "radius.servers: auth.source is radius"),
+        ('[auth]\nsource = "radius"\n[radius]\nservers = ["127.0.0.1:1812"]',
+         "radius.secret: auth.source is radius"),
+        ('[auth]\ntrusted = ["10.0.0.0/33"]', "auth.trusted[0]: '10.0.0.0/33' is not"),
+        ('[auth]\nalgorithms = ["SHA-512"]', "auth.algorithms: 'SHA-512' is not one of"),
+        ('[radius]\nservers = ["x:99999"]', "radius.servers[0]: 'x:99999' is not HOST:PORT"),
+        ('[radius]\nattributes = "diameter"', "radius.attributes: 'diameter' is not one of"),
+        ('[nat]\ndetect = ["stun"]', "nat.detect: 'stun' is not one of"),
         ("sip = 3", "sip: expected a table"),
         ("[sip\n", "not valid TOML"),
     ],
@@ -73,3 +84,13 @@ def test_check_config_command(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert f"{bad}: timers.t1: -1.0 is outside" in res.stderr
+
+
+def test_check_config_reads_the_users_file(tmp_path: Path) -> None:
+    users = tmp_path / "users"
+    users.write_text("alice:hasip:not-a-hash\n")
+    cfg = write(tmp_path, f'[auth]\nusers_file = "{users}"\n')
+    res = subprocess.run([sys.executable, "-m", "hasip", "check-config", "-c", str(cfg)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert f"{cfg}: auth.users_file: {users}:1: HA1 must be" in res.stderr
