@@ -71,6 +71,12 @@ def test_sipp_registers_with_digest_against_the_users_file(make_node, sipp) -> N
         rows = sqlite3.connect(db).execute("SELECT username, contact FROM location").fetchall()
         time.sleep(0.1)
     assert rows == [("1001", "sip:1001@127.0.0.1:5999;transport=UDP")]
+    # and unregisters (Expires: 0), authenticated as well
+    gone = sipp_register(sipp, node, "1001", 5999, expires=0)
+    assert gone.wait(15) == 0, gone.errors()
+    text = node.metrics()
+    assert metric(text, "hasip_registrar_contacts") == 0
+    assert metric(text, "hasip_registrar_requests_total", 'result="unregistered"') == 1
 
 
 def test_wrong_password_and_foreign_identity(phones, make_node) -> None:
@@ -420,3 +426,33 @@ def test_tcp_phone_is_reached_over_its_connection(make_node, udp_peer) -> None:
         assert data.startswith(b"INVITE sip:1002@127.0.0.1:9;transport=tcp SIP/2.0")
     finally:
         conn.close()
+
+
+def test_expired_bindings_leave_memory_and_the_database(phones, make_node) -> None:
+    node = phone_node(make_node, registrar={"min_expires": 1})
+    phone = phones("1001", pw("1001"))
+    assert phone.register(("127.0.0.1", node.sip_port), expires=2).status == 200  # type: ignore
+    db = node.workdir / f"location-{node.sip_port}.db"
+
+    def rows() -> int:
+        return int(sqlite3.connect(db).execute("SELECT COUNT(*) FROM location").fetchone()[0])
+
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and rows() == 0:
+        time.sleep(0.1)
+    assert rows() == 1
+    time.sleep(3.5)
+    assert metric(node.metrics(), "hasip_registrar_contacts") == 0
+    assert rows() == 0
+
+
+def test_malformed_credentials_get_400(phones, make_node) -> None:
+    node = phone_node(make_node)
+    proxy = ("127.0.0.1", node.sip_port)
+    phone = phones("1001", pw("1001"))
+    for bad in ('Authorization: Digest username="1001" realm',
+                'Authorization: Digest username="1001", realm="hasip", nonce="x"'):
+        phone.send(phone.register_request(proxy, auth=bad), proxy)
+        resp = phone.response()
+        assert resp is not None and resp.status == 400, bad
+    assert metric(node.metrics(), "hasip_auth_total", 'method="REGISTER",result="malformed"') == 2
