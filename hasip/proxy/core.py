@@ -346,6 +346,14 @@ class Proxy:
         if method == "CANCEL":
             self._on_cancel(req, src)
             return
+        if (method == "REGISTER" and b"authorization" not in req.keys
+                and b"route" not in req.keys and not self.draining and self.is_myself(req.uri)):
+            # Its answer is a 401 challenge (or an error) computed at once:
+            # statelessly, as Kamailio's sl does, so a flood of unauthenticated
+            # REGISTERs leaves no state; a retransmission gets a new challenge.
+            rc = ResponseContext(None, req, src, self.reply_destination(src, req.top_via))
+            self.router.route(RequestContext(self, req, src, rc))
+            return
         key = server_key(req)
         txn = self.server_txns.get(key)
         if txn is not None:
@@ -533,7 +541,10 @@ class Proxy:
     def _reply_rc(self, rc: ResponseContext, status: int, reason: bytes | None = None,
                   extra: list[bytes] | None = None) -> None:
         server = rc.server
-        to_tag = self._to_tag(server) if server is not None and status > 100 else None
+        to_tag = None
+        if status > 100:
+            to_tag = (self._to_tag(server) if server is not None else
+                      f"hs{zlib.crc32(rc.request.call_id.encode('latin-1')):08x}")
         data = make_response(rc.request, status, reason, to_tag, extra)
         if status >= 200:
             rc.final_sent = True
