@@ -43,6 +43,7 @@ class Services:
     writer: WriteBehind | None = None
     radius: RadiusClient | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _trusted_ips: dict[str, bool] = field(default_factory=dict)
 
     @classmethod
     def in_memory(cls, config: Config) -> Services:
@@ -54,11 +55,18 @@ class Services:
         (an Asterisk node sends from the port it listens on)."""
         if (ip, port) in self.trusted_peers:
             return True
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in net for net in self.trusted)
+        cache = self._trusted_ips
+        known = cache.get(ip)
+        if known is None:
+            try:
+                addr = ipaddress.ip_address(ip)
+            except ValueError:
+                return False
+            known = any(addr in net for net in self.trusted)
+            if len(cache) >= 65536:
+                cache.clear()
+            cache[ip] = known
+        return known
 
     async def start(self) -> None:
         """Load bindings from the durable store (retried in the background

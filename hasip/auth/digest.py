@@ -24,8 +24,10 @@ ALGORITHMS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
 HA1_LENGTHS = {32: "MD5", 64: "SHA-256"}
 
 # auth-param = token "=" ( token / quoted-string )   (RFC 7235 2.1)
+# (the quoted-string alternative unrolled: "[^"\\]*(\\.[^"\\]*)*", which Python's
+# regex engine runs several times faster than a per-character alternation)
 _PARAM_RE = re.compile(r'\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)\s*=\s*'
-                       r'("(?:[^"\\]|\\.)*"|[^\s,]*)\s*(?:,|$)')
+                       r'("[^"\\]*(?:\\.[^"\\]*)*"|[^\s,]*)\s*(?:,|$)')
 _HEX_RE = re.compile(r"[0-9a-f]{8}")
 _ESCAPE_RE = re.compile(r"\\(.)")
 

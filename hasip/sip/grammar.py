@@ -20,7 +20,11 @@ WS = "[ \t]*"
 # quoted-string = SWS DQUOTE *(qdtext / quoted-pair ) DQUOTE
 # qdtext = LWS / %x21 / %x23-5B / %x5D-7E / UTF8-NONASCII
 # quoted-pair = "\" (%x00-09 / %x0B-0C / %x0E-7F)
-QUOTED = '"(?:[^"\\\\\\r\\n]|\\\\[\\x00-\\x09\\x0b\\x0c\\x0e-\\x7f])*"'
+# (written as an unrolled loop, "normal* (special normal*)*": the same language,
+# without a per-character alternation that Python's regex engine runs slowly)
+_QDTEXT = '[^"\\\\\\r\\n]'
+_QPAIR = '\\\\[\\x00-\\x09\\x0b\\x0c\\x0e-\\x7f]'
+QUOTED = f'"{_QDTEXT}*(?:{_QPAIR}{_QDTEXT}*)*"'
 
 # escaped = "%" HEXDIG HEXDIG
 ESCAPED = "%[0-9A-Fa-f]{2}"
@@ -28,29 +32,34 @@ ESCAPED = "%[0-9A-Fa-f]{2}"
 UNRESERVED = "A-Za-z0-9\\-_.!~*'()"
 # user = 1*( unreserved / escaped / user-unreserved )
 # user-unreserved = "&" / "=" / "+" / "$" / "," / ";" / "?" / "/"
-USER = f"(?:[{UNRESERVED}&=+$,;?/]|{ESCAPED})+"
+USER = f"(?=[{UNRESERVED}&=+$,;?/%])[{UNRESERVED}&=+$,;?/]*(?:{ESCAPED}[{UNRESERVED}&=+$,;?/]*)*"
 # password = *( unreserved / escaped / "&" / "=" / "+" / "$" / "," )
-PASSWORD = f"(?:[{UNRESERVED}&=+$,]|{ESCAPED})*"
+PASSWORD = f"[{UNRESERVED}&=+$,]*(?:{ESCAPED}[{UNRESERVED}&=+$,]*)*"
 # hostname = *( domainlabel "." ) toplabel [ "." ]  (underscore tolerated, as
 # deployed hosts use it)
-_LABEL = "[A-Za-z0-9_](?:[A-Za-z0-9_\\-]*[A-Za-z0-9_])?"
+# (a label: alphanumeric runs joined by hyphens, never at either end)
+_LABEL = "[A-Za-z0-9_]+(?:-+[A-Za-z0-9_]+)*"
 HOSTNAME = f"(?:{_LABEL}\\.)*{_LABEL}\\.?"
 IPV4 = "\\d{1,3}\\.\\d{1,3}\\.\\d{1,3}\\.\\d{1,3}"
 IPV6REF = "\\[[0-9A-Fa-f:.]+\\]"
 HOST = f"(?:{IPV6REF}|{HOSTNAME})"
 # paramchar = param-unreserved / unreserved / escaped
 # param-unreserved = "[" / "]" / "/" / ":" / "&" / "+" / "$"
-PARAMCHAR = f"(?:[{UNRESERVED}\\[\\]/:&+$]|{ESCAPED})"
+_PARAM_SET = f"{UNRESERVED}\\[\\]/:&+$"
+PARAMCHARS = f"[{_PARAM_SET}]*(?:{ESCAPED}[{_PARAM_SET}]*)*"          # *paramchar
+PARAMCHARS1 = f"(?=[{_PARAM_SET}%]){PARAMCHARS}"                       # 1*paramchar
 # hnv-unreserved = "[" / "]" / "/" / "?" / ":" / "+" / "$"
-HNVCHAR = f"(?:[{UNRESERVED}\\[\\]/?:+$]|{ESCAPED})"
+_HNV_SET = f"{UNRESERVED}\\[\\]/?:+$"
+HNVCHARS = f"[{_HNV_SET}]*(?:{ESCAPED}[{_HNV_SET}]*)*"                  # *hnvchar
+HNVCHARS1 = f"(?=[{_HNV_SET}%]){HNVCHARS}"                             # 1*hnvchar
 
 # SIP-URI = "sip:" [ userinfo ] hostport uri-parameters [ headers ]
 SIP_URI_RE = re.compile(
     f"(?P<scheme>[Ss][Ii][Pp][Ss]?):"
     f"(?:(?P<user>{USER})(?::(?P<password>{PASSWORD}))?@)?"
     f"(?P<host>{HOST})(?::(?P<port>\\d{{1,5}}))?"
-    f"(?P<params>(?:;{PARAMCHAR}+(?:={PARAMCHAR}*)?)*)"
-    f"(?:\\?(?P<headers>{HNVCHAR}*=?{HNVCHAR}*(?:&{HNVCHAR}+={HNVCHAR}*)*))?"
+    f"(?P<params>(?:;{PARAMCHARS1}(?:={PARAMCHARS})?)*)"
+    f"(?:\\?(?P<headers>{HNVCHARS}=?{HNVCHARS}(?:&{HNVCHARS1}={HNVCHARS})*))?"
 )
 # absoluteURI = scheme ":" ( hier-part / opaque-part ), loosely: no white space
 SCHEME_RE = re.compile("([A-Za-z][A-Za-z0-9+\\-.]*):")
