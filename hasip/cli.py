@@ -41,11 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hasip: configuration error: {exc}", file=sys.stderr)
         return 2
 
+    if args.command == "run":
+        setup_logging(config.log_level, config.log_format)
     if args.command in ("check-config", "run"):
         from hasip.services import build
 
         try:
-            build(config, durable=False)  # reads the users file, RADIUS dictionary...
+            # Reads the users file, the RADIUS dictionary...: errors before serving.
+            services = build(config, durable=args.command == "run")
         except ConfigError as exc:
             print(f"hasip: configuration error: {exc}", file=sys.stderr)
             return 2
@@ -58,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from hasip.server import run_node
 
-        setup_logging(config.log_level, config.log_format)
-        return run_node(config)
+        return run_node(config, services)
     from hasip.demo.run import run_demo
 
     return run_demo(args.calls, args.rate)

@@ -13,14 +13,16 @@ from hasip import metrics
 from hasip.config import Config
 from hasip.log import get_logger
 from hasip.proxy.core import Proxy
+from hasip.services import Services
 from hasip.services import build as build_services
 
 log = get_logger("hasip.server")
 
 
 class Node:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, services: Services) -> None:
         self.config = config
+        self.services = services
         self.proxy: Proxy | None = None
         self._stop = asyncio.Event()
         self._signals = 0
@@ -37,7 +39,7 @@ class Node:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        services = build_services(self.config)
+        services = self.services
         await services.start()
         self.proxy = Proxy(self.config, loop, services)
         await self.proxy.start()
@@ -88,9 +90,9 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def run_node(config: Config) -> int:
+def run_node(config: Config, services: Services | None = None) -> int:
     tune_gc()
-    node = Node(config)
+    node = Node(config, services if services is not None else build_services(config))
     if config.event_loop == "uvloop":
         import uvloop
 

@@ -15,6 +15,7 @@ import pytest
 from hasip.demo.node import NodeProcess
 from hasip.demo.sipp import Sipp, sipp_binary
 from tests.e2e.services import FreeRadius, MariaDB, freeradius_missing, mariadb_missing
+from tests.e2e.sipphone import Phone
 
 pytestmark = pytest.mark.e2e
 
@@ -242,3 +243,18 @@ def freeradius(tmp_path: Path) -> Iterator[Callable[..., FreeRadius]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def phones() -> Iterator[Callable[..., Phone]]:
+    """SIP phones (tests/e2e/sipphone.py), closed at the end: ``phones(user, password)``."""
+    made: list[Phone] = []
+
+    def make(user: str, password: str) -> Phone:
+        p = Phone(user, password)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()

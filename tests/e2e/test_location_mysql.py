@@ -5,11 +5,9 @@ database is down)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from hasip.auth.digest import make_ha1
 from tests.e2e.conftest import invite, metric
@@ -22,20 +20,6 @@ def users_file(path: Path, count: int) -> Path:
     lines = [f"u{i}:hasip:{make_ha1('MD5', f'u{i}', 'hasip', f'pw{i}')}" for i in range(count)]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-@pytest.fixture
-def phones() -> Iterator[Callable[..., Phone]]:
-    made: list[Phone] = []
-
-    def make(user: str, password: str) -> Phone:
-        p = Phone(user, password)
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.close()
 
 
 def mysql_node(make_node: Any, mariadb: Any, tmp_path: Path, count: int) -> Any:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -23,20 +22,6 @@ from tests.e2e.sipphone import Phone, digest_header
 
 GATEWAY = "127.0.0.2"
 UNTRUSTED = {"auth": {"trusted": [f"{GATEWAY}/32"]}}
-
-
-@pytest.fixture
-def phones() -> Iterator[Callable[..., Phone]]:
-    made: list[Phone] = []
-
-    def make(user: str, password: str) -> Phone:
-        p = Phone(user, password)
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.close()
 
 
 def pw(user: str) -> str:
