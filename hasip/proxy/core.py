@@ -556,7 +556,12 @@ class Proxy:
 
     @staticmethod
     def _to_tag(txn: Transaction) -> str:
-        return "hs{:08x}".format(zlib.crc32("|".join(txn.key).encode("latin-1", "replace")))
+        """Our To tag for a transaction's answers: the same for every answer
+        and retransmission of it; from the branch (RFC 2543 requests: from
+        all their matching fields)."""
+        key = txn.key
+        text = key[0] if key[0] != "2543" else "|".join(key)
+        return f"hs{zlib.crc32(text.encode('latin-1', 'replace')):08x}"
 
     # -- operations for the routing script -----------------------------------
 

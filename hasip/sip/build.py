@@ -22,7 +22,7 @@ REASONS: dict[int, bytes] = {
     603: b"Decline", 604: b"Does Not Exist Anywhere", 606: b"Not Acceptable",
 }
 
-_COPIED = (b"via", b"from", b"call-id", b"cseq")
+_COPIED = frozenset((b"via", b"from", b"call-id", b"cseq"))
 
 
 def make_response(
@@ -36,15 +36,14 @@ def make_response(
     """A response to ``request`` as bytes (RFC 3261 8.2.6.2): Via, From,
     Call-ID and CSeq copied, To copied with ``to_tag`` added when it has none."""
     lines = [b"SIP/2.0 %d %s" % (status, reason or REASONS.get(status, b"Unknown"))]
-    to_line: bytes | None = None
-    for key, raw in zip(request.keys, request.raws, strict=True):
-        if key in _COPIED:
-            lines.append(raw)
-        elif key == b"to" and to_line is None:
-            to_line = raw
-            if to_tag is not None and b"tag=" not in raw.lower():
-                to_line = b"%s;tag=%s" % (raw.rstrip(), to_tag.encode("latin-1"))
-            lines.append(to_line)
+    keys = request.keys
+    raws = request.raws
+    lines += [raw for key, raw in zip(keys, raws, strict=True) if key in _COPIED]
+    if b"to" in keys:
+        to_line = raws[keys.index(b"to")]
+        if to_tag is not None and b"tag=" not in to_line.lower():
+            to_line = b"%s;tag=%s" % (to_line.rstrip(), to_tag.encode("latin-1"))
+        lines.append(to_line)
     if extra:
         lines.extend(extra)
     lines.append(b"Content-Length: %d" % len(body))
