@@ -1,0 +1,1 @@
+"""The dispatcher: Asterisk node sets, selection, health (issue 4; the sans-IO core so far)."""
