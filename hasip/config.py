@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hasip.dispatcher.destinations import Destination, ListFileError, parse_list
+from hasip.dispatcher.select import algorithm_name
 from hasip.sip.errors import SipParseError
 from hasip.sip.message import MAX_MESSAGE_SIZE
 from hasip.sip.transaction import Timers
@@ -65,6 +67,17 @@ class Config:
     auth: AuthConfig = field(default_factory=lambda: AuthConfig())
     radius: RadiusConfig = field(default_factory=lambda: RadiusConfig())
     nat: NatConfig = field(default_factory=lambda: NatConfig())
+    dispatcher: DispatcherConfig = field(default_factory=lambda: DispatcherConfig())
+
+
+@dataclass
+class DispatcherConfig:
+    algorithm: str = "round_robin"
+    set: int = 1                       # the set that calls for unregistered users go to
+    # Empty: routing.next_hop is set 1.
+    destinations: list[Destination] = field(default_factory=list)
+    failures: int = 3                  # consecutive failures: inactive
+    successes: int = 1                 # consecutive successes: active again
 
 
 @dataclass
@@ -215,7 +228,7 @@ def parse_host_port(text: str, where: str) -> tuple[str, int]:
 
 
 _SECTIONS = ("node", "sip", "timers", "routing", "tcp", "metrics", "log", "shutdown",
-             "registrar", "location", "auth", "radius", "nat")
+             "registrar", "location", "auth", "radius", "nat", "dispatcher")
 NAT_TESTS = ("private_contact", "via_address", "via_port")
 
 
@@ -320,7 +333,39 @@ def config_from_dict(raw: dict[str, Any], path: str = "<dict>") -> Config:
     _auth_section(cfg, _Section(path, "auth", raw.get("auth", {})))
     _radius_section(cfg, _Section(path, "radius", raw.get("radius", {})))
     _nat_section(cfg, _Section(path, "nat", raw.get("nat", {})))
+    _dispatcher_section(cfg, _Section(path, "dispatcher", raw.get("dispatcher", {})))
     return cfg
+
+
+def _dispatcher_section(cfg: Config, sec: _Section) -> None:
+    d = cfg.dispatcher
+    algorithm = sec.get("algorithm", (str, int), d.algorithm)
+    try:
+        d.algorithm = algorithm_name(algorithm)
+    except ValueError as exc:
+        raise sec.error("algorithm", str(exc)) from None
+    d.set = sec.integer("set", d.set, 0, 1 << 30)
+    lines = sec.str_list("destinations", [])
+    list_file = sec.get("list_file", str, "")
+    d.failures = sec.integer("failures", d.failures, 1, 1000)
+    d.successes = sec.integer("successes", d.successes, 1, 1000)
+    sec.finish()
+    try:
+        d.destinations = parse_list("\n".join(lines), sec.where("destinations"))
+        if list_file:
+            try:
+                with open(list_file, encoding="utf-8") as fh:
+                    text = fh.read()
+            except OSError as exc:
+                raise sec.error("list_file", f"cannot read {list_file}: {exc.strerror}") from None
+            d.destinations += parse_list(text, list_file)
+    except ListFileError as exc:
+        raise ConfigError(f"{cfg.path}: dispatcher: {exc}") from None
+    for dest in d.destinations:
+        if dest.uri.transport not in TRANSPORTS:
+            raise ConfigError(f"{sec.where('destinations')}: {dest.key}: transport "
+                              f"{dest.uri.transport!r} is not supported (udp, tcp)")
+
 
 
 def _registrar_section(cfg: Config, sec: _Section) -> None:

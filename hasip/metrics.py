@@ -194,3 +194,9 @@ NAT_DETECTED = Children(Counter("hasip_nat_detected_total",
 def start_metrics_server(host: str, port: int) -> None:
     """Serve /metrics on ``host:port`` from a daemon thread."""
     start_http_server(port, addr=host)
+
+# Dispatcher
+DS_STATE_CHANGES = Children(Counter("hasip_dispatcher_state_changes_total",
+                                    "Destinations entering a state (A, I, T, D)", ["state"]))
+DS_FAILOVERS = Counter("hasip_dispatcher_failovers_total",
+                       "Calls retried on the next destination")

@@ -17,6 +17,7 @@ from hasip.auth.digest import NonceManager
 from hasip.auth.radius import RadiusClient
 from hasip.auth.users import LocalUsers, UsersFileError
 from hasip.config import Config, ConfigError
+from hasip.dispatcher.dispatcher import Dispatcher
 from hasip.location.backend import Backend, MysqlBackend, SqliteBackend
 from hasip.location.persist import WriteBehind, load_into
 from hasip.location.registrar import Policy
@@ -37,6 +38,7 @@ class Services:
     location: LocationStore
     authenticator: Authenticator
     policy: Policy
+    dispatcher: Dispatcher
     trusted: list[Network]
     trusted_peers: set[tuple[str, int]] = field(default_factory=set)
     backend: Backend | None = None
@@ -129,7 +131,10 @@ def build(config: Config, durable: bool = True) -> Services:
     reg = config.registrar
     policy = Policy(reg.default_expires, reg.min_expires, reg.max_expires, reg.max_contacts)
     trusted: list[Network] = [ipaddress.ip_network(n, strict=False) for n in a.trusted]
-    peers = {(hop.host_ip, hop.default_port()) for hop in config.next_hop}
+    dispatcher = Dispatcher(config)
+    # The Asterisk nodes (by address and port: they send from the port they
+    # listen on) are trusted peers.
+    peers = set(dispatcher.by_address)
     backend: Backend | None = None
     writer: WriteBehind | None = None
     if durable and config.location.backend != "memory":
@@ -143,4 +148,5 @@ def build(config: Config, durable: bool = True) -> Services:
             backend = SqliteBackend(loc.sqlite_path)
         writer = WriteBehind(backend, loc.max_pending, loc.batch, interval=loc.flush_interval)
         store.subscribe(writer.on_change)
-    return Services(store, authenticator, policy, trusted, peers, backend, writer, radius)
+    return Services(store, authenticator, policy, dispatcher, trusted, peers, backend, writer,
+                    radius)

@@ -452,6 +452,8 @@ class Proxy:
         else:
             branch.final_status = status
             branch.final = resp
+        if rc is not None and rc.data:
+            self.router.on_branch_reply(rc, status)
         if rc is None or status == 100:
             return  # our own request (a CANCEL), or a 100 (hop by hop)
         resp.pop_first_value(b"via")
@@ -512,6 +514,11 @@ class Proxy:
             resp.status = 500
             resp.reason = b"Server Internal Error"
         self._relay_upstream(rc, resp, received_at)
+
+    def best_status(self, rc: ResponseContext) -> int:
+        """The status the context would answer with now (0: no branch)."""
+        best = self._best_branch(rc)
+        return best.final_status if best is not None else 0
 
     @staticmethod
     def _best_branch(rc: ResponseContext) -> Branch | None:

@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING
 
 from hasip import metrics
 from hasip.auth.authenticator import AUTHENTICATED, Verdict
+from hasip.dispatcher.destinations import ACTIVE
+from hasip.dispatcher.destinations import Destination as Node
+from hasip.dispatcher.dispatcher import FAILOVER
 from hasip.location.binding import Binding, format_socket, parse_socket
 from hasip.location.registrar import Origin, register
 from hasip.log import get_logger
@@ -36,10 +39,8 @@ class Router:
         self.proxy = proxy
         self.config = proxy.config
         self.services = proxy.services
-        self.next_hops = list(proxy.config.next_hop)
-        self._next = 0
-        # Request-URIs rewritten to a next hop, by (Request-URI, hop index).
-        self._rewritten: dict[tuple[bytes, int], SipUri] = {}
+        # Request-URIs rewritten to a node, by (Request-URI, node URI).
+        self._rewritten: dict[tuple[bytes, str], SipUri] = {}
 
     # -- route (main) ----------------------------------------------------------
 
@@ -270,6 +271,11 @@ class Router:
         bindings = self.services.location.bindings(aor) if aor else []
         if not bindings:
             metrics.LOOKUPS.inc("not_found")
+            if self.services.dispatcher.is_destination(ctx.source.addr):
+                # A call back from Asterisk for nobody we know: never back
+                # into the dispatcher (a loop between us and Asterisk).
+                ctx.reply(404, b"Not Found (not registered)")
+                return
             self.route_to_next_hop(ctx)
             return
         metrics.LOOKUPS.inc("found")
@@ -331,20 +337,38 @@ class Router:
         return False
 
     def route_to_next_hop(self, ctx: RequestContext) -> None:
-        """The static next hops, round-robin; the dispatcher replaces this.
-        Like ``ds_select_domain`` the Request-URI's host and port become the
-        next hop's."""
-        hops = self.next_hops
-        if not hops:
+        """The seed's route[5]: a node of the dispatcher's set (``ds_select_domain``:
+        the Request-URI's host and port become the node's); the other usable
+        nodes are kept, in the algorithm's order, for failover."""
+        ds = self.services.dispatcher
+        if not ds.sets:
             ctx.reply(404, b"Not Found (no next hop configured)")
             return
-        index = self._next % len(hops)
-        self._next += 1
+        order = ds.order(ds.set_id, self._hash_key(ctx) if ds.hashed else "")
+        if not order:
+            ctx.reply(503, b"Service Unavailable (no destination available)")
+            return
+        assert ctx.rc is not None
+        ctx.rc.data["ds_rest"] = order[1:]
+        if not self.ds_forward(ctx, order[0]):
+            self.ds_next(ctx)
+
+    def _hash_key(self, ctx: RequestContext) -> str:
         req = ctx.request
-        key = (req.uri_raw, index)
+        name = self.services.dispatcher.selector.algorithm
+        if name == "hash_callid":
+            return req.call_id
+        if name == "hash_from":
+            return str(req.from_.uri)
+        uri = req.to.uri if name == "hash_to" else req.uri
+        return (uri.user or "") if isinstance(uri, SipUri) else str(uri)
+
+    def ds_forward(self, ctx: RequestContext, dest: Node) -> bool:
+        req = ctx.request
+        key = (req.uri_raw, dest.key)
         new_uri = self._rewritten.get(key)
         if new_uri is None:
-            hop = hops[index]
+            hop = dest.uri
             uri = req.uri
             assert isinstance(uri, SipUri)
             params = dict(uri.params)
@@ -355,8 +379,28 @@ class Router:
             if len(self._rewritten) >= 4096:
                 self._rewritten.clear()
             self._rewritten[key] = new_uri
-        if not ctx.forward(request_uri=new_uri):
-            ctx.reply(503, b"Service Unavailable (next hop unusable)")
+        assert ctx.rc is not None
+        ctx.rc.data["ds_current"] = dest
+        if ctx.forward(request_uri=new_uri):
+            return True
+        self.services.dispatcher.failed(dest, "unusable")
+        return False
+
+    def ds_next(self, ctx: RequestContext) -> bool:
+        """The seed's ds_next_domain in failure_route[1]: the next usable node,
+        or 503 when none is left."""
+        assert ctx.rc is not None
+        rest = ctx.rc.data["ds_rest"]
+        assert isinstance(rest, list)
+        while rest:
+            dest = rest.pop(0)
+            if not dest.usable():
+                continue
+            metrics.DS_FAILOVERS.inc()
+            if self.ds_forward(ctx, dest):
+                return True
+        ctx.reply(503, b"Service Unavailable (no destination left)")
+        return True
 
     def route_relay(self, ctx: RequestContext) -> None:
         """The seed's route[1]: stateful relay to the Request-URI or Route."""
@@ -376,8 +420,21 @@ class Router:
     # -- failure handling --------------------------------------------------------
 
     def on_branch_failure(self, rc: ResponseContext, branch: Branch) -> None:
-        """A branch ended with a failure (>= 300, or a timeout). Passive health
-        detection hooks in here."""
+        """A branch ended with a failure (>= 300, or a timeout): a node that
+        timed out or failed counts against its health (passive detection)."""
+        dest = rc.data.get("ds_current")
+        status = branch.final_status
+        if isinstance(dest, Node) and status in FAILOVER:
+            if status == 408 and branch.provisional:
+                return  # it rang too long (timer C): the node itself is alive
+            self.services.dispatcher.failed(dest, str(status))
+
+    def on_branch_reply(self, rc: ResponseContext, status: int) -> None:
+        """A node that answers (but with a failure of its own) is alive."""
+        dest = rc.data.get("ds_current")
+        if isinstance(dest, Node) and status not in FAILOVER and (
+                dest.failures or dest.state != ACTIVE):
+            self.services.dispatcher.succeeded(dest)
 
     def failure_route(self, rc: ResponseContext) -> bool:
         """Every branch failed: True when the script forwarded a new branch or
@@ -389,4 +446,12 @@ class Router:
             ctx.record_route = True
             ctx.nat = bool(rc.data.get("nat"))
             return self.next_contacts(ctx)
+        if "ds_rest" in rc.data and rc.server is not None:
+            best = self.proxy.best_status(rc)
+            if best not in FAILOVER:
+                return False  # the callee's answer (403, 486, 487...) goes back
+            ctx = self.proxy.context_for(rc)
+            ctx.record_route = True
+            ctx.nat = bool(rc.data.get("nat"))
+            return self.ds_next(ctx)
         return False

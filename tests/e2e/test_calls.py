@@ -68,17 +68,20 @@ def test_cancel_while_ringing(make_node, sipp) -> None:
     assert uas.counter("SuccessfulCall(C)") == 10
 
 
-def test_callee_that_never_answers_gives_408(make_node, sipp) -> None:
+def test_node_that_never_answers_gives_503_when_no_node_is_left(make_node, sipp) -> None:
+    """Timer B on the only node: passive detection counts it, and with no
+    node left to fail over to the caller gets 503 (the seed's failure_route)."""
     dead = free_port()
     node = make_node(next_hop=[f"sip:127.0.0.1:{dead}"], timers={"non_invite_final": 2.0})
     started = time.monotonic()
-    caller = sipp("uac_expect_408.xml", remote=f"127.0.0.1:{node.sip_port}", calls=3, rate=10)
+    caller = sipp("uac_expect_503.xml", remote=f"127.0.0.1:{node.sip_port}", calls=3, rate=10)
     assert caller.wait(60) == 0, caller.errors()
     assert caller.counter("SuccessfulCall(C)") == 3
     assert time.monotonic() - started >= 2.0
     text = node.metrics()
     assert metric(text, "hasip_sip_transaction_timeouts_total", 'method="INVITE"') == 3
-    assert metric(text, "hasip_sip_responses_sent_total", 'code="408"') == 3
+    assert metric(text, "hasip_sip_responses_sent_total", 'code="503"') == 3
+    assert metric(text, "hasip_dispatcher_state_changes_total", 'state="I"') == 1
 
 
 def test_retransmissions_are_absorbed(make_node, udp_peer) -> None:
@@ -334,7 +337,8 @@ def test_unreachable_tcp_next_hop_gives_503_at_once(make_node, udp_peer) -> None
 
 def test_timer_c_cancels_a_branch_that_rings_too_long(make_node, udp_peer) -> None:
     """RFC 3261 16.8: no final answer within timers.invite_final after a
-    provisional one: the proxy CANCELs the branch and answers 408 itself."""
+    provisional one: the proxy CANCELs the branch; its 408 sends the call to
+    the next node, and with none left the caller gets 503."""
     callee = udp_peer()
     node = make_node(next_hop=[f"sip:127.0.0.1:{callee.port}"], timers={"invite_final": 1.0})
     caller = udp_peer()
@@ -345,12 +349,12 @@ def test_timer_c_cancels_a_branch_that_rings_too_long(make_node, udp_peer) -> No
     cancel = callee.recv(3.0)
     assert cancel is not None and cancel.startswith(b"CANCEL ")
     assert 0.9 <= time.monotonic() - started < 2.5
-    assert status_of(caller.recv(3.0)) == 408
+    assert status_of(caller.recv(3.0)) == 503
     callee.send(reply_to(cancel, 200, "OK"), node.sip_port)  # the CANCEL's own answer
     callee.send(reply_to(forwarded, 487, "Request Terminated"), node.sip_port)
     ack = callee.recv()
     assert ack is not None and ack.startswith(b"ACK ")  # the 487 is ACKed hop by hop
-    # ... and not relayed: the caller already has its 408 (which the node
+    # ... and not relayed: the caller already has its 503 (which the node
     # retransmits until ACKed: that is allowed, a 487 is not).
     assert 487 not in [status_of(m) for m in caller.recv_all(0.6)]
 

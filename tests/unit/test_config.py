@@ -56,6 +56,11 @@ def test_examples_are_valid() -> None:
         ('[radius]\nservers = ["x:99999"]', "radius.servers[0]: 'x:99999' is not HOST:PORT"),
         ('[radius]\nattributes = "diameter"', "radius.attributes: 'diameter' is not one of"),
         ('[nat]\ndetect = ["stun"]', "nat.detect: 'stun' is not one of"),
+        ('[dispatcher]\nalgorithm = "fastest"', "dispatcher.algorithm: algorithm 'fastest'"),
+        ("[dispatcher]\nalgorithm = 5", "dispatcher.algorithm: algorithm 5 is not one of"),
+        ('[dispatcher]\ndestinations = ["x sip:a"]', "dispatcher.destinations:1: expected SETID"),
+        ('[dispatcher]\nlist_file = "/nonexistent/ds.list"', "dispatcher.list_file: cannot read"),
+        ('[dispatcher]\ndestinations = ["1 sip:a;transport=sctp"]', "transport 'sctp'"),
         ("sip = 3", "sip: expected a table"),
         ("[sip\n", "not valid TOML"),
     ],
@@ -94,3 +99,14 @@ def test_check_config_reads_the_users_file(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert f"{cfg}: auth.users_file: {users}:1: HA1 must be" in res.stderr
+
+
+def test_dispatcher_sets_from_config_and_list_file(tmp_path: Path) -> None:
+    ds = tmp_path / "dispatcher.list"
+    ds.write_text("1 sip:192.168.0.1:5060\n1 sip:192.168.0.2:5060\n2 sip:192.168.0.3:5060\n")
+    cfg = load_config(write(tmp_path, f'[dispatcher]\nalgorithm = 9\nlist_file = "{ds}"\n'
+                                      'destinations = ["1 sip:192.168.0.4 0 0 weight=5"]\n'))
+    assert cfg.dispatcher.algorithm == "weighted"
+    assert [(d.set_id, d.key, d.weight) for d in cfg.dispatcher.destinations] == [
+        (1, "sip:192.168.0.4", 5), (1, "sip:192.168.0.1:5060", 1),
+        (1, "sip:192.168.0.2:5060", 1), (2, "sip:192.168.0.3:5060", 1)]

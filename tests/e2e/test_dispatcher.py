@@ -1,0 +1,68 @@
+"""The dispatcher in the route (issue 4, first part): failover to the next
+node on timeouts and server errors, the callee's own answers passed back,
+passive health detection, no loop for calls back from Asterisk."""
+
+from __future__ import annotations
+
+from hasip.demo.sipp import wait_for_stats
+from tests.e2e.conftest import free_port, invite, metric, reply_to, status_of
+
+
+def test_dead_node_calls_fail_over_and_it_leaves_rotation(make_node, sipp) -> None:
+    alive = [sipp("uas.xml") for _ in range(2)]
+    for a in alive:
+        wait_for_stats(a)
+    dead = free_port()
+    hops = [f"sip:127.0.0.1:{alive[0].port}", f"sip:127.0.0.1:{dead}",
+            f"sip:127.0.0.1:{alive[1].port}"]
+    node = make_node(next_hop=hops, timers={"non_invite_final": 1.0})
+    caller = sipp("uac.xml", remote=f"127.0.0.1:{node.sip_port}", calls=30, rate=10)
+    assert caller.wait(60) == 0, caller.errors()
+    assert caller.counter("SuccessfulCall(C)") == 30   # no call lost
+    for a in alive:
+        a.stop()
+    assert sum(a.counter("SuccessfulCall(C)") for a in alive) == 30
+    text = node.metrics()
+    assert metric(text, "hasip_dispatcher_state_changes_total", 'state="I"') == 1
+    failovers = metric(text, "hasip_dispatcher_failovers_total")
+    timeouts = metric(text, "hasip_sip_transaction_timeouts_total", 'method="INVITE"')
+    # every call sent to it before three timeouts marked it inactive moved
+    # on; after that it got none (round-robin alone would have sent it 10)
+    assert failovers == timeouts
+    assert 3 <= timeouts <= 7
+
+
+def test_server_error_fails_over_but_busy_goes_back(make_node, udp_peer) -> None:
+    first, second = udp_peer(), udp_peer()
+    node = make_node(next_hop=[f"sip:127.0.0.1:{first.port}", f"sip:127.0.0.1:{second.port}"])
+    caller = udp_peer()
+    # round-robin starts at the first node: it answers 503, the call moves on
+    caller.send(invite(caller, f"sip:queue@127.0.0.1:{node.sip_port}"), node.sip_port)
+    got = first.recv(2.0)
+    assert got is not None and got.startswith(b"INVITE ")
+    first.send(reply_to(got, 503, "Service Unavailable"), node.sip_port)
+    moved = second.recv(2.0)
+    assert moved is not None and moved.startswith(b"INVITE ")
+    second.send(reply_to(moved, 200, "OK"), node.sip_port)
+    statuses = [status_of(m) for m in caller.recv_all(1.0)]
+    assert 200 in statuses and 503 not in statuses
+    # the next call starts at the second node; its 486 is the callee's answer
+    caller.send(invite(caller, f"sip:queue@127.0.0.1:{node.sip_port}"), node.sip_port)
+    got = second.recv(2.0)
+    while got is not None and not got.startswith(b"INVITE "):
+        got = second.recv(2.0)
+    assert got is not None
+    second.send(reply_to(got, 486, "Busy Here"), node.sip_port)
+    statuses = [status_of(m) for m in caller.recv_all(1.0)]
+    assert 486 in statuses
+    assert [m for m in first.recv_all(0.3) if m.startswith(b"INVITE ")] == []
+
+
+def test_call_back_from_asterisk_for_an_unknown_user_is_not_looped(make_node,
+                                                                   udp_peer) -> None:
+    asterisk = udp_peer()
+    node = make_node(next_hop=[f"sip:127.0.0.1:{asterisk.port}"])
+    asterisk.send(invite(asterisk, f"sip:nobody@127.0.0.1:{node.sip_port}"), node.sip_port)
+    statuses = [status_of(m) for m in asterisk.recv_all(1.0)]
+    assert 404 in statuses
+    assert all(not m.startswith(b"INVITE ") for m in asterisk.recv_all(0.2))
