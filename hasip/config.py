@@ -76,8 +76,11 @@ class DispatcherConfig:
     set: int = 1                       # the set that calls for unregistered users go to
     # Empty: routing.next_hop is set 1.
     destinations: list[Destination] = field(default_factory=list)
-    failures: int = 3                  # consecutive failures: inactive
+    failures: int = 2                  # consecutive failures: inactive
     successes: int = 1                 # consecutive successes: active again
+    probe_interval: float = 0.5        # OPTIONS to each node this often; 0: no probing
+    probe_timeout: float = 0.5         # no answer within this: a failed probe
+    probe_codes: list[int] = field(default_factory=list)   # accepted besides 2xx
 
 
 @dataclass
@@ -349,6 +352,14 @@ def _dispatcher_section(cfg: Config, sec: _Section) -> None:
     list_file = sec.get("list_file", str, "")
     d.failures = sec.integer("failures", d.failures, 1, 1000)
     d.successes = sec.integer("successes", d.successes, 1, 1000)
+    d.probe_interval = sec.number("probe_interval", d.probe_interval, 0.0, 3600.0)
+    d.probe_timeout = sec.number("probe_timeout", d.probe_timeout, 0.05, 60.0)
+    codes = sec.get("probe_codes", list, d.probe_codes)
+    for i, code in enumerate(codes):
+        if not isinstance(code, int) or isinstance(code, bool) or not 100 <= code <= 699:
+            raise ConfigError(f"{sec.where('probe_codes')}[{i}]: {code!r} is not a SIP status "
+                              "code (100-699)")
+    d.probe_codes = list(codes)
     sec.finish()
     try:
         d.destinations = parse_list("\n".join(lines), sec.where("destinations"))

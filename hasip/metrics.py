@@ -200,3 +200,10 @@ DS_STATE_CHANGES = Children(Counter("hasip_dispatcher_state_changes_total",
                                     "Destinations entering a state (A, I, T, D)", ["state"]))
 DS_FAILOVERS = Counter("hasip_dispatcher_failovers_total",
                        "Calls retried on the next destination")
+DS_PROBES = Children(Counter("hasip_dispatcher_probes_total",
+                             "OPTIONS probes to destinations, by outcome", ["result"]))
+DS_PROBE_LATENCY = Histogram("hasip_dispatcher_probe_latency_seconds",
+                             "Time to an OPTIONS probe's final answer",
+                             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0))
+DS_UP = Gauge("hasip_dispatcher_destination_up",
+              "1 while a destination takes calls (state A or T), else 0", ["set", "uri"])

@@ -41,6 +41,7 @@ class Destination:
     successes: int = 0          # consecutive, counted while not active
     active_calls: int = 0
     draining: bool = False      # removed by the admin: finishes its calls, takes no new ones
+    probe_due: float = 0.0      # when the next probe may be sent
     key: str = field(init=False)
 
     def __post_init__(self) -> None:

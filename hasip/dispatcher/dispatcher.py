@@ -36,6 +36,7 @@ class Dispatcher:
         for dset in self.sets.values():
             for d in dset.destinations:
                 self.by_address[(d.uri.host_ip, d.uri.default_port())] = d
+                self._export(d)
 
     def order(self, set_id: int, key: str = "") -> list[Destination]:
         dset = self.sets.get(set_id)
@@ -50,6 +51,11 @@ class Dispatcher:
         if dest.succeeded(self.thresholds):
             metrics.DS_STATE_CHANGES.inc(dest.state)
             log.info("destination_state", uri=dest.key, state=dest.flags)
+
+    @staticmethod
+    def _export(dest: Destination) -> None:
+        metrics.DS_UP.labels(str(dest.set_id), dest.key).set_function(
+            lambda: 1.0 if dest.state in ("A", "T") else 0.0)
 
     def is_destination(self, addr: tuple[str, int]) -> bool:
         """A request from one of our Asterisk nodes (its own address and port)."""

@@ -17,6 +17,8 @@ from typing import TypeVar
 
 from hasip import metrics
 from hasip.config import Config
+from hasip.dispatcher.probe import BRANCH_PREFIX as PROBE_BRANCH
+from hasip.dispatcher.probe import Prober
 from hasip.location.natping import BRANCH_PREFIX as NAT_PING_BRANCH
 from hasip.location.natping import NatPinger
 from hasip.log import get_logger
@@ -193,6 +195,9 @@ class Proxy:
         self.listeners_by_socket = {lst.socket: lst for lst in self.transports.listeners}
         self.pinger = NatPinger(self.services.location, self.listeners_by_socket,
                                 self.transports.send, config.nat.ping_interval)
+        ds = config.dispatcher
+        self.prober = Prober(self.services.dispatcher, self.resolve, self.transports.send,
+                             ds.probe_interval, ds.probe_timeout, frozenset(ds.probe_codes))
         self.router = Router(self)
         metrics.TRANSACTIONS.labels("server").set_function(lambda: len(self.server_txns))
         metrics.TRANSACTIONS.labels("client").set_function(lambda: len(self.client_txns))
@@ -201,9 +206,11 @@ class Proxy:
     async def start(self) -> None:
         await self.transports.start()
         self.pinger.start()
+        self.prober.start()
 
     async def stop(self) -> None:
         await self.pinger.stop()
+        await self.prober.stop()
         for task in list(self._tasks):
             task.cancel()
         await self.transports.stop()
@@ -437,7 +444,10 @@ class Proxy:
             return
         txn = self.client_txns.get((branch or "", method))
         if txn is None:
-            if not (branch and branch.startswith(NAT_PING_BRANCH) and self.pinger.answered(branch)):
+            if branch and branch.startswith(PROBE_BRANCH):
+                self.prober.answered(branch, resp.status, src.received_at)
+            elif not (branch and branch.startswith(NAT_PING_BRANCH)
+                      and self.pinger.answered(branch)):
                 metrics.STRAY_RESPONSES.inc()
             return
         self._run_client(txn, txn.receive_response(resp, src.received_at), src.received_at)

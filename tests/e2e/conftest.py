@@ -82,6 +82,9 @@ class NodeFactory:
             # otherwise (the authentication tests do).
             "auth": {"trusted": ["127.0.0.0/8", "::1/128"]},
             "location": {"sqlite_path": str(self.tmp_path / f"location-{port}.db")},
+            # Raw-socket next hops would see OPTIONS probes among the messages
+            # a test waits for: the dispatcher tests turn probing on.
+            "dispatcher": {"probe_interval": 0.0},
         }
         for name, values in sections.items():
             cfg.setdefault(name, {}).update(values)

@@ -29,7 +29,7 @@ def test_dead_node_calls_fail_over_and_it_leaves_rotation(make_node, sipp) -> No
     # every call sent to it before three timeouts marked it inactive moved
     # on; after that it got none (round-robin alone would have sent it 10)
     assert failovers == timeouts
-    assert 3 <= timeouts <= 7
+    assert 2 <= timeouts <= 6
 
 
 def test_server_error_fails_over_but_busy_goes_back(make_node, udp_peer) -> None:
@@ -66,3 +66,39 @@ def test_call_back_from_asterisk_for_an_unknown_user_is_not_looped(make_node,
     statuses = [status_of(m) for m in asterisk.recv_all(1.0)]
     assert 404 in statuses
     assert all(not m.startswith(b"INVITE ") for m in asterisk.recv_all(0.2))
+
+
+def test_probes_take_a_dead_node_out_within_two_seconds_and_back(make_node, sipp) -> None:
+    """Default probing (every 0.5 s, 0.5 s timeout, 2 failures): a node that
+    does not answer is out of rotation within 2 s without any call, and back
+    once it answers again."""
+    import time
+
+    alive = sipp("uas.xml")
+    wait_for_stats(alive)
+    later = free_port()
+    node = make_node(next_hop=[f"sip:127.0.0.1:{alive.port}", f"sip:127.0.0.1:{later}"],
+                     dispatcher={"probe_interval": 0.5})
+    started = time.monotonic()
+
+    def up(port: int) -> float:
+        return metric(node.metrics(), "hasip_dispatcher_destination_up",
+                      f'set="1",uri="sip:127.0.0.1:{port}"')
+
+    while time.monotonic() - started < 5 and up(later) == 1:
+        time.sleep(0.1)
+    assert up(later) == 0 and time.monotonic() - started < 2.5
+    assert up(alive.port) == 1
+    # every call goes to the live node, none waits on the dead one
+    caller = sipp("uac.xml", remote=f"127.0.0.1:{node.sip_port}", calls=10, rate=20)
+    assert caller.wait(30) == 0, caller.errors()
+    assert metric(node.metrics(), "hasip_dispatcher_failovers_total") == 0
+    back = sipp("uas.xml", local_port=later)
+    wait_for_stats(back)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and up(later) == 0:
+        time.sleep(0.1)
+    assert up(later) == 1
+    text = node.metrics()
+    assert metric(text, "hasip_dispatcher_probes_total", 'result="timeout"') >= 2
+    assert metric(text, "hasip_dispatcher_probes_total", 'result="ok"') >= 1
