@@ -47,6 +47,7 @@ class Hasip(Balancer):
             f'[sip]\nlisten = ["udp:127.0.0.1:{self.port}"]\n'
             f"[routing]\nnext_hop = [{hop_list}]\n"
             f'[metrics]\nlisten = "127.0.0.1:{free_port()}"\n[log]\nlevel = "warning"\n'
+            '[control]\nlisten = "off"\n'
             # SIPp plays a PSTN gateway: a trusted peer, as Kamailio's reference
             # config routes without authentication.
             f'[auth]\ntrusted = ["127.0.0.1/32"]\n'

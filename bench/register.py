@@ -43,6 +43,7 @@ class Hasip(Balancer):
         self.name = "hasip (radius)" if radius_port else "hasip (file)"
         lines = [f'[sip]\nlisten = ["udp:127.0.0.1:{self.port}"]',
                  f'[metrics]\nlisten = "127.0.0.1:{free_port()}"', '[log]\nlevel = "warning"',
+                 '[control]\nlisten = "off"',
                  f'[location]\nsqlite_path = "{work / f"location-{self.port}.db"}"']
         if radius_port:
             lines.append(f'[auth]\nsource = "radius"\n[radius]\n'

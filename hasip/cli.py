@@ -30,6 +30,25 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("-c", "--config", help="TOML configuration (default: embedded defaults)")
     check = sub.add_parser("check-config", help="validate a configuration and exit")
     check.add_argument("-c", "--config", required=False, help="TOML configuration")
+    ds = sub.add_parser("dispatcher", help="list or change a running node's Asterisk nodes")
+    ds.add_argument("-c", "--config", help="the node's configuration (for control.listen)")
+    ds.add_argument("--control", help="HOST:PORT of the node's control API "
+                                      "(default: control.listen of the configuration)")
+    ds_sub = ds.add_subparsers(dest="action", required=True)
+    ds_sub.add_parser("list", help="every destination with its state")
+    add = ds_sub.add_parser("add", help="add a node (in rotation at once)")
+    add.add_argument("set", type=int)
+    add.add_argument("uri")
+    add.add_argument("attrs", nargs="?", default="",
+                     help="weight=50;priority=..;maxload=..;socket=..;description=..")
+    rem = ds_sub.add_parser("remove", help="take a node out (its calls go on)")
+    rem.add_argument("set", type=int)
+    rem.add_argument("uri")
+    st = ds_sub.add_parser("set-state", help="active, inactive or disabled")
+    st.add_argument("set", type=int)
+    st.add_argument("uri")
+    st.add_argument("state", choices=("active", "inactive", "disabled"))
+    ds_sub.add_parser("reload", help="re-read dispatcher.list_file")
     demo = sub.add_parser("demo", help="a node with SIPp answering nodes and a caller")
     demo.add_argument("--calls", type=int, default=200, help="calls to place (default 200)")
     demo.add_argument("--rate", type=int, default=50, help="calls per second (default 50)")
@@ -41,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hasip: configuration error: {exc}", file=sys.stderr)
         return 2
 
+    if args.command == "dispatcher":
+        from hasip.ctl import dispatcher_command
+
+        return dispatcher_command(args, config)
     if args.command == "run":
         setup_logging(config.log_level, config.log_format)
     if args.command in ("check-config", "run"):

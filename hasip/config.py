@@ -59,6 +59,7 @@ class Config:
     tcp_max_connections: int = 4096
     tcp_max_write_buffer: int = 1 << 20
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9060)
+    control_listen: tuple[str, int] | None = ("127.0.0.1", 9061)
     log_level: str = "info"
     log_format: str = "logfmt"
     shutdown_grace: float = 5.0
@@ -81,6 +82,7 @@ class DispatcherConfig:
     probe_interval: float = 0.5        # OPTIONS to each node this often; 0: no probing
     probe_timeout: float = 0.5         # no answer within this: a failed probe
     probe_codes: list[int] = field(default_factory=list)   # accepted besides 2xx
+    list_file: str = ""                # re-read by `hasip dispatcher reload`
 
 
 @dataclass
@@ -230,8 +232,8 @@ def parse_host_port(text: str, where: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-_SECTIONS = ("node", "sip", "timers", "routing", "tcp", "metrics", "log", "shutdown",
-             "registrar", "location", "auth", "radius", "nat", "dispatcher")
+_SECTIONS = ("node", "sip", "timers", "routing", "tcp", "metrics", "control", "log",
+             "shutdown", "registrar", "location", "auth", "radius", "nat", "dispatcher")
 NAT_TESTS = ("private_contact", "via_address", "via_port")
 
 
@@ -316,6 +318,13 @@ def config_from_dict(raw: dict[str, Any], path: str = "<dict>") -> Config:
                                            65536, 1 << 30)
     tcp.finish()
 
+    control = _Section(path, "control", raw.get("control", {}))
+    if "listen" in control.data:
+        text = control.get("listen", str, "")
+        cfg.control_listen = None if text in ("", "off") else parse_host_port(
+            text, control.where("listen"))
+    control.finish()
+
     metrics = _Section(path, "metrics", raw.get("metrics", {}))
     if "listen" in metrics.data:
         text = metrics.get("listen", str, "")
@@ -349,7 +358,7 @@ def _dispatcher_section(cfg: Config, sec: _Section) -> None:
         raise sec.error("algorithm", str(exc)) from None
     d.set = sec.integer("set", d.set, 0, 1 << 30)
     lines = sec.str_list("destinations", [])
-    list_file = sec.get("list_file", str, "")
+    list_file = d.list_file = sec.get("list_file", str, "")
     d.failures = sec.integer("failures", d.failures, 1, 1000)
     d.successes = sec.integer("successes", d.successes, 1, 1000)
     d.probe_interval = sec.number("probe_interval", d.probe_interval, 0.0, 3600.0)
@@ -369,7 +378,10 @@ def _dispatcher_section(cfg: Config, sec: _Section) -> None:
                     text = fh.read()
             except OSError as exc:
                 raise sec.error("list_file", f"cannot read {list_file}: {exc.strerror}") from None
-            d.destinations += parse_list(text, list_file)
+            from_file = parse_list(text, list_file)
+            for dest in from_file:
+                dest.origin = "file"
+            d.destinations += from_file
     except ListFileError as exc:
         raise ConfigError(f"{cfg.path}: dispatcher: {exc}") from None
     for dest in d.destinations:

@@ -60,16 +60,24 @@ class Logger:
 
     def debug(self, event: str, **fields: Any) -> None:
         if self._log.isEnabledFor(logging.DEBUG):
-            self._log.debug(event, extra=fields)
+            self._log.debug(event, extra=_safe(fields))
 
     def info(self, event: str, **fields: Any) -> None:
-        self._log.info(event, extra=fields)
+        self._log.info(event, extra=_safe(fields))
 
     def warning(self, event: str, **fields: Any) -> None:
-        self._log.warning(event, extra=fields)
+        self._log.warning(event, extra=_safe(fields))
 
     def error(self, event: str, exc_info: bool = False, **fields: Any) -> None:
-        self._log.error(event, extra=fields, exc_info=exc_info)
+        self._log.error(event, extra=_safe(fields), exc_info=exc_info)
+
+
+def _safe(fields: dict[str, Any]) -> dict[str, Any]:
+    """Field names that LogRecord owns (args, name, msg...) get a trailing
+    underscore instead of making logging raise."""
+    if _RESERVED.isdisjoint(fields):
+        return fields
+    return {(k + "_" if k in _RESERVED else k): v for k, v in fields.items()}
 
 
 def get_logger(name: str) -> Logger:

@@ -11,6 +11,7 @@ import signal
 
 from hasip import metrics
 from hasip.config import Config
+from hasip.control import ControlServer
 from hasip.log import get_logger
 from hasip.proxy.core import Proxy
 from hasip.services import Services
@@ -43,6 +44,9 @@ class Node:
         await services.start()
         self.proxy = Proxy(self.config, loop, services)
         await self.proxy.start()
+        control = ControlServer(services.dispatcher)
+        if self.config.control_listen is not None:
+            await control.start(*self.config.control_listen)
         if self.config.metrics_listen is not None:
             host, port = self.config.metrics_listen
             metrics.start_metrics_server(host, port)
@@ -54,6 +58,7 @@ class Node:
                  loop=type(loop).__module__)
         await self._stop.wait()
         await self.drain()
+        await control.stop()
         await self.proxy.stop()
         await services.stop(self.config.shutdown_grace)
         log.info("node_stopped", node=self.config.node_name)

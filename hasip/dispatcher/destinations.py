@@ -42,6 +42,7 @@ class Destination:
     active_calls: int = 0
     draining: bool = False      # removed by the admin: finishes its calls, takes no new ones
     probe_due: float = 0.0      # when the next probe may be sent
+    origin: str = "config"      # config, file (dispatcher.list_file) or api
     key: str = field(init=False)
 
     def __post_init__(self) -> None:

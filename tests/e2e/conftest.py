@@ -77,6 +77,7 @@ class NodeFactory:
             "sip": {"listen": [f"udp:{hostref}:{port}", f"tcp:{hostref}:{port}"]},
             "routing": {"next_hop": next_hop or []},
             "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+            "control": {"listen": f"127.0.0.1:{free_port()}"},
             "log": {"level": "info"},
             # Callers on loopback act as trusted gateways unless a test says
             # otherwise (the authentication tests do).
@@ -93,6 +94,7 @@ class NodeFactory:
         path = write_config(self.tmp_path / f"node-{port}.toml", cfg)
         node = NodeProcess(path, self.tmp_path, host, port,
                            metrics_url="http://" + cfg["metrics"]["listen"] + "/metrics")
+        node.control = cfg["control"]["listen"]  # type: ignore[attr-defined]
         self.nodes.append(node)
         return node.start()
 

@@ -192,6 +192,7 @@ def test_loop_is_detected(make_node, udp_peer) -> None:
         "sip": {"listen": [f"udp:127.0.0.1:{port}"]},
         "routing": {"next_hop": [f"sip:127.0.0.1:{port}"]},
         "metrics": {"listen": "off"},
+        "control": {"listen": "off"},
         "auth": {"trusted": ["127.0.0.0/8"]},
         "location": {"backend": "memory"},
     })

@@ -102,3 +102,57 @@ def test_probes_take_a_dead_node_out_within_two_seconds_and_back(make_node, sipp
     text = node.metrics()
     assert metric(text, "hasip_dispatcher_probes_total", 'result="timeout"') >= 2
     assert metric(text, "hasip_dispatcher_probes_total", 'result="ok"') >= 1
+
+
+def ctl(node, *args: str) -> tuple[int, str, str]:
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "hasip", "dispatcher", "--control", node.control,
+                          *args], capture_output=True, text=True, timeout=30)
+    return res.returncode, res.stdout, res.stderr
+
+
+def test_dispatcher_commands_change_a_running_node(make_node, sipp) -> None:
+    """Add a node during a load: it takes calls within a probe interval;
+    disable one: it gets no new calls; remove one; nothing restarted."""
+    first, second = sipp("uas.xml"), sipp("uas.xml")
+    for s in (first, second):
+        wait_for_stats(s)
+    node = make_node(next_hop=[f"sip:127.0.0.1:{first.port}"],
+                     dispatcher={"probe_interval": 0.5})
+    rc, out, _ = ctl(node, "list")
+    assert rc == 0 and f"sip:127.0.0.1:{first.port}" in out and " AP " in out
+    caller = sipp("uac.xml", remote=f"127.0.0.1:{node.sip_port}", calls=120, rate=40)
+    import time
+
+    time.sleep(1.0)
+    rc, out, err = ctl(node, "add", "1", f"sip:127.0.0.1:{second.port}",
+                       "weight=1;description=ast2")
+    assert rc == 0, err
+    assert f"sip:127.0.0.1:{second.port}" in out and "ast2" in out
+    assert caller.wait(60) == 0, caller.errors()
+    assert caller.counter("SuccessfulCall(C)") == 120    # no call lost to the change
+    second.stop()
+    assert second.counter("SuccessfulCall(C)") >= 30     # it took its share at once
+    rc, out, _ = ctl(node, "set-state", "1", f"sip:127.0.0.1:{first.port}", "disabled")
+    assert rc == 0 and " DP " in out
+    rc, _, err = ctl(node, "remove", "1", "sip:127.0.0.1:1")
+    assert rc == 1 and "no destination sip:127.0.0.1:1 in set 1" in err
+    rc, out, _ = ctl(node, "remove", "1", f"sip:127.0.0.1:{second.port}")
+    assert rc == 0 and f"sip:127.0.0.1:{second.port}" not in out
+    rc, _, err = ctl(node, "add", "1", "not-a-uri")
+    assert rc == 1 and "malformed" in err.lower()
+    rc, _, err = ctl(node, "reload")
+    assert rc == 1 and "no dispatcher.list_file" in err
+
+
+def test_reload_rereads_the_list_file_and_keeps_states(make_node, tmp_path) -> None:
+    ds = tmp_path / "dispatcher.list"
+    ds.write_text("1 sip:127.0.0.1:5999\n")
+    node = make_node(dispatcher={"list_file": str(ds)})
+    ds.write_text("1 sip:127.0.0.1:5999\n1 sip:127.0.0.1:5998 0 0 description=new\n")
+    rc, out, _ = ctl(node, "reload")
+    assert rc == 0 and "reloaded: 2 destinations" in out
+    rc, out, _ = ctl(node, "list")
+    assert "sip:127.0.0.1:5998" in out and "new" in out

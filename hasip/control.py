@@ -1,0 +1,115 @@
+"""The node's control API: HTTP/1.1 with JSON bodies on ``control.listen``
+(loopback by default), for operators and ``hasip dispatcher ...``.
+
+    GET  /dispatcher                      -> {"destinations": [...]}
+    POST /dispatcher/add        {"set": 1, "uri": "sip:...", "attrs": "weight=50;..."}
+    POST /dispatcher/remove     {"set": 1, "uri": "sip:..."}
+    POST /dispatcher/set-state  {"set": 1, "uri": "sip:...", "state": "active|inactive|disabled"}
+    POST /dispatcher/reload     {}
+
+Errors are ``{"error": "..."}`` with 400 (bad request), 404 (unknown path or
+destination) or 413 (body over 64 KiB). One request per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from hasip.dispatcher.dispatcher import Dispatcher, DispatcherError
+from hasip.log import get_logger
+
+log = get_logger("hasip.control")
+
+MAX_BODY = 65536
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+           413: "Payload Too Large", 500: "Internal Server Error"}
+
+
+class ControlServer:
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._handle, host, port)
+        log.info("control_listening", address=f"{host}:{port}")
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            status, body = await asyncio.wait_for(self._request(reader), 5.0)
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ConnectionError, ValueError):
+            status, body = 400, {"error": "malformed or incomplete request"}
+        except Exception:
+            log.error("control_request_failed", exc_info=True)
+            status, body = 500, {"error": "internal error (see the node's log)"}
+        data = json.dumps(body).encode()
+        writer.write(f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                     "Connection: close\r\n\r\n".encode() + data)
+        try:
+            await writer.drain()
+        finally:
+            writer.close()
+
+    async def _request(self, reader: asyncio.StreamReader) -> tuple[int, dict[str, Any]]:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        method, path, _ = lines[0].split(" ", 2)
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+        if length > MAX_BODY:
+            return 413, {"error": f"body over {MAX_BODY} bytes"}
+        raw = await reader.readexactly(length) if length else b""
+        try:
+            args = json.loads(raw) if raw else {}
+        except json.JSONDecodeError as exc:
+            return 400, {"error": f"body is not JSON: {exc.msg}"}
+        if not isinstance(args, dict):
+            return 400, {"error": "body must be a JSON object"}
+        return self.route(method, path, args)
+
+    def route(self, method: str, path: str, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        ds = self.dispatcher
+        if path == "/dispatcher":
+            if method != "GET":
+                return 405, {"error": "use GET"}
+            return 200, {"destinations": ds.listing()}
+        actions = {"/dispatcher/add", "/dispatcher/remove", "/dispatcher/set-state",
+                   "/dispatcher/reload"}
+        if path not in actions:
+            return 404, {"error": f"no such path {path}"}
+        if method != "POST":
+            return 405, {"error": "use POST"}
+        try:
+            if path == "/dispatcher/reload":
+                return 200, {"destinations": ds.reload()}
+            set_id, uri = args.get("set"), args.get("uri")
+            if not isinstance(set_id, int) or not isinstance(uri, str):
+                return 400, {"error": "give set (a number) and uri (a string)"}
+            if path == "/dispatcher/add":
+                attrs = args.get("attrs", "")
+                if not isinstance(attrs, str):
+                    return 400, {"error": "attrs must be a string (weight=50;...)"}
+                ds.add(set_id, uri, attrs)
+            elif path == "/dispatcher/remove":
+                ds.remove(set_id, uri)
+            else:
+                state = args.get("state")
+                if not isinstance(state, str):
+                    return 400, {"error": "give state: active, inactive or disabled"}
+                ds.set_state(set_id, uri, state)
+        except DispatcherError as exc:
+            status = 404 if str(exc).startswith("no destination") else 400
+            return status, {"error": str(exc)}
+        log.info("control_change", path=path, request=json.dumps(args))
+        return 200, {"destinations": ds.listing()}
