@@ -207,3 +207,8 @@ DS_PROBE_LATENCY = Histogram("hasip_dispatcher_probe_latency_seconds",
                              buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0))
 DS_UP = Gauge("hasip_dispatcher_destination_up",
               "1 while a destination takes calls (state A or T), else 0", ["set", "uri"])
+DS_CALLS = Counter("hasip_dispatcher_requests_sent_total",
+                   "Initial requests sent to a destination", ["set", "uri"])
+DS_FAILURES = Counter("hasip_dispatcher_failures_total",
+                      "Failures counted against a destination (probes, timeouts, 5xx)",
+                      ["set", "uri"])

@@ -145,7 +145,11 @@ class Dispatcher:
         dset = self.sets.get(set_id)
         return self.selector.order(dset, key) if dset is not None else []
 
+    def sent(self, dest: Destination) -> None:
+        metrics.DS_CALLS.labels(str(dest.set_id), dest.key).inc()
+
     def failed(self, dest: Destination, why: str) -> None:
+        metrics.DS_FAILURES.labels(str(dest.set_id), dest.key).inc()
         if dest.failed(self.thresholds):
             metrics.DS_STATE_CHANGES.inc(dest.state)
             log.warning("destination_state", uri=dest.key, state=dest.flags, why=why)

@@ -382,6 +382,7 @@ class Router:
         assert ctx.rc is not None
         ctx.rc.data["ds_current"] = dest
         if ctx.forward(request_uri=new_uri):
+            self.services.dispatcher.sent(dest)
             return True
         self.services.dispatcher.failed(dest, "unusable")
         return False

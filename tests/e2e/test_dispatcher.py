@@ -156,3 +156,64 @@ def test_reload_rereads_the_list_file_and_keeps_states(make_node, tmp_path) -> N
     assert rc == 0 and "reloaded: 2 destinations" in out
     rc, out, _ = ctl(node, "list")
     assert "sip:127.0.0.1:5998" in out and "new" in out
+
+
+def _answerers(sipp, n: int) -> list:
+    nodes = [sipp("uas.xml") for _ in range(n)]
+    for a in nodes:
+        wait_for_stats(a)
+    return nodes
+
+
+def _shares(node, nodes) -> list[float]:
+    text = node.metrics()
+    return [metric(text, "hasip_dispatcher_requests_sent_total",
+                   f'set="1",uri="sip:127.0.0.1:{a.port}"') for a in nodes]
+
+
+def test_distribution_round_robin_weights_and_hashing(make_node, sipp) -> None:
+    """Three answering nodes: round-robin even within 1 %, weights 50/30/20
+    within a few percent; hashing on the R-URI user keeps a number on one node."""
+    nodes = _answerers(sipp, 3)
+    rr = make_node(next_hop=[f"sip:127.0.0.1:{a.port}" for a in nodes])
+    caller = sipp("uac.xml", remote=f"127.0.0.1:{rr.sip_port}", calls=300, rate=100)
+    assert caller.wait(60) == 0, caller.errors()
+    assert _shares(rr, nodes) == [100, 100, 100]
+    dests = [f"1 sip:127.0.0.1:{a.port} 0 0 weight={w}" for a, w in zip(nodes, (50, 30, 20),
+                                                                          strict=True)]
+    weighted = make_node(dispatcher={"algorithm": "weighted", "destinations": dests})
+    caller = sipp("uac.xml", remote=f"127.0.0.1:{weighted.sip_port}", calls=300, rate=100)
+    assert caller.wait(60) == 0, caller.errors()
+    assert _shares(weighted, nodes) == [150, 90, 60]
+    hashed = make_node(dispatcher={"algorithm": "hash_ruri", "destinations": dests})
+    caller = sipp("uac.xml", remote=f"127.0.0.1:{hashed.sip_port}", calls=60, rate=60,
+                  service="5551234")
+    assert caller.wait(60) == 0, caller.errors()
+    assert sorted(_shares(hashed, nodes)) == [0, 0, 60]   # one number, one node
+
+
+def test_node_killed_mid_load_loses_no_call_and_comes_back(make_node, sipp) -> None:
+    import time
+
+    nodes = _answerers(sipp, 3)
+    node = make_node(next_hop=[f"sip:127.0.0.1:{a.port}" for a in nodes],
+                     timers={"non_invite_final": 1.0}, dispatcher={"probe_interval": 0.5})
+    caller = sipp("uac.xml", remote=f"127.0.0.1:{node.sip_port}", calls=300, rate=50)
+    time.sleep(2.0)
+    victim = nodes[1]
+    victim.proc.kill()   # dies with no goodbye
+    victim.proc.wait()
+    assert caller.wait(60) == 0, caller.errors()
+    assert caller.counter("SuccessfulCall(C)") == 300
+    text = node.metrics()
+    assert metric(text, "hasip_dispatcher_destination_up",
+                  f'set="1",uri="sip:127.0.0.1:{victim.port}"') == 0
+    back = sipp("uas.xml", local_port=victim.port)
+    wait_for_stats(back)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and metric(
+            node.metrics(), "hasip_dispatcher_destination_up",
+            f'set="1",uri="sip:127.0.0.1:{victim.port}"') == 0:
+        time.sleep(0.1)
+    assert metric(node.metrics(), "hasip_dispatcher_destination_up",
+                  f'set="1",uri="sip:127.0.0.1:{victim.port}"') == 1
