@@ -83,6 +83,10 @@ class DispatcherConfig:
     probe_timeout: float = 0.5         # no answer within this: a failed probe
     probe_codes: list[int] = field(default_factory=list)   # accepted besides 2xx
     list_file: str = ""                # re-read by `hasip dispatcher reload`
+    # A node taken out by failed calls stays out this long while it answers
+    # probes (one that answers OPTIONS but not INVITE must not flap); a failed
+    # probe ends the hold (the node was down and may come back).
+    hold_down: float = 30.0
 
 
 @dataclass
@@ -363,6 +367,7 @@ def _dispatcher_section(cfg: Config, sec: _Section) -> None:
     d.successes = sec.integer("successes", d.successes, 1, 1000)
     d.probe_interval = sec.number("probe_interval", d.probe_interval, 0.0, 3600.0)
     d.probe_timeout = sec.number("probe_timeout", d.probe_timeout, 0.05, 60.0)
+    d.hold_down = sec.number("hold_down", d.hold_down, 0.0, 86400.0)
     codes = sec.get("probe_codes", list, d.probe_codes)
     for i, code in enumerate(codes):
         if not isinstance(code, int) or isinstance(code, bool) or not 100 <= code <= 699:

@@ -43,6 +43,7 @@ class Destination:
     draining: bool = False      # removed by the admin: finishes its calls, takes no new ones
     probe_due: float = 0.0      # when the next probe may be sent
     origin: str = "config"      # config, file (dispatcher.list_file) or api
+    held_until: float = 0.0     # probes cannot bring it back before (monotonic seconds)
     key: str = field(init=False)
 
     def __post_init__(self) -> None:

@@ -4,6 +4,8 @@ the health thresholds; what the routing script asks (``order``) and tells
 
 from __future__ import annotations
 
+import time
+
 from hasip import metrics
 from hasip.config import Config
 from hasip.dispatcher.destinations import (
@@ -49,6 +51,7 @@ class Dispatcher:
         self.selector = Selector(config.dispatcher.algorithm)
         self.hashed = self.selector.algorithm in HASHED
         self.thresholds = Thresholds(config.dispatcher.failures, config.dispatcher.successes)
+        self.hold_down = config.dispatcher.hold_down
         self.by_address: dict[tuple[str, int], Destination] = {}
         self._index()
 
@@ -148,13 +151,22 @@ class Dispatcher:
     def sent(self, dest: Destination) -> None:
         metrics.DS_CALLS.labels(str(dest.set_id), dest.key).inc()
 
-    def failed(self, dest: Destination, why: str) -> None:
+    def failed(self, dest: Destination, why: str, by_call: bool = False) -> None:
+        """A failure; ``by_call``: a real call failed (not a probe)."""
         metrics.DS_FAILURES.labels(str(dest.set_id), dest.key).inc()
+        if not by_call:
+            # Its probes fail too: it was down, not lying; the next answered
+            # probe may bring it back.
+            dest.held_until = 0.0
         if dest.failed(self.thresholds):
             metrics.DS_STATE_CHANGES.inc(dest.state)
             log.warning("destination_state", uri=dest.key, state=dest.flags, why=why)
+            if by_call and dest.state == INACTIVE:
+                dest.held_until = time.monotonic() + self.hold_down
 
-    def succeeded(self, dest: Destination) -> None:
+    def succeeded(self, dest: Destination, by_probe: bool = False) -> None:
+        if by_probe and dest.state == INACTIVE and dest.held_until > time.monotonic():
+            return  # calls failed on it: an answered OPTIONS is not enough yet
         if dest.succeeded(self.thresholds):
             metrics.DS_STATE_CHANGES.inc(dest.state)
             log.info("destination_state", uri=dest.key, state=dest.flags)

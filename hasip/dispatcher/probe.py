@@ -107,7 +107,7 @@ class Prober:
         metrics.DS_PROBE_LATENCY.observe(now - sent)
         if status in self.accepted or 200 <= status < 300:
             metrics.DS_PROBES.inc("ok")
-            self.dispatcher.succeeded(dest)
+            self.dispatcher.succeeded(dest, by_probe=True)
         else:
             metrics.DS_PROBES.inc("rejected")
             self.dispatcher.failed(dest, f"probe {status}")

@@ -428,7 +428,7 @@ class Router:
         if isinstance(dest, Node) and status in FAILOVER:
             if status == 408 and branch.provisional:
                 return  # it rang too long (timer C): the node itself is alive
-            self.services.dispatcher.failed(dest, str(status))
+            self.services.dispatcher.failed(dest, str(status), by_call=True)
 
     def on_branch_reply(self, rc: ResponseContext, status: int) -> None:
         """A node that answers (but with a failure of its own) is alive."""

@@ -217,3 +217,41 @@ def test_node_killed_mid_load_loses_no_call_and_comes_back(make_node, sipp) -> N
         time.sleep(0.1)
     assert metric(node.metrics(), "hasip_dispatcher_destination_up",
                   f'set="1",uri="sip:127.0.0.1:{victim.port}"') == 1
+
+
+def test_node_answering_options_but_not_invite_stays_out(make_node, sipp, udp_peer) -> None:
+    """Probes alone would bring it back every half second; after calls failed
+    on it, it stays out for dispatcher.hold_down."""
+    import threading
+
+    liar = udp_peer()
+    stop = threading.Event()
+
+    def answer_options_only() -> None:
+        while not stop.is_set():
+            msg = liar.recv(0.2)
+            if msg is not None and msg.startswith(b"OPTIONS "):
+                liar.send(reply_to(msg, 200, "OK"), sender[1], sender[0])
+
+    good = _answerers(sipp, 1)[0]
+    node = make_node(next_hop=[f"sip:127.0.0.1:{liar.port}", f"sip:127.0.0.1:{good.port}"],
+                     timers={"non_invite_final": 1.0},
+                     dispatcher={"probe_interval": 0.5, "hold_down": 30.0})
+    sender = ("127.0.0.1", node.sip_port)
+    thread = threading.Thread(target=answer_options_only, daemon=True)
+    thread.start()
+    try:
+        caller = sipp("uac.xml", remote=f"127.0.0.1:{node.sip_port}", calls=40, rate=10)
+        assert caller.wait(60) == 0, caller.errors()
+        assert caller.counter("SuccessfulCall(C)") == 40
+        text = node.metrics()
+        # two timeouts take it out (the calls sent to it in the first 1.2 s
+        # fail over: about six); it does not come back while it answers probes
+        # (flapping would send it every other call again: about twenty)
+        assert metric(text, "hasip_dispatcher_failovers_total") <= 7
+        assert metric(text, "hasip_dispatcher_destination_up",
+                      f'set="1",uri="sip:127.0.0.1:{liar.port}"') == 0
+        assert metric(text, "hasip_dispatcher_probes_total", 'result="ok"') >= 4
+    finally:
+        stop.set()
+        thread.join(2)
