@@ -87,6 +87,9 @@ class DispatcherConfig:
     # probes (one that answers OPTIONS but not INVITE must not flap); a failed
     # probe ends the hold (the node was down and may come back).
     hold_down: float = 30.0
+    # No answer at all (not even 100) from a node within this: the next node
+    # (0: timers.non_invite_final, the seed's fr_timer, as for any branch).
+    answer_timeout: float = 0.0
 
 
 @dataclass
@@ -368,6 +371,7 @@ def _dispatcher_section(cfg: Config, sec: _Section) -> None:
     d.probe_interval = sec.number("probe_interval", d.probe_interval, 0.0, 3600.0)
     d.probe_timeout = sec.number("probe_timeout", d.probe_timeout, 0.05, 60.0)
     d.hold_down = sec.number("hold_down", d.hold_down, 0.0, 86400.0)
+    d.answer_timeout = sec.number("answer_timeout", d.answer_timeout, 0.0, 300.0)
     codes = sec.get("probe_codes", list, d.probe_codes)
     for i, code in enumerate(codes):
         if not isinstance(code, int) or isinstance(code, bool) or not 100 <= code <= 699:

@@ -20,6 +20,7 @@ from hasip.dispatcher.destinations import (
 )
 from hasip.dispatcher.select import HASHED, Selector
 from hasip.log import get_logger
+from hasip.sip.transaction import Timers
 
 log = get_logger("hasip.dispatcher")
 
@@ -52,6 +53,12 @@ class Dispatcher:
         self.hashed = self.selector.algorithm in HASHED
         self.thresholds = Thresholds(config.dispatcher.failures, config.dispatcher.successes)
         self.hold_down = config.dispatcher.hold_down
+        t = config.timers
+        # Branches to a node use timer B = dispatcher.answer_timeout when set.
+        self.timers: Timers | None = None
+        if config.dispatcher.answer_timeout:
+            self.timers = Timers(t.t1, t.t2, t.t4, config.dispatcher.answer_timeout,
+                                 t.invite_final)
         self.by_address: dict[tuple[str, int], Destination] = {}
         self._index()
 

@@ -48,6 +48,7 @@ from hasip.sip.transaction import (
     NonInviteClientTransaction,
     NonInviteServerTransaction,
     ServerTransaction,
+    Timers,
     Transaction,
     cancel_target_key,
     server_key,
@@ -134,8 +135,8 @@ class RequestContext:
 
     def forward(self, request_uri: SipUri | None = None, next_hop: SipUri | None = None,
                 dest: Destination | None = None, routes: tuple[str, ...] = (),
-                nat: bool = False) -> bool:
-        return self.proxy.forward(self, request_uri, next_hop, dest, routes, nat)
+                nat: bool = False, timers: Timers | None = None) -> bool:
+        return self.proxy.forward(self, request_uri, next_hop, dest, routes, nat, timers)
 
     def suspend(self, pending: Awaitable[T], resume: Callable[[T], None]) -> None:
         """Wait for ``pending`` (a RADIUS answer...) off the hot path, then call
@@ -635,7 +636,8 @@ class Proxy:
 
     def forward(self, ctx: RequestContext, request_uri: SipUri | None = None,
                 next_hop: SipUri | None = None, dest: Destination | None = None,
-                routes: tuple[str, ...] = (), nat: bool = False) -> bool:
+                routes: tuple[str, ...] = (), nat: bool = False,
+                timers: Timers | None = None) -> bool:
         """Stateful relay (Kamailio's ``t_relay``): a new branch of ``ctx``'s
         response context, to ``dest`` when given (a registered contact's
         recorded source), else to where the target resolves. False when the
@@ -651,7 +653,7 @@ class Proxy:
                 self.loop.create_task(self._forward_after_dns(ctx, out, target))
                 return True
             return False
-        self._start_branch(ctx, out, dest, nat)
+        self._start_branch(ctx, out, dest, nat, timers)
         return True
 
     async def _forward_after_dns(self, ctx: RequestContext, out: Request, target: SipUri) -> None:
@@ -751,7 +753,7 @@ class Proxy:
         return False
 
     def _start_branch(self, ctx: RequestContext, out: Request, dest: Destination,
-                      nat: bool = False) -> None:
+                      nat: bool = False, timers: Timers | None = None) -> None:
         req = ctx.request
         rc = ctx.rc
         if ctx.record_route:
@@ -771,7 +773,8 @@ class Proxy:
         branch.nat = nat
         txn: ClientTransaction
         if out.method == "INVITE":
-            txn = InviteClientTransaction(branch_id, out, data, dest.reliable, self.timers)
+            txn = InviteClientTransaction(branch_id, out, data, dest.reliable,
+                                          timers or self.timers)
         else:
             txn = NonInviteClientTransaction(branch_id, out, data, dest.reliable, self.timers)
         branch.txn = txn

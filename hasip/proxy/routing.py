@@ -381,7 +381,7 @@ class Router:
             self._rewritten[key] = new_uri
         assert ctx.rc is not None
         ctx.rc.data["ds_current"] = dest
-        if ctx.forward(request_uri=new_uri):
+        if ctx.forward(request_uri=new_uri, timers=self.services.dispatcher.timers):
             self.services.dispatcher.sent(dest)
             return True
         self.services.dispatcher.failed(dest, "unusable")

@@ -255,3 +255,20 @@ def test_node_answering_options_but_not_invite_stays_out(make_node, sipp, udp_pe
     finally:
         stop.set()
         thread.join(2)
+
+
+def test_silent_node_fails_over_after_answer_timeout(make_node, sipp, udp_peer) -> None:
+    """dispatcher.answer_timeout (1 s) instead of timer B (10 s): a node that
+    does not answer at all costs a caller one second, not ten."""
+    import time
+
+    silent = udp_peer()
+    good = _answerers(sipp, 1)[0]
+    node = make_node(next_hop=[f"sip:127.0.0.1:{silent.port}", f"sip:127.0.0.1:{good.port}"],
+                     dispatcher={"answer_timeout": 1.0})
+    started = time.monotonic()
+    caller = sipp("uac.xml", remote=f"127.0.0.1:{node.sip_port}", calls=6, rate=10)
+    assert caller.wait(30) == 0, caller.errors()
+    assert caller.counter("SuccessfulCall(C)") == 6
+    assert time.monotonic() - started < 6.0
+    assert metric(node.metrics(), "hasip_dispatcher_failovers_total") >= 1
