@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,79 +25,24 @@ sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ladder import Balancer, bench, free_port, process_tree, report  # noqa: E402
+from ladder import Balancer, HasipBalancer, KamailioBalancer, bench, free_port, report  # noqa: E402
 
-from hasip.demo.node import NodeProcess, options_ping  # noqa: E402
 from hasip.demo.sipp import Sipp, wait_for_stats  # noqa: E402
 
 
-class Hasip(Balancer):
-    name = "hasip"
-
-    def __init__(self, work: Path, hops: list[int], loop: str) -> None:
-        self.port = free_port()
-        self.name = f"hasip ({loop})"
-        cfg = work / f"hasip-{loop}.toml"
-        hop_list = ", ".join(f'"sip:127.0.0.1:{p}"' for p in hops)
-        cfg.write_text(
-            f'[node]\nevent_loop = "{loop}"\n'
-            f'[sip]\nlisten = ["udp:127.0.0.1:{self.port}"]\n'
-            f"[routing]\nnext_hop = [{hop_list}]\n"
-            f'[metrics]\nlisten = "127.0.0.1:{free_port()}"\n[log]\nlevel = "warning"\n'
-            '[control]\nlisten = "off"\n'
-            # SIPp plays a PSTN gateway: a trusted peer, as Kamailio's reference
-            # config routes without authentication.
-            f'[auth]\ntrusted = ["127.0.0.1/32"]\n'
-            f'[location]\nsqlite_path = "{work / "location.db"}"\n')
-        self.node = NodeProcess(cfg, work, "127.0.0.1", self.port)
-
-    def start(self) -> None:
-        self.node.start()
-
-    def pids(self) -> list[int]:
-        return process_tree(self.node.pid)
-
-    def stop(self) -> None:
-        self.node.kill()
+def hasip(work: Path, hops: list[int], loop: str) -> Balancer:
+    hop_list = ", ".join(f'"sip:127.0.0.1:{p}"' for p in hops)
+    return HasipBalancer(work, f"hasip ({loop})",
+                         f'[node]\nevent_loop = "{loop}"\n[routing]\nnext_hop = [{hop_list}]\n'
+                         # SIPp plays a PSTN gateway: a trusted peer, as Kamailio's
+                         # reference config routes without authentication.
+                         '[auth]\ntrusted = ["127.0.0.1/32"]\n')
 
 
-class Kamailio(Balancer):
-    name = "kamailio"
-
-    def __init__(self, work: Path, hops: list[int]) -> None:
-        self.port = free_port()
-        self.work = work
-        dslist = work / "dispatcher.list"
-        dslist.write_text("".join(f"1 sip:127.0.0.1:{p}\n" for p in hops))
-        self.cmd = ["kamailio", "-f", str(ROOT / "bench" / "kamailio.cfg"), "-DD", "-E",
-                    "-x", "tlsf", "-m", "2048", "-M", "64", "-Y", str(work),
-                    "-A", f"LISTEN=udp:127.0.0.1:{self.port}", "-A", f'DSLIST="{dslist}"']
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.work / "kamailio.log", "wb") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError((self.work / "kamailio.log").read_text())
-            answer = options_ping("127.0.0.1", self.port, 0.2)
-            if answer is not None:
-                return
-        raise RuntimeError("kamailio did not answer")
-
-    def pids(self) -> list[int]:
-        assert self.proc is not None
-        return process_tree(self.proc.pid)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+def kamailio(work: Path, hops: list[int]) -> Balancer:
+    dslist = work / "dispatcher.list"
+    dslist.write_text("".join(f"1 sip:127.0.0.1:{p}\n" for p in hops))
+    return KamailioBalancer(work, ROOT / "bench" / "kamailio.cfg", [f'DSLIST="{dslist}"'], 2048)
 
 
 def main() -> int:
@@ -121,9 +63,9 @@ def main() -> int:
     for u in uas:
         wait_for_stats(u)
     hops = [int(u.cmd[u.cmd.index("-p") + 1]) for u in uas]
-    balancers: list[Balancer] = [Hasip(work, hops, loop) for loop in args.loops.split(",")]
+    balancers: list[Balancer] = [hasip(work, hops, loop) for loop in args.loops.split(",")]
     if not args.no_kamailio and shutil.which("kamailio"):
-        balancers.append(Kamailio(work, hops))
+        balancers.append(kamailio(work, hops))
     try:
         results = bench(balancers, work, rates, args.duration)
     finally:

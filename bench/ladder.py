@@ -5,6 +5,7 @@ step with a SIPp client scenario, the interleaved ladder, and the summary
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hasip.demo.node import NodeProcess, options_ping
 from hasip.demo.sipp import Sipp
 
 
@@ -87,6 +89,73 @@ class Balancer:
     def start(self) -> None: ...
     def pids(self) -> list[int]: return []
     def stop(self) -> None: ...
+
+
+class HasipBalancer(Balancer):
+    """A hasip node on a free UDP port; ``sections`` is TOML added to the
+    benchmark's common settings (quiet logs, no control API)."""
+
+    def __init__(self, work: Path, name: str, sections: str) -> None:
+        self.port = free_port()
+        self.name = name
+        cfg = work / f"hasip-{self.port}.toml"
+        cfg.write_text(f'[sip]\nlisten = ["udp:127.0.0.1:{self.port}"]\n'
+                       f'[metrics]\nlisten = "127.0.0.1:{free_port()}"\n'
+                       '[log]\nlevel = "warning"\n[control]\nlisten = "off"\n'
+                       f'[location]\nsqlite_path = "{work / f"location-{self.port}.db"}"\n'
+                       + sections)
+        self.node = NodeProcess(cfg, work, "127.0.0.1", self.port)
+
+    def start(self) -> None:
+        self.node.start()
+
+    def pids(self) -> list[int]:
+        return process_tree(self.node.pid)
+
+    def stop(self) -> None:
+        self.node.kill()
+
+
+class KamailioBalancer(Balancer):
+    """Kamailio on a free UDP port as operators run it: one worker, tlsf;
+    ``cfg`` gets LISTEN and the ``defines`` with -A."""
+
+    name = "kamailio"
+
+    def __init__(self, work: Path, cfg: Path, defines: list[str], memory_mb: int) -> None:
+        self.port = free_port()
+        self.work = work
+        self.log = work / f"kamailio-{self.port}.log"
+        self.cmd = ["kamailio", "-f", str(cfg), "-DD", "-E", "-x", "tlsf", "-m",
+                    str(memory_mb), "-M", "64", "-Y", str(work),
+                    "-A", f"LISTEN=udp:127.0.0.1:{self.port}"]
+        for define in defines:
+            self.cmd += ["-A", define]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.log.read_text())
+            if options_ping("127.0.0.1", self.port, 0.2) is not None:
+                return
+        raise RuntimeError("kamailio did not answer")
+
+    def pids(self) -> list[int]:
+        assert self.proc is not None
+        return process_tree(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
 
 # (balancer, work dir, rate, calls) -> a SIPp client, not started
