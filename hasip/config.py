@@ -196,6 +196,13 @@ class _Section:
                 raise ConfigError(f"{self.where(key)}[{i}]: expected a string, got {item!r}")
         return list(value)
 
+    def listen_address(self, default: tuple[str, int] | None) -> tuple[str, int] | None:
+        """The section's ``listen``: HOST:PORT, or "off" (None)."""
+        if "listen" not in self.data:
+            return default
+        text = self.get("listen", str, "")
+        return None if text in ("", "off") else parse_host_port(text, self.where("listen"))
+
     def finish(self) -> None:
         if self.data:
             unknown = ", ".join(sorted(self.data))
@@ -326,17 +333,11 @@ def config_from_dict(raw: dict[str, Any], path: str = "<dict>") -> Config:
     tcp.finish()
 
     control = _Section(path, "control", raw.get("control", {}))
-    if "listen" in control.data:
-        text = control.get("listen", str, "")
-        cfg.control_listen = None if text in ("", "off") else parse_host_port(
-            text, control.where("listen"))
+    cfg.control_listen = control.listen_address(cfg.control_listen)
     control.finish()
 
     metrics = _Section(path, "metrics", raw.get("metrics", {}))
-    if "listen" in metrics.data:
-        text = metrics.get("listen", str, "")
-        cfg.metrics_listen = None if text in ("", "off") else parse_host_port(
-            text, metrics.where("listen"))
+    cfg.metrics_listen = metrics.listen_address(cfg.metrics_listen)
     metrics.finish()
 
     log = _Section(path, "log", raw.get("log", {}))

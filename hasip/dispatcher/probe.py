@@ -20,6 +20,7 @@ from hasip.dispatcher.destinations import Destination
 from hasip.dispatcher.dispatcher import Dispatcher
 from hasip.log import get_logger
 from hasip.sip.uri import SipUri
+from hasip.tasks import cancel
 from hasip.transport.base import Destination as Address
 
 log = get_logger("hasip.probe")
@@ -50,12 +51,7 @@ class Prober:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel(self._task)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -16,6 +16,7 @@ from hasip import metrics
 from hasip.location.binding import Binding, parse_socket
 from hasip.location.store import LocationStore
 from hasip.log import get_logger
+from hasip.tasks import cancel
 from hasip.transport.base import Destination, Listener
 
 log = get_logger("hasip.natping")
@@ -42,12 +43,7 @@ class NatPinger:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel(self._task)
 
     async def _run(self) -> None:
         while True:

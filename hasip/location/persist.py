@@ -19,6 +19,7 @@ from hasip.location.backend import Backend
 from hasip.location.binding import Binding
 from hasip.location.store import DELETE, Change, LocationStore
 from hasip.log import get_logger
+from hasip.tasks import cancel
 
 log = get_logger("hasip.location")
 
@@ -107,12 +108,7 @@ class WriteBehind:
         return not self.pending
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel(self._task)
 
 
 async def load_into(store: LocationStore, backend: Backend, retry: float = 2.0) -> None:

@@ -29,6 +29,17 @@ def _binary(name: str) -> str:
     return shutil.which(name) or f"/usr/sbin/{name}"
 
 
+def _terminate(proc: subprocess.Popen[bytes] | None, grace: float) -> None:
+    """SIGTERM (a clean shutdown), SIGKILL after ``grace`` seconds."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 class MariaDB:
     """``mariadbd`` with its own data directory; database ``hasip``, user
     ``hasip`` (password ``hasip-test``) on 127.0.0.1."""
@@ -74,13 +85,7 @@ class MariaDB:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        _terminate(self.proc, 30)
         self.proc = None
 
     def query(self, sql: str) -> list[list[str]]:
@@ -196,13 +201,7 @@ class FreeRadius:
         raise RuntimeError("freeradius did not start: " + self.log())
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        _terminate(self.proc, 10)
         self.proc = None
 
     def log(self) -> str:
