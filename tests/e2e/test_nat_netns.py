@@ -68,7 +68,7 @@ def nat_network() -> Iterator[dict[str, str]]:
         sh(*ns_n, "ip", "addr", "add", f"{NAT_OUT}/24", "dev", veth_nat_out)
         sh(*ns_n, "ip", "link", "set", veth_nat_in, "up")
         sh(*ns_n, "ip", "link", "set", veth_nat_out, "up")
-        sh(*ns_n, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        sh(*ns_n, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")  # no procps needed
         sh(*ns_n, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", veth_nat_out, "-j",
            "MASQUERADE")
         sh("ip", "addr", "add", f"{NODE_IP}/24", "dev", veth_node)
