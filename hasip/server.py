@@ -42,15 +42,17 @@ class Node:
         loop = asyncio.get_running_loop()
         services = self.services
         await services.start()
-        self.proxy = Proxy(self.config, loop, services)
-        await self.proxy.start()
-        control = ControlServer(services.dispatcher)
-        if self.config.control_listen is not None:
-            await control.start(*self.config.control_listen)
+        # Metrics and control listen before SIP does: whoever sees the node
+        # answer SIP can already scrape and steer it.
         if self.config.metrics_listen is not None:
             host, port = self.config.metrics_listen
             metrics.start_metrics_server(host, port)
             log.info("metrics_listening", address=f"{host}:{port}")
+        control = ControlServer(services.dispatcher)
+        if self.config.control_listen is not None:
+            await control.start(*self.config.control_listen)
+        self.proxy = Proxy(self.config, loop, services)
+        await self.proxy.start()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
         metrics.UP.set(1)
