@@ -125,6 +125,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--sort", default="tottime", help="profile order (cumulative...)")
+    parser.add_argument("--filter", default="", help="profile rows matching this regex")
     parser.add_argument("--register", action="store_true")
     args = parser.parse_args()
     loop = asyncio.new_event_loop()
@@ -148,7 +150,7 @@ def main() -> int:
     cpu = time.process_time() - t0
     if prof:
         prof.disable()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        pstats.Stats(prof).sort_stats(args.sort).print_stats(args.filter, 25)
     print(f"proxy hot path: {1e6 * cpu / args.calls:.1f} us CPU per {what}, "
           f"{args.calls / cpu:.0f} per CPU-second (no sockets, no loop)")
     data = invite(1)

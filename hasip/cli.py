@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     ds.add_argument("--control", help="HOST:PORT of the node's control API "
                                       "(default: control.listen of the configuration)")
     ds_sub = ds.add_subparsers(dest="action", required=True)
-    ds_sub.add_parser("list", help="every destination with its state")
+    lst = ds_sub.add_parser("list", help="every destination with its state and calls")
+    lst.add_argument("--json", action="store_true", help="the control API's JSON as is")
     add = ds_sub.add_parser("add", help="add a node (in rotation at once)")
     add.add_argument("set", type=int)
     add.add_argument("uri")

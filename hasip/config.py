@@ -69,6 +69,13 @@ class Config:
     radius: RadiusConfig = field(default_factory=lambda: RadiusConfig())
     nat: NatConfig = field(default_factory=lambda: NatConfig())
     dispatcher: DispatcherConfig = field(default_factory=lambda: DispatcherConfig())
+    dialog: DialogConfig = field(default_factory=lambda: DialogConfig())
+
+
+@dataclass
+class DialogConfig:
+    # A dialog without a BYE ends after this (Kamailio's dialog default_timeout).
+    timeout: float = 43200.0
 
 
 @dataclass
@@ -247,7 +254,8 @@ def parse_host_port(text: str, where: str) -> tuple[str, int]:
 
 
 _SECTIONS = ("node", "sip", "timers", "routing", "tcp", "metrics", "control", "log",
-             "shutdown", "registrar", "location", "auth", "radius", "nat", "dispatcher")
+             "shutdown", "registrar", "location", "auth", "radius", "nat", "dispatcher",
+             "dialog")
 NAT_TESTS = ("private_contact", "via_address", "via_port")
 
 
@@ -354,6 +362,9 @@ def config_from_dict(raw: dict[str, Any], path: str = "<dict>") -> Config:
     _radius_section(cfg, _Section(path, "radius", raw.get("radius", {})))
     _nat_section(cfg, _Section(path, "nat", raw.get("nat", {})))
     _dispatcher_section(cfg, _Section(path, "dispatcher", raw.get("dispatcher", {})))
+    dialog = _Section(path, "dialog", raw.get("dialog", {}))
+    cfg.dialog.timeout = dialog.number("timeout", cfg.dialog.timeout, 1.0, 30 * 86400.0)
+    dialog.finish()
     return cfg
 
 
@@ -398,6 +409,23 @@ def _dispatcher_section(cfg: Config, sec: _Section) -> None:
         if dest.uri.transport not in TRANSPORTS:
             raise ConfigError(f"{sec.where('destinations')}: {dest.key}: transport "
                               f"{dest.uri.transport!r} is not supported (udp, tcp)")
+        fault = socket_fault(cfg, dest)
+        if fault:
+            raise ConfigError(f"{sec.where('destinations')}: {fault}")
+
+
+def socket_fault(cfg: Config, dest: Destination) -> str:
+    """Why a destination's ``socket`` attribute cannot be used (empty: it can):
+    it must be one of ``sip.listen``, with the destination's transport."""
+    if not dest.socket:
+        return ""
+    sockets = [str(a) for a in cfg.listen]
+    if dest.socket not in sockets:
+        return (f"{dest.key}: socket {dest.socket!r} is not one of sip.listen "
+                f"({', '.join(sockets)})")
+    if not dest.socket.startswith(dest.uri.transport + ":"):
+        return f"{dest.key}: socket {dest.socket!r} is not {dest.uri.transport}"
+    return ""
 
 
 

@@ -27,10 +27,16 @@ def call(address: tuple[str, int], path: str, body: dict[str, Any] | None = None
 
 
 def print_listing(destinations: list[dict[str, Any]]) -> None:
-    print(f"{'set':>4}  {'flags':<5}  {'weight':>6}  {'prio':>4}  {'uri':<32}  description")
+    """Kamailio's ``dispatcher.list`` as a table: flags are the state letter
+    (A, I, T, D) and P/X for probed or not; removed nodes that still carry
+    calls are marked draining."""
+    print(f"{'set':>4}  {'flags':<5}  {'weight':>6}  {'prio':>4}  {'calls':>5}  "
+          f"{'rtt_ms':>7}  {'uri':<32}  description")
     for d in destinations:
+        note = "  (draining)" if d.get("draining") else ""
         print(f"{d['set']:>4}  {d['flags']:<5}  {d['weight']:>6}  {d['priority']:>4}  "
-              f"{d['uri']:<32}  {d['description']}")
+              f"{d.get('active_calls', 0):>5}  {d.get('probe_rtt_ms', 0):>7}  "
+              f"{d['uri']:<32}  {d['description']}{note}")
 
 
 def dispatcher_command(args: argparse.Namespace, config: Config) -> int:
@@ -65,7 +71,9 @@ def dispatcher_command(args: argparse.Namespace, config: Config) -> int:
         print(f"hasip: {answer.get('error', status)}", file=sys.stderr)
         return 1
     listing = answer.get("destinations")
-    if isinstance(listing, list):
+    if isinstance(listing, list) and getattr(args, "json", False):
+        print(json.dumps(listing, indent=1))
+    elif isinstance(listing, list):
         print_listing(listing)
     else:
         print(f"reloaded: {listing} destinations")

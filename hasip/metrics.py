@@ -207,8 +207,19 @@ DS_PROBE_LATENCY = Histogram("hasip_dispatcher_probe_latency_seconds",
                              buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0))
 DS_UP = Gauge("hasip_dispatcher_destination_up",
               "1 while a destination takes calls (state A or T), else 0", ["set", "uri"])
+DS_ACTIVE_CALLS = Gauge("hasip_dispatcher_active_calls",
+                        "Dialogs (early or confirmed) on a destination", ["set", "uri"])
+DS_PROBE_RTT = Gauge("hasip_dispatcher_probe_rtt_seconds",
+                     "Round trip of the last answered OPTIONS probe to a destination",
+                     ["set", "uri"])
 DS_CALLS = Counter("hasip_dispatcher_requests_sent_total",
                    "Initial requests sent to a destination", ["set", "uri"])
 DS_FAILURES = Counter("hasip_dispatcher_failures_total",
                       "Failures counted against a destination (probes, timeouts, 5xx)",
                       ["set", "uri"])
+
+# -- dialogs ---------------------------------------------------------------------
+DIALOGS = Gauge("hasip_dialogs", "INVITE dialogs in progress", ["state"])
+DIALOGS_ENDED = Children(Counter("hasip_dialogs_ended_total",
+                                 "Dialogs ended, by reason (bye, failed, cancelled, timeout)",
+                                 ["reason"]))

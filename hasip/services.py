@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -17,6 +18,7 @@ from hasip.auth.digest import NonceManager
 from hasip.auth.radius import RadiusClient
 from hasip.auth.users import LocalUsers, UsersFileError
 from hasip.config import Config, ConfigError
+from hasip.dialog.store import END, Change, DialogStore
 from hasip.dispatcher.dispatcher import Dispatcher
 from hasip.location.backend import Backend, MysqlBackend, SqliteBackend
 from hasip.location.persist import WriteBehind, load_into
@@ -41,6 +43,7 @@ class Services:
     dispatcher: Dispatcher
     trusted: list[Network]
     trusted_peers: set[tuple[str, int]] = field(default_factory=set)
+    dialogs: DialogStore = field(default_factory=DialogStore)
     backend: Backend | None = None
     writer: WriteBehind | None = None
     radius: RadiusClient | None = None
@@ -89,6 +92,9 @@ class Services:
         while True:
             await asyncio.sleep(1.0)
             self.location.expire()
+            for d in self.dialogs.expire():
+                log.info("dialog_timeout", call_id=d.call_id, dialog=d.id, state_was="confirmed"
+                         if d.answered else "early")
 
     async def stop(self, grace: float) -> None:
         for task in self._tasks:
@@ -148,5 +154,19 @@ def build(config: Config, durable: bool = True) -> Services:
             backend = SqliteBackend(loc.sqlite_path)
         writer = WriteBehind(backend, loc.max_pending, loc.batch, interval=loc.flush_interval)
         store.subscribe(writer.on_change)
-    return Services(store, authenticator, policy, dispatcher, trusted, peers, backend, writer,
-                    radius)
+    dialogs = DialogStore(config.node_name, config.dialog.timeout)
+    dialogs.subscribe(dispatcher.on_dialog)
+    dialogs.subscribe(_count_ended)
+    for state in dialogs.counts:
+        metrics.DIALOGS.labels(state).set_function(_counter_of(dialogs.counts, state))
+    return Services(store, authenticator, policy, dispatcher, trusted, peers, dialogs, backend,
+                    writer, radius)
+
+
+def _counter_of(counts: dict[str, int], key: str) -> Callable[[], float]:
+    return lambda: counts[key]
+
+
+def _count_ended(change: Change) -> None:
+    if change.op == END:
+        metrics.DIALOGS_ENDED.inc(change.dialog.end_reason)

@@ -44,6 +44,7 @@ class Destination:
     probe_due: float = 0.0      # when the next probe may be sent
     origin: str = "config"      # config, file (dispatcher.list_file) or api
     held_until: float = 0.0     # probes cannot bring it back before (monotonic seconds)
+    probe_rtt: float = 0.0      # the last answered probe's round trip (seconds)
     key: str = field(init=False)
 
     def __post_init__(self) -> None:

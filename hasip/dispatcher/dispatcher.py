@@ -7,7 +7,9 @@ from __future__ import annotations
 import time
 
 from hasip import metrics
-from hasip.config import Config
+from hasip.config import Config, socket_fault
+from hasip.dialog.store import PUT
+from hasip.dialog.store import Change as DialogChange
 from hasip.dispatcher.destinations import (
     ACTIVE,
     DISABLED,
@@ -60,22 +62,70 @@ class Dispatcher:
             self.timers = Timers(t.t1, t.t2, t.t4, config.dispatcher.answer_timeout,
                                  t.invite_final)
         self.by_address: dict[tuple[str, int], Destination] = {}
+        self.by_key: dict[tuple[int, str], Destination] = {}
+        # Removed destinations that still carry calls (listed until they end).
+        self.draining: list[Destination] = []
+        # Dialog id -> the destination its active-call count is on.
+        self._counted: dict[str, Destination] = {}
         self._index()
 
     def _index(self) -> None:
         self.by_address = {}
+        self.by_key = {}
         for dset in self.sets.values():
             for d in dset.destinations:
                 self.by_address[(d.uri.host_ip, d.uri.default_port())] = d
+                self.by_key[(d.set_id, d.key)] = d
                 self._export(d)
 
     # -- live changes (the control API) -----------------------------------------
 
     def listing(self) -> list[dict[str, object]]:
+        """Every destination, then removed ones that still finish calls."""
+        dests = [d for set_id in sorted(self.sets) for d in self.sets[set_id].destinations]
         return [{"set": d.set_id, "uri": d.key, "flags": d.flags, "weight": d.weight,
-                 "priority": d.priority, "maxload": d.max_calls,
-                 "description": d.description, "failures": d.failures}
-                for set_id in sorted(self.sets) for d in self.sets[set_id].destinations]
+                 "priority": d.priority, "maxload": d.max_calls, "socket": d.socket,
+                 "description": d.description, "failures": d.failures,
+                 "active_calls": d.active_calls, "probe_rtt_ms": round(d.probe_rtt * 1000, 2),
+                 "draining": d.draining}
+                for d in dests + self.draining]
+
+    # -- active calls (from the dialog store's change feed) ------------------------
+
+    def on_dialog(self, change: DialogChange) -> None:
+        """Keep each destination's active-call count: a dialog counts on the
+        node it was last sent to while it is early or confirmed."""
+        d = change.dialog
+        old = self._counted.get(d.id)
+        if change.op == PUT:
+            if not d.ds_uri or (old is not None and old.key == d.ds_uri
+                                and old.set_id == d.ds_set):
+                return
+            new = self.by_key.get((d.ds_set, d.ds_uri))
+        else:
+            new = None
+        if old is new:
+            return
+        if old is not None:
+            del self._counted[d.id]
+            old.active_calls -= 1
+            if old.draining and old.active_calls <= 0 and old in self.draining:
+                self.draining.remove(old)
+                metrics.DS_ACTIVE_CALLS.remove(str(old.set_id), old.key)
+                log.info("destination_drained", set=old.set_id, uri=old.key)
+        if new is not None:
+            self._counted[d.id] = new
+            new.active_calls += 1
+
+    def _retire(self, dest: Destination) -> None:
+        """Out of its set: no new calls; listed as draining while it has calls."""
+        dest.draining = True
+        metrics.DS_UP.remove(str(dest.set_id), dest.key)
+        metrics.DS_PROBE_RTT.remove(str(dest.set_id), dest.key)
+        if dest.active_calls > 0:
+            self.draining.append(dest)
+        else:
+            metrics.DS_ACTIVE_CALLS.remove(str(dest.set_id), dest.key)
 
     def _find(self, set_id: int, uri: str) -> Destination:
         dset = self.sets.get(set_id)
@@ -90,6 +140,9 @@ class Dispatcher:
             [dest] = parse_list(f"{set_id} {uri} 0 0 {attrs}".rstrip(), "add")
         except ListFileError as exc:
             raise DispatcherError(str(exc).removeprefix("add:1: ")) from None
+        fault = socket_fault(self.config, dest)
+        if fault:
+            raise DispatcherError(fault)
         dset = self.sets.setdefault(set_id, DestinationSet(set_id))
         if dset.find(dest.key) is not None:
             raise DispatcherError(f"{dest.key} is already in set {set_id}")
@@ -103,11 +156,10 @@ class Dispatcher:
         """Out of rotation for new calls; calls in progress go on (their
         in-dialog requests follow Record-Route, not the dispatcher)."""
         dest = self._find(set_id, uri)
-        dest.draining = True
         self.sets[set_id].destinations.remove(dest)
-        metrics.DS_UP.remove(str(set_id), dest.key)
+        self._retire(dest)
         self._index()
-        log.info("destination_removed", set=set_id, uri=dest.key)
+        log.info("destination_removed", set=set_id, uri=dest.key, active_calls=dest.active_calls)
 
     def set_state(self, set_id: int, uri: str, state: str) -> Destination:
         if state not in STATES:
@@ -131,6 +183,10 @@ class Dispatcher:
             raise DispatcherError(f"cannot read {path}: {exc.strerror}") from None
         except ListFileError as exc:
             raise DispatcherError(str(exc)) from None
+        for dest in fresh:
+            fault = socket_fault(self.config, dest)
+            if fault:
+                raise DispatcherError(f"{path}: {fault}")
         inline = [d for d in self.config.dispatcher.destinations if d.origin == "config"]
         old = {(d.set_id, d.key): d for ds in self.sets.values() for d in ds.destinations}
         sets: dict[int, DestinationSet] = {}
@@ -143,8 +199,7 @@ class Dispatcher:
                 dest = kept
             sets.setdefault(dest.set_id, DestinationSet(dest.set_id)).destinations.append(dest)
         for gone in old.values():
-            gone.draining = True
-            metrics.DS_UP.remove(str(gone.set_id), gone.key)
+            self._retire(gone)
         self.sets = sets
         self._index()
         count = sum(len(ds.destinations) for ds in sets.values())
@@ -180,8 +235,11 @@ class Dispatcher:
 
     @staticmethod
     def _export(dest: Destination) -> None:
-        metrics.DS_UP.labels(str(dest.set_id), dest.key).set_function(
+        labels = (str(dest.set_id), dest.key)
+        metrics.DS_UP.labels(*labels).set_function(
             lambda: 1.0 if dest.state in ("A", "T") else 0.0)
+        metrics.DS_ACTIVE_CALLS.labels(*labels).set_function(lambda: dest.active_calls)
+        metrics.DS_PROBE_RTT.labels(*labels).set_function(lambda: dest.probe_rtt)
 
     def is_destination(self, addr: tuple[str, int]) -> bool:
         """A request from one of our Asterisk nodes (its own address and port)."""

@@ -19,7 +19,6 @@ from hasip import metrics
 from hasip.dispatcher.destinations import Destination
 from hasip.dispatcher.dispatcher import Dispatcher
 from hasip.log import get_logger
-from hasip.sip.uri import SipUri
 from hasip.tasks import cancel
 from hasip.transport.base import Destination as Address
 
@@ -27,7 +26,8 @@ log = get_logger("hasip.probe")
 
 BRANCH_PREFIX = "z9hG4bKdp"
 
-Resolve = Callable[[SipUri], Address | None]
+# Where to send a destination's probes (its ``socket`` attribute honoured).
+Resolve = Callable[[Destination], Address | None]
 Send = Callable[[bytes, Address], object]
 
 
@@ -71,7 +71,7 @@ class Prober:
         if dest.probe_due > now:
             return
         dest.probe_due = now + self.interval
-        addr = self.resolve(dest.uri)
+        addr = self.resolve(dest)
         if addr is None:
             self.dispatcher.failed(dest, "unresolvable")
             return
@@ -101,6 +101,7 @@ class Prober:
             self.outstanding[branch] = entry  # provisional: wait for the final one
             return True
         metrics.DS_PROBE_LATENCY.observe(now - sent)
+        dest.probe_rtt = now - sent
         if status in self.accepted or 200 <= status < 300:
             metrics.DS_PROBES.inc("ok")
             self.dispatcher.succeeded(dest, by_probe=True)

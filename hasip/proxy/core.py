@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from hasip import metrics
 from hasip.config import Config
+from hasip.dispatcher.destinations import Destination as Node
 from hasip.dispatcher.probe import BRANCH_PREFIX as PROBE_BRANCH
 from hasip.dispatcher.probe import Prober
 from hasip.location.natping import BRANCH_PREFIX as NAT_PING_BRANCH
@@ -197,7 +198,7 @@ class Proxy:
         self.pinger = NatPinger(self.services.location, self.listeners_by_socket,
                                 self.transports.send, config.nat.ping_interval)
         ds = config.dispatcher
-        self.prober = Prober(self.services.dispatcher, self.resolve, self.transports.send,
+        self.prober = Prober(self.services.dispatcher, self.node_address, self.transports.send,
                              ds.probe_interval, ds.probe_timeout, frozenset(ds.probe_codes))
         self.router = Router(self)
         metrics.TRANSACTIONS.labels("server").set_function(lambda: len(self.server_txns))
@@ -476,6 +477,8 @@ class Proxy:
             self._relay_upstream(rc, resp, received_at)
         elif status < 300:
             first = not rc.final_sent
+            if first and rc.data:
+                self.router.on_answered(rc, resp, branch.nat)
             self._relay_upstream(rc, resp, received_at)
             if first and rc.request.method == "INVITE":
                 # RFC 3261 16.7 step 10: a 2xx ends the other branches.
@@ -547,6 +550,8 @@ class Proxy:
         status = resp.status
         if status >= 200:
             rc.final_sent = True
+            if status >= 300 and rc.data:
+                self.router.on_final(rc, status)
         server = rc.server
         data = resp.to_bytes()
         if server is None:
@@ -566,6 +571,8 @@ class Proxy:
         data = make_response(rc.request, status, reason, to_tag, extra)
         if status >= 200:
             rc.final_sent = True
+            if status >= 300 and rc.data:
+                self.router.on_final(rc, status)
         if server is None:
             self.transports.send(data, rc.reply_dest)
         else:
@@ -687,6 +694,17 @@ class Proxy:
                 sock.transport != dest.transport or sock.family != dest.listener.family:
             return dest
         return Destination(dest.transport, dest.addr, sock)
+
+    def node_address(self, node: Node) -> Destination | None:
+        """Where a dispatcher destination is reached: its URI resolved, sent
+        from its ``socket`` attribute when it names one of our listeners."""
+        dest = self.resolve(node.uri)
+        if dest is None or not node.socket:
+            return dest
+        listener = self.listeners_by_socket.get(node.socket)
+        if listener is None or listener is dest.listener or listener.family != dest.listener.family:
+            return dest
+        return Destination(dest.transport, dest.addr, listener)
 
     def resolve(self, target: SipUri) -> Destination | None:
         """IP, port, transport and local listener for ``target`` (RFC 3263 for

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from hasip import metrics
 from hasip.auth.authenticator import AUTHENTICATED, Verdict
+from hasip.dialog.dialog import ENDED_BYE, ENDED_CANCELLED, ENDED_FAILED, Dialog
 from hasip.dispatcher.destinations import ACTIVE
 from hasip.dispatcher.destinations import Destination as Node
 from hasip.dispatcher.dispatcher import FAILOVER
@@ -20,7 +21,7 @@ from hasip.log import get_logger
 from hasip.proxy.nat import behind_nat, fix_contact
 from hasip.sip.errors import SipParseError
 from hasip.sip.headers import parse_name_addr
-from hasip.sip.message import Request
+from hasip.sip.message import Request, Response
 from hasip.sip.uri import SipUri, Uri, parse_uri
 from hasip.transport.base import Destination
 
@@ -85,6 +86,11 @@ class Router:
             if ctx.rc is not None:
                 ctx.rc.data["nat"] = True
         self.handle_nat(ctx)
+        if req.method == "BYE":
+            dialogs = self.services.dialogs
+            d = dialogs.find(req.call_id, req.from_.tag, req.to.tag)
+            if d is not None:
+                dialogs.end(d, ENDED_BYE)
         had_route = self.loose_route(ctx)
         if had_route or not self.proxy.is_myself(req.uri):
             if req.method == "ACK":
@@ -166,6 +172,8 @@ class Router:
     def route_request(self, ctx: RequestContext) -> None:
         """An initial request allowed through: relay, or look up our users."""
         req = ctx.request
+        if req.method == "INVITE":
+            self.start_dialog(ctx)
         if b"route" in req.keys or not self.proxy.is_myself(req.uri):
             self.route_relay(ctx)
         elif req.method == "INVITE":
@@ -177,6 +185,39 @@ class Router:
         """The seed's route[3]: a registered user gets the call, anything
         else goes to the next hop (route[5])."""
         self.route_local(ctx)
+
+    # -- dialogs (Kamailio's dlg_manage) --------------------------------------------
+
+    def start_dialog(self, ctx: RequestContext) -> None:
+        """Track the dialog this INVITE may create (its context carries it)."""
+        req = ctx.request
+        rc = ctx.rc
+        if rc is None:
+            return
+        contact = req.get(b"contact")
+        d = self.services.dialogs.create(
+            req.call_id, req.from_.tag or "", req.from_.uri_text, req.to.uri_text,
+            req.uri_raw.decode("latin-1"), contact.decode("latin-1") if contact else "",
+            req.cseq[0], ctx.source.listener.socket, ctx.nat, ctx.user or "")
+        if d is not None:
+            rc.data["dialog"] = d
+
+    def on_answered(self, rc: ResponseContext, resp: Response, nat: bool) -> None:
+        """The first 2xx to a tracked INVITE: the dialog is confirmed."""
+        d = rc.data.get("dialog")
+        if isinstance(d, Dialog):
+            contact = resp.get(b"contact")
+            routes = tuple(v.decode("latin-1") for v in resp.get_all(b"record-route"))
+            self.services.dialogs.confirm(d, resp.to.tag or "",
+                                          contact.decode("latin-1") if contact else "",
+                                          routes, nat)
+
+    def on_final(self, rc: ResponseContext, status: int) -> None:
+        """A tracked INVITE was answered with a failure: its dialog never was."""
+        d = rc.data.get("dialog")
+        if isinstance(d, Dialog):
+            reason = ENDED_CANCELLED if rc.cancelled or status == 487 else ENDED_FAILED
+            self.services.dialogs.end(d, reason, status)
 
     # -- NAT (the seed's nat_uac_test / force_rport / fix_contact) -------------
 
@@ -379,10 +420,15 @@ class Router:
             if len(self._rewritten) >= 4096:
                 self._rewritten.clear()
             self._rewritten[key] = new_uri
-        assert ctx.rc is not None
-        ctx.rc.data["ds_current"] = dest
-        if ctx.forward(request_uri=new_uri, timers=self.services.dispatcher.timers):
+        rc = ctx.rc
+        assert rc is not None
+        rc.data["ds_current"] = dest
+        if ctx.forward(request_uri=new_uri, dest=self.proxy.node_address(dest),
+                       timers=self.services.dispatcher.timers):
             self.services.dispatcher.sent(dest)
+            d = rc.data.get("dialog")
+            if isinstance(d, Dialog):
+                self.services.dialogs.set_destination(d, dest.set_id, dest.key)
             return True
         self.services.dispatcher.failed(dest, "unusable")
         return False

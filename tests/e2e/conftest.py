@@ -91,6 +91,9 @@ class NodeFactory:
             cfg.setdefault(name, {}).update(values)
         # Listen addresses may name the node's port: "udp:198.19.0.1:{port}".
         cfg["sip"]["listen"] = [a.format(port=port) for a in cfg["sip"]["listen"]]
+        if "destinations" in cfg["dispatcher"]:
+            cfg["dispatcher"]["destinations"] = [
+                d.format(port=port) for d in cfg["dispatcher"]["destinations"]]
         path = write_config(self.tmp_path / f"node-{port}.toml", cfg)
         node = NodeProcess(path, self.tmp_path, host, port,
                            metrics_url="http://" + cfg["metrics"]["listen"] + "/metrics")

@@ -64,6 +64,10 @@ def test_cancel_while_ringing(make_node, sipp) -> None:
     caller = sipp("uac_cancel.xml", remote=f"127.0.0.1:{node.sip_port}", calls=10, rate=10)
     assert caller.wait(60) == 0, caller.errors()
     assert caller.counter("SuccessfulCall(C)") == 10
+    # the dialogs were tracked and ended as cancelled, none left behind
+    text = node.metrics()
+    assert metric(text, "hasip_dialogs_ended_total", 'reason="cancelled"') == 10
+    assert metric(text, "hasip_dialogs", 'state="early"') == 0
     uas.stop()
     assert uas.counter("SuccessfulCall(C)") == 10
 

@@ -1,0 +1,79 @@
+"""One INVITE dialog as the proxy sees it (RFC 3261 12), sans-IO: what the
+dialog store keeps, what replication will stream and a CDR will record.
+
+A dialog is created when an authenticated initial INVITE is relayed (state
+``early``), confirmed by the first 2xx (``confirmed``) and ended by a BYE, a
+failed or cancelled INVITE, or its timeout (``terminated``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+
+EARLY = "early"
+CONFIRMED = "confirmed"
+TERMINATED = "terminated"
+
+# Why a dialog ended (the CDR's and the metric's label).
+ENDED_BYE = "bye"
+ENDED_FAILED = "failed"          # a final answer >= 300 to the INVITE
+ENDED_CANCELLED = "cancelled"    # the caller cancelled (487)
+ENDED_TIMEOUT = "timeout"        # dialog.timeout passed without a BYE
+
+_ID_PREFIX = "dl-" + os.urandom(6).hex() + "-"
+_id_counter = itertools.count(1)
+
+
+def new_dialog_id() -> str:
+    """Unique across the cluster: 48 random bits per process and a counter."""
+    return f"{_ID_PREFIX}{next(_id_counter):x}"
+
+
+@dataclass(slots=True, eq=False)
+class Dialog:
+    call_id: str
+    from_tag: str
+    from_uri: str
+    to_uri: str
+    request_uri: str
+    caller_contact: str = ""
+    caller_cseq: int = 0
+    to_tag: str = ""                 # the callee's, from the 2xx
+    callee_contact: str = ""
+    callee_cseq: int = 0
+    route_set: tuple[str, ...] = ()  # the 2xx's Record-Route lines (unsplit), callee side first
+    state: str = EARLY
+    ds_set: int = 0                  # the dispatcher destination it went to (0: none)
+    ds_uri: str = ""
+    socket: str = ""                 # our socket (VIP, port, transport) it arrived on
+    nat: bool = False                # caller or callee behind NAT (media relay)
+    user: str = ""                   # the authenticated caller, if any
+    started: float = 0.0             # seconds since the epoch
+    answered: float = 0.0
+    ended: float = 0.0
+    end_reason: str = ""
+    end_status: int = 0              # the final status of a failed INVITE
+    expires: float = 0.0             # ended by timeout at this time
+    id: str = field(default_factory=new_dialog_id)
+    version: int = 0                 # change-feed sequence number of the last change
+    node: str = ""                   # the node that made the last change
+
+    @property
+    def active(self) -> bool:
+        return self.state != TERMINATED
+
+    def matches(self, from_tag: str | None, to_tag: str | None) -> bool:
+        """An in-dialog request in either direction: the caller's keeps the
+        tags, the callee's swaps them. Before the 2xx the To tag is unknown
+        and any matches (an early dialog's in-dialog requests: PRACK, UPDATE)."""
+        if from_tag == self.from_tag:
+            return not self.to_tag or to_tag == self.to_tag or to_tag is None
+        return to_tag == self.from_tag and (not self.to_tag or from_tag == self.to_tag)
+
+    def duration(self) -> float:
+        """Seconds from answer to end (0 for an unanswered call)."""
+        if not self.answered:
+            return 0.0
+        return max(0.0, (self.ended or self.answered) - self.answered)
