@@ -4,6 +4,8 @@ passive health detection, no loop for calls back from Asterisk."""
 
 from __future__ import annotations
 
+import time
+
 from hasip.demo.sipp import wait_for_stats
 from tests.e2e.conftest import free_port, invite, metric, reply_to, status_of
 
@@ -72,7 +74,6 @@ def test_probes_take_a_dead_node_out_within_two_seconds_and_back(make_node, sipp
     """Default probing (every 0.5 s, 0.5 s timeout, 2 failures): a node that
     does not answer is out of rotation within 2 s without any call, and back
     once it answers again."""
-    import time
 
     alive = sipp("uas.xml")
     wait_for_stats(alive)
@@ -124,7 +125,6 @@ def test_dispatcher_commands_change_a_running_node(make_node, sipp) -> None:
     rc, out, _ = ctl(node, "list")
     assert rc == 0 and f"sip:127.0.0.1:{first.port}" in out and " AP " in out
     caller = sipp("uac.xml", remote=f"127.0.0.1:{node.sip_port}", calls=120, rate=40)
-    import time
 
     time.sleep(1.0)
     rc, out, err = ctl(node, "add", "1", f"sip:127.0.0.1:{second.port}",
@@ -193,7 +193,6 @@ def test_distribution_round_robin_weights_and_hashing(make_node, sipp) -> None:
 
 
 def test_node_killed_mid_load_loses_no_call_and_comes_back(make_node, sipp) -> None:
-    import time
 
     nodes = _answerers(sipp, 3)
     node = make_node(next_hop=[f"sip:127.0.0.1:{a.port}" for a in nodes],
@@ -260,7 +259,6 @@ def test_node_answering_options_but_not_invite_stays_out(make_node, sipp, udp_pe
 def test_silent_node_fails_over_after_answer_timeout(make_node, sipp, udp_peer) -> None:
     """dispatcher.answer_timeout (1 s) instead of timer B (10 s): a node that
     does not answer at all costs a caller one second, not ten."""
-    import time
 
     silent = udp_peer()
     good = _answerers(sipp, 1)[0]
@@ -272,3 +270,69 @@ def test_silent_node_fails_over_after_answer_timeout(make_node, sipp, udp_peer) 
     assert caller.counter("SuccessfulCall(C)") == 6
     assert time.monotonic() - started < 6.0
     assert metric(node.metrics(), "hasip_dispatcher_failovers_total") >= 1
+
+
+def _first_request(peer, method: str, timeout: float = 2.0) -> bytes | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = peer.recv(max(0.05, deadline - time.monotonic()))
+        if msg is not None and msg.startswith(method.encode() + b" "):
+            return msg
+    return None
+
+
+def test_cancel_during_failover_is_honoured(make_node, udp_peer) -> None:
+    """A CANCEL after the call moved to the next node cancels it there; a
+    CANCEL while the first node still has it stops the failover: the caller
+    gets 487 and no other node sees the call."""
+    first, second = udp_peer(), udp_peer()
+    node = make_node(next_hop=[f"sip:127.0.0.1:{first.port}", f"sip:127.0.0.1:{second.port}"])
+    caller = udp_peer()
+    target = f"sip:queue@127.0.0.1:{node.sip_port}"
+
+    # 1. moved to the second node (the first answered 503), then cancelled
+    call_id, branch = "cancel-after-failover", "z9hG4bKcaf1"
+    caller.send(invite(caller, target, branch=branch, call_id=call_id), node.sip_port)
+    got = _first_request(first, "INVITE")
+    assert got is not None
+    first.send(reply_to(got, 503, "Service Unavailable"), node.sip_port)
+    moved = _first_request(second, "INVITE")
+    assert moved is not None
+    second.send(reply_to(moved, 180, "Ringing"), node.sip_port)
+    time.sleep(0.2)
+    caller.send(invite(caller, target, branch=branch, call_id=call_id, method="CANCEL"),
+                node.sip_port)
+    cancel = _first_request(second, "CANCEL")
+    assert cancel is not None
+    second.send(reply_to(cancel, 200, "OK"), node.sip_port)
+    second.send(reply_to(moved, 487, "Request Terminated"), node.sip_port)
+    statuses = [status_of(m) for m in caller.recv_all(1.0)]
+    assert 487 in statuses and 200 in statuses            # the CANCEL's 200, the INVITE's 487
+
+    # 2. cancelled while the first node rings: its 487 goes back, no failover
+    call_id, branch = "cancel-before-failover", "z9hG4bKcbf1"
+    caller.send(invite(caller, target, branch=branch, call_id=call_id), node.sip_port)
+    ringing, got = None, None
+    deadline = time.monotonic() + 3
+    while got is None and time.monotonic() < deadline:
+        for peer in (first, second):
+            msg = peer.recv(0.05)
+            if msg is not None and msg.startswith(b"INVITE ") and call_id.encode() in msg:
+                ringing, got = peer, msg
+                break
+    assert ringing is not None and got is not None
+    ringing.send(reply_to(got, 180, "Ringing"), node.sip_port)
+    time.sleep(0.2)
+    caller.send(invite(caller, target, branch=branch, call_id=call_id, method="CANCEL"),
+                node.sip_port)
+    cancel = _first_request(ringing, "CANCEL")
+    assert cancel is not None
+    ringing.send(reply_to(cancel, 200, "OK"), node.sip_port)
+    ringing.send(reply_to(got, 487, "Request Terminated"), node.sip_port)
+    statuses = [status_of(m) for m in caller.recv_all(1.0)]
+    assert 487 in statuses
+    other = second if ringing is first else first
+    assert _first_request(other, "INVITE", 0.5) is None
+    text = node.metrics()
+    assert metric(text, "hasip_dispatcher_failovers_total") == 1   # only the first call's
+    assert metric(text, "hasip_dialogs_ended_total", 'reason="cancelled"') == 2
