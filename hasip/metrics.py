@@ -199,7 +199,8 @@ def start_metrics_server(host: str, port: int) -> None:
 DS_STATE_CHANGES = Children(Counter("hasip_dispatcher_state_changes_total",
                                     "Destinations entering a state (A, I, T, D)", ["state"]))
 DS_FAILOVERS = Counter("hasip_dispatcher_failovers_total",
-                       "Calls retried on the next destination")
+                       "Calls moved on to the next destination, by the one they left",
+                       ["set", "uri"])
 DS_PROBES = Children(Counter("hasip_dispatcher_probes_total",
                              "OPTIONS probes to destinations, by outcome", ["result"]))
 DS_PROBE_LATENCY = Histogram("hasip_dispatcher_probe_latency_seconds",

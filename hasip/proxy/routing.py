@@ -439,11 +439,14 @@ class Router:
         assert ctx.rc is not None
         rest = ctx.rc.data["ds_rest"]
         assert isinstance(rest, list)
+        left = ctx.rc.data.get("ds_current")
         while rest:
             dest = rest.pop(0)
             if not dest.usable():
                 continue
-            metrics.DS_FAILOVERS.inc()
+            if isinstance(left, Node):
+                metrics.DS_FAILOVERS.labels(str(left.set_id), left.key).inc()
+                left = None
             if self.ds_forward(ctx, dest):
                 return True
         ctx.reply(503, b"Service Unavailable (no destination left)")

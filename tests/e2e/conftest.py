@@ -27,6 +27,12 @@ def metric(text: str, name: str, labels: str = "") -> float:
     return float(m.group(1)) if m else 0.0
 
 
+def metric_total(text: str, name: str) -> float:
+    """The sum of a metric's samples over all its label sets."""
+    pattern = "^" + re.escape(name) + r"(?:\{[^}]*\})? (\S+)$"
+    return sum(float(v) for v in re.findall(pattern, text, re.M))
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free for both UDP and TCP on ``host``."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
