@@ -1,0 +1,108 @@
+"""``python -m keepalive``: VIP ownership in front of any service.
+
+    python -m keepalive --node n1 --zookeeper 198.19.0.10:2181 \\
+        --vip 198.18.0.100/24@eth0,priority=100 --check "curl -fs http://127.0.0.1:8080/ready"
+
+The node contends for its VIPs while the check command succeeds (exit 0),
+gives them up when it fails ``--fall`` times in a row, and contends again
+after ``--rise`` successes. SIGTERM releases the VIPs and leaves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from keepalive.config import KeepaliveConfig, parse_vip
+from keepalive.manager import Keepalive
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m keepalive", description=__doc__.split("\n")[0])
+    p.add_argument("--node", required=True, help="this node's name (letters, digits, . -)")
+    p.add_argument("--zookeeper", required=True, help="HOST:PORT[,HOST:PORT...]")
+    p.add_argument("--vip", action="append", default=[], required=True,
+                   help="ADDRESS/PREFIX@INTERFACE[,priority=N][,name=X][,hold=tun|interface]")
+    p.add_argument("--root", default="/hasip", help="ZooKeeper path of the cluster")
+    p.add_argument("--session-timeout", type=float, default=1.5)
+    p.add_argument("--preempt", action="store_true", help="a better priority takes a VIP back")
+    p.add_argument("--preempt-delay", type=float, default=10.0)
+    p.add_argument("--garp-count", type=int, default=5)
+    p.add_argument("--garp-interval", type=float, default=0.2)
+    p.add_argument("--garp-refresh", type=float, default=0.0)
+    p.add_argument("--conflict-window", type=float, default=0.05)
+    p.add_argument("--check", default="", help="health-check command (none: always healthy)")
+    p.add_argument("--check-interval", type=float, default=1.0)
+    p.add_argument("--check-timeout", type=float, default=2.0)
+    p.add_argument("--rise", type=int, default=1)
+    p.add_argument("--fall", type=int, default=2)
+    p.add_argument("--metrics", default="", help="HOST:PORT for Prometheus metrics")
+    p.add_argument("--log-format", choices=("logfmt", "json"), default="logfmt")
+    return p
+
+
+async def _check(cmd: str, timeout: float) -> bool:
+    proc = await asyncio.create_subprocess_shell(cmd, stdout=asyncio.subprocess.DEVNULL,
+                                                 stderr=asyncio.subprocess.DEVNULL)
+    try:
+        return await asyncio.wait_for(proc.wait(), timeout) == 0
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return False
+
+
+async def _health_loop(node: Keepalive, args: argparse.Namespace) -> None:
+    if not args.check:
+        node.set_healthy(True)
+        return
+    ok = bad = 0
+    while True:
+        if await _check(args.check, args.check_timeout):
+            ok, bad = ok + 1, 0
+            if ok >= args.rise:
+                node.set_healthy(True)
+        else:
+            ok, bad = 0, bad + 1
+            if bad >= args.fall:
+                node.set_healthy(False)
+        await asyncio.sleep(args.check_interval)
+
+
+async def run(args: argparse.Namespace) -> int:
+    config = KeepaliveConfig(
+        node=args.node, zookeeper=args.zookeeper, vips=[parse_vip(v) for v in args.vip],
+        root=args.root, session_timeout=args.session_timeout, preempt=args.preempt,
+        preempt_delay=args.preempt_delay, garp_count=args.garp_count,
+        garp_interval=args.garp_interval, garp_refresh=args.garp_refresh,
+        conflict_window=args.conflict_window)
+    node = Keepalive(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await node.start()
+    health = loop.create_task(_health_loop(node, args))
+    await stop.wait()
+    health.cancel()
+    await node.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from hasip.log import setup_logging
+
+    setup_logging("info", args.log_format)
+    try:
+        if args.metrics:
+            from prometheus_client import start_http_server
+
+            host, _, port = args.metrics.rpartition(":")
+            start_http_server(int(port), addr=host or "0.0.0.0")
+        return asyncio.run(run(args))
+    except ValueError as exc:
+        print(f"keepalive: {exc}", file=sys.stderr)
+        return 2
