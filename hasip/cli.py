@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("uri")
     st.add_argument("state", choices=("active", "inactive", "disabled"))
     ds_sub.add_parser("reload", help="re-read dispatcher.list_file")
+    from hasip.clusterctl import add_parsers
+
+    add_parsers(sub)
     demo = sub.add_parser("demo", help="a node with SIPp answering nodes and a caller")
     demo.add_argument("--calls", type=int, default=200, help="calls to place (default 200)")
     demo.add_argument("--rate", type=int, default=50, help="calls per second (default 50)")
@@ -65,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         from hasip.ctl import dispatcher_command
 
         return dispatcher_command(args, config)
+    if args.command in ("status", "failover", "drain", "undrain"):
+        from hasip.clusterctl import cluster_command
+
+        return cluster_command(args, config)
     if args.command == "run":
         setup_logging(config.log_level, config.log_format)
     if args.command in ("check-config", "run"):

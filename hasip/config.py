@@ -19,6 +19,7 @@ from hasip.sip.errors import SipParseError
 from hasip.sip.message import MAX_MESSAGE_SIZE
 from hasip.sip.transaction import Timers
 from hasip.sip.uri import SipUri, parse_sip_uri
+from keepalive.config import VipSpec, parse_vip
 
 TRANSPORTS = ("udp", "tcp")
 
@@ -70,6 +71,27 @@ class Config:
     nat: NatConfig = field(default_factory=lambda: NatConfig())
     dispatcher: DispatcherConfig = field(default_factory=lambda: DispatcherConfig())
     dialog: DialogConfig = field(default_factory=lambda: DialogConfig())
+    cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig())
+
+
+@dataclass
+class ClusterConfig:
+    """VIP ownership through ZooKeeper (keepalive); empty zookeeper: none."""
+
+    zookeeper: str = ""
+    root: str = "/hasip"
+    session_timeout: float = 1.5
+    preempt: bool = False
+    preempt_delay: float = 10.0
+    garp_count: int = 5
+    garp_interval: float = 0.2
+    garp_refresh: float = 0.0
+    conflict_window: float = 0.05
+    handover_timeout: float = 5.0
+    vips: list[VipSpec] = field(default_factory=list)
+
+    def vip_addresses(self) -> list[str]:
+        return [v.address for v in self.vips] if self.zookeeper else []
 
 
 @dataclass
@@ -255,7 +277,7 @@ def parse_host_port(text: str, where: str) -> tuple[str, int]:
 
 _SECTIONS = ("node", "sip", "timers", "routing", "tcp", "metrics", "control", "log",
              "shutdown", "registrar", "location", "auth", "radius", "nat", "dispatcher",
-             "dialog")
+             "dialog", "cluster")
 NAT_TESTS = ("private_contact", "via_address", "via_port")
 
 
@@ -365,7 +387,38 @@ def config_from_dict(raw: dict[str, Any], path: str = "<dict>") -> Config:
     dialog = _Section(path, "dialog", raw.get("dialog", {}))
     cfg.dialog.timeout = dialog.number("timeout", cfg.dialog.timeout, 1.0, 30 * 86400.0)
     dialog.finish()
+    _cluster_section(cfg, _Section(path, "cluster", raw.get("cluster", {})))
     return cfg
+
+
+def _cluster_section(cfg: Config, sec: _Section) -> None:
+    c = cfg.cluster
+    c.zookeeper = sec.get("zookeeper", str, c.zookeeper)
+    c.root = sec.get("root", str, c.root)
+    if not c.root.startswith("/") or c.root.endswith("/"):
+        raise sec.error("root", f"{c.root!r} must start with / and not end with one")
+    c.session_timeout = sec.number("session_timeout", c.session_timeout, 0.5, 60.0)
+    c.preempt = sec.get("preempt", bool, c.preempt)
+    c.preempt_delay = sec.number("preempt_delay", c.preempt_delay, 0.0, 3600.0)
+    c.garp_count = sec.integer("garp_count", c.garp_count, 1, 100)
+    c.garp_interval = sec.number("garp_interval", c.garp_interval, 0.01, 10.0)
+    c.garp_refresh = sec.number("garp_refresh", c.garp_refresh, 0.0, 3600.0)
+    c.conflict_window = sec.number("conflict_window", c.conflict_window, 0.0, 5.0)
+    c.handover_timeout = sec.number("handover_timeout", c.handover_timeout, 0.5, 120.0)
+    for i, text in enumerate(sec.str_list("vips", [])):
+        try:
+            c.vips.append(parse_vip(text))
+        except ValueError as exc:
+            raise ConfigError(f"{sec.where('vips')}[{i}]: {exc}") from None
+    sec.finish()
+    if c.vips and not c.zookeeper:
+        raise sec.error("zookeeper", "VIPs are listed: give the ZooKeeper servers "
+                                     "(HOST:PORT[,HOST:PORT...])")
+    hosts = {a.host for a in cfg.listen}
+    for i, vip in enumerate(c.vips):
+        if vip.address not in hosts:
+            raise ConfigError(f"{sec.where('vips')}[{i}]: {vip.address} is in no sip.listen "
+                              "entry (the node must listen on its VIPs)")
 
 
 def _dispatcher_section(cfg: Config, sec: _Section) -> None:

@@ -10,6 +10,7 @@ import os
 import signal
 
 from hasip import metrics
+from hasip.cluster import Cluster
 from hasip.config import Config
 from hasip.control import ControlServer
 from hasip.log import get_logger
@@ -53,13 +54,22 @@ class Node:
             await control.start(*self.config.control_listen)
         self.proxy = Proxy(self.config, loop, services)
         await self.proxy.start()
+        cluster: Cluster | None = None
+        if self.config.cluster.zookeeper:
+            cluster = Cluster(self.config, self.proxy.transports.listeners)
+            await cluster.start()
+            cluster.ready(True)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
         metrics.UP.set(1)
         log.info("node_started", node=self.config.node_name, config=self.config.path,
                  loop=type(loop).__module__)
         await self._stop.wait()
+        if cluster is not None:
+            cluster.ready(False)   # the VIPs move to another node now
         await self.drain()
+        if cluster is not None:
+            await cluster.stop()
         await control.stop()
         await self.proxy.stop()
         await services.stop(self.config.shutdown_grace)

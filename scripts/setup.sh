@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 # sip-tester: SIPp (phones, gateways, Asterisk stand-ins); mariadb-server and
 # freeradius: the location store and the RADIUS server the tests start their
 # own instances of; iptables: the NAT in the namespace test; kamailio: the
-# benchmark's reference.
+# benchmark's reference; zookeeper: the servers the cluster tests start
+# (a Java program: it brings a JRE); tcpdump: the GARP and answerer checks.
 DEBS=(sip-tester kamailio iproute2 iptables tcpdump mariadb-server freeradius freeradius-utils
-      python3-venv python3-dev curl)
+      zookeeper python3-venv python3-dev curl)
 missing=()
 for pkg in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -24,7 +25,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The tests and benchmarks start private instances on free ports: the
 # packaged services are not used, so stop any that the packages started.
-for svc in kamailio freeradius mariadb; do
+for svc in kamailio freeradius mariadb zookeeper; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" || true
   fi

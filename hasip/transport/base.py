@@ -19,8 +19,8 @@ class Listener:
     Via (``Via: SIP/2.0/UDP 127.0.0.1:5060;branch=``) and our Record-Route.
     """
 
-    __slots__ = ("family", "host", "port", "rr_line", "rr_line_nat", "rr_uri", "sent_by", "socket",
-                 "transport", "udp", "via_prefix")
+    __slots__ = ("active", "family", "host", "port", "rr_line", "rr_line_nat", "rr_uri",
+                 "sent_by", "socket", "transport", "udp", "via_prefix", "vip")
 
     def __init__(self, transport: str, host: str, port: int) -> None:
         self.transport = transport
@@ -39,6 +39,10 @@ class Listener:
         # As the location table records it: "udp:192.0.2.10:5060".
         self.socket = f"{transport}:{self.sent_by}"
         self.udp: asyncio.DatagramTransport | None = None
+        # A cluster VIP: bound before we own it (IP_FREEBIND), used only
+        # while ``active`` (keepalive flips it on takeover and release).
+        self.vip = False
+        self.active = True
 
     def __repr__(self) -> str:
         return f"<Listener {self.transport}:{self.sent_by}>"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import socket
 
 from hasip import metrics
 from hasip.config import Config
@@ -19,6 +21,28 @@ def _is_loopback(ip: str) -> bool:
     return ip.startswith("127.") or ip == "::1"
 
 
+IP_FREEBIND = 15
+
+
+def _freebind_socket(listener: Listener) -> socket.socket:
+    """A socket bound to a VIP this host may not hold yet (IP_FREEBIND):
+    it serves the VIP the moment keepalive puts the address up."""
+    kind = socket.SOCK_DGRAM if listener.transport == "udp" else socket.SOCK_STREAM
+    sock = socket.socket(listener.family, kind)
+    try:
+        sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((listener.host, listener.port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class Transports:
     """The node's sockets: UDP listeners, TCP servers and TCP connections
     (keyed by peer address so that both directions reuse one connection)."""
@@ -28,29 +52,45 @@ class Transports:
         self.sink = sink
         self.loop = loop
         self.listeners = [Listener(a.transport, a.host, a.port) for a in config.listen]
-        # (transport, family, loopback destination) -> the listener to send from:
-        # a loopback socket cannot reach other hosts, nor the other way round
-        # when both kinds are configured.
-        self._by_kind: dict[tuple[str, int, bool], Listener] = {}
+        vips = set(config.cluster.vip_addresses())
+        for listener in self.listeners:
+            if listener.host in vips:
+                listener.vip = True
+                listener.active = False
+        # (transport, family, loopback destination) -> the listeners to send
+        # from, best first: a loopback socket cannot reach other hosts, nor
+        # the other way round when both kinds are configured; a VIP we do
+        # not own is skipped.
+        self._by_kind: dict[tuple[str, int, bool], list[Listener]] = {}
         for loop_dest in (True, False):
             for listener in sorted(self.listeners,
                                    key=lambda lst: _is_loopback(lst.host) != loop_dest):
                 self._by_kind.setdefault((listener.transport, listener.family, loop_dest),
-                                         listener)
+                                         []).append(listener)
         self._servers: list[asyncio.AbstractServer] = []
         self._conns: dict[tuple[str, int], TcpConnection] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         for listener in self.listeners:
+            sock = _freebind_socket(listener) if listener.vip else None
             if listener.transport == "udp":
-                await self.loop.create_datagram_endpoint(
-                    lambda lst=listener: UdpProtocol(lst, self.sink),  # type: ignore[misc]
-                    local_addr=(listener.host, listener.port), family=listener.family)
+                if sock is not None:
+                    await self.loop.create_datagram_endpoint(
+                        lambda lst=listener: UdpProtocol(lst, self.sink),  # type: ignore[misc]
+                        sock=sock)
+                else:
+                    await self.loop.create_datagram_endpoint(
+                        lambda lst=listener: UdpProtocol(lst, self.sink),  # type: ignore[misc]
+                        local_addr=(listener.host, listener.port), family=listener.family)
             else:
-                server = await self.loop.create_server(
-                    lambda lst=listener: self._new_connection(lst),  # type: ignore[misc]
-                    listener.host, listener.port, family=listener.family, reuse_address=True)
+                factory = functools.partial(self._new_connection, listener)
+                if sock is not None:
+                    server = await self.loop.create_server(factory, sock=sock)
+                else:
+                    server = await self.loop.create_server(
+                        factory, listener.host, listener.port, family=listener.family,
+                        reuse_address=True)
                 self._servers.append(server)
             log.info("listening", transport=listener.transport, address=listener.sent_by)
         self._sweeper = self.loop.create_task(self._sweep_idle())
@@ -70,8 +110,12 @@ class Transports:
                 await asyncio.wait_for(server.wait_closed(), 1.0)
 
     def listener_for(self, transport: str, family: int, dest_ip: str = "") -> Listener | None:
-        """The socket to send from to ``dest_ip``."""
-        return self._by_kind.get((transport, family, _is_loopback(dest_ip)))
+        """The socket to send from to ``dest_ip``: the first configured of its
+        kind, skipping VIPs this node does not own now."""
+        for listener in self._by_kind.get((transport, family, _is_loopback(dest_ip)), ()):
+            if listener.active:
+                return listener
+        return None
 
     def listener_at(self, transport: str, host: str, port: int) -> Listener | None:
         """Our listener with exactly this address (from a Record-Route of ours)."""
@@ -103,13 +147,15 @@ class Transports:
         """Send ``data``; ``on_error`` runs (perhaps later, for TCP) if it cannot be sent."""
         if dest.transport == "udp":
             udp = dest.listener.udp
-            if udp is None:
+            if udp is None or not dest.listener.active:
                 return self._failed("udp", on_error)
             try:
                 udp.sendto(data, dest.addr)
             except OSError:
                 return self._failed("udp", on_error)
             return True
+        if not dest.listener.active:
+            return self._failed("tcp", on_error)
         conn = dest.conn
         if conn is None or conn.closed:
             conn = self._conns.get(dest.addr)

@@ -1,0 +1,50 @@
+"""The node in its cluster: keepalive embedded (VIP ownership through
+ZooKeeper), our VIP listeners switched on and off as VIPs come and go, and
+the service's health fed to the election."""
+
+from __future__ import annotations
+
+from hasip.config import Config
+from hasip.log import get_logger
+from hasip.transport.base import Listener
+from keepalive.config import KeepaliveConfig
+from keepalive.manager import Keepalive
+
+log = get_logger("hasip.cluster")
+
+
+class Cluster:
+    def __init__(self, config: Config, listeners: list[Listener]) -> None:
+        c = config.cluster
+        self.listeners = listeners
+        self.keepalive = Keepalive(
+            KeepaliveConfig(
+                node=config.node_name, zookeeper=c.zookeeper, vips=list(c.vips), root=c.root,
+                session_timeout=c.session_timeout, preempt=c.preempt,
+                preempt_delay=c.preempt_delay, garp_count=c.garp_count,
+                garp_interval=c.garp_interval, garp_refresh=c.garp_refresh,
+                conflict_window=c.conflict_window, handover_timeout=c.handover_timeout,
+                advertise={"sip": [lst.socket for lst in listeners]}),
+            on_acquired=self._acquired, on_released=self._released)
+
+    def _switch(self, address: str, active: bool) -> None:
+        for listener in self.listeners:
+            if listener.vip and listener.host == address:
+                listener.active = active
+
+    def _acquired(self, _name: str, address: str) -> None:
+        self._switch(address, True)
+
+    def _released(self, _name: str, address: str) -> None:
+        # May run on kazoo's thread (fencing): a flag flip only.
+        self._switch(address, False)
+
+    async def start(self) -> None:
+        await self.keepalive.start()
+
+    def ready(self, ready: bool) -> None:
+        """Contend for VIPs while the node serves; give them up when it stops."""
+        self.keepalive.set_healthy(ready)
+
+    async def stop(self) -> None:
+        await self.keepalive.stop()
