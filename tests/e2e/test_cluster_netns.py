@@ -1,0 +1,241 @@
+"""Three hasip nodes, two VIPs, a real ZooKeeper, in network namespaces on
+two bridges (198.18.0.0/24 for clients and VIPs, 198.19.0.0/24 to
+ZooKeeper): election, kill -9 takeover with the client's ARP cache and the
+GARP on the wire, fencing when the owner loses ZooKeeper, failover and
+drain commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import write_config
+from tests.e2e.netlab import Lab, netns_missing
+from tests.e2e.zookeeper import ZooKeeper, zookeeper_missing
+
+ROOT = Path(__file__).resolve().parents[2]
+ZK_IP = "198.19.0.10"
+CLIENT_IP = "198.18.0.50"
+VIP_A, VIP_B = "198.18.0.100", "198.18.0.101"
+# VIP_A prefers n1, then n2, then n3; VIP_B prefers n2, n3, n1 (active-active).
+PRIORITIES = {"n1": (100, 10), "n2": (50, 100), "n3": (10, 50)}
+
+
+class Cluster:
+    def __init__(self, lab: Lab, zk: ZooKeeper, workdir: Path) -> None:
+        self.lab = lab
+        self.zk = zk
+        self.workdir = workdir
+        self.nodes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start_node(self, name: str) -> None:
+        index = int(name[1:])
+        prio_a, prio_b = PRIORITIES[name]
+        cfg = {
+            "node": {"name": name},
+            "sip": {"listen": [f"udp:{VIP_A}:5060", f"udp:{VIP_B}:5060",
+                               f"udp:198.18.0.1{index}:5060"]},
+            "metrics": {"listen": "127.0.0.1:9060"},
+            "control": {"listen": "127.0.0.1:9061"},
+            "location": {"backend": "memory"},
+            "dispatcher": {"probe_interval": 0.0},
+            # Preemption (after 0.5 s) spreads the VIPs over the nodes
+            # whatever order they start in.
+            "cluster": {"zookeeper": self.zk.hosts, "preempt": True, "preempt_delay": 0.5,
+                        "vips": [f"{VIP_A}/24@lan0,priority={prio_a}",
+                                 f"{VIP_B}/24@lan0,priority={prio_b}"]},
+        }
+        path = write_config(self.workdir / f"{name}.toml", cfg)
+        self.nodes[name] = self.lab.popen(name, [sys.executable, "-m", "hasip", "run", "-c",
+                                                 str(path)], self.workdir / f"{name}.log",
+                                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    def log(self, name: str) -> str:
+        path = self.workdir / f"{name}.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    def hasip(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """A ``hasip`` operator command, run where ZooKeeper is reachable."""
+        return self.lab.run("zk", [sys.executable, "-m", "hasip", *args, "--zookeeper",
+                                   self.zk.hosts], timeout=timeout)
+
+    def status(self) -> dict:
+        res = self.hasip("status", "--json")
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)
+
+    def owners(self) -> dict[str, str | None]:
+        return {vip: info["owner"] for vip, info in self.status()["vips"].items()}
+
+    def wait_owners(self, want: dict[str, str], timeout: float = 20.0) -> dict[str, str | None]:
+        deadline = time.monotonic() + timeout
+        got: dict[str, str | None] = {}
+        while time.monotonic() < deadline:
+            got = self.owners()
+            if all(got.get(v) == n for v, n in want.items()):
+                return got
+            time.sleep(0.2)
+        logs = "\n".join(f"--- {n}\n{self.log(n)}" for n in self.nodes)
+        raise AssertionError(f"owners {got}, wanted {want}\n{logs}")
+
+    def holders(self, vip: str) -> list[str]:
+        """The nodes whose namespace holds the address now."""
+        return [n for n in self.nodes
+                if f" {vip}/" in self.lab.run(n, ["ip", "-o", "-4", "addr"]).stdout]
+
+    def client(self, target: str, duration: float, interval: float = 0.02
+               ) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            ["ip", "netns", "exec", self.lab.ns("client"), sys.executable, "-m",
+             "tests.e2e.vipclient", target, "--duration", str(duration), "--interval",
+             str(interval)], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    def arp_mac(self, vip: str) -> str:
+        out = self.lab.run("client", ["ip", "neigh", "show", vip]).stdout.split()
+        return out[out.index("lladdr") + 1] if "lladdr" in out else ""
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    for missing in (netns_missing(), zookeeper_missing()):
+        if missing:
+            pytest.skip(missing)
+    lab = Lab(f"hk{os.getpid() % 10000}").create()
+    zk: ZooKeeper | None = None
+    try:
+        lab.add_host("zk", ctl=ZK_IP)
+        for i in (1, 2, 3):
+            lab.add_host(f"n{i}", lan=f"198.18.0.1{i}", ctl=f"198.19.0.1{i}")
+        lab.add_host("client", lan=CLIENT_IP)
+        zk = ZooKeeper(tmp_path, ZK_IP, netns=lab.ns("zk")).start()
+        c = Cluster(lab, zk, tmp_path)
+        for name in ("n1", "n2", "n3"):
+            c.start_node(name)
+        c.wait_owners({VIP_A: "n1", VIP_B: "n2"})
+        yield c
+    finally:
+        lab.destroy()
+        if zk is not None:
+            zk.stop()
+
+
+def _answered_share(out: str) -> float:
+    data = json.loads(out)
+    return len(data["answered"]) / max(1, len(data["sent"]))
+
+
+def test_two_vips_spread_over_three_nodes_each_answered_by_its_owner(cluster) -> None:
+    for vip, owner in ((VIP_A, "n1"), (VIP_B, "n2")):
+        assert cluster.holders(vip) == [owner]
+        probe = cluster.client(f"{vip}:5060", 1.0)
+        out, _ = probe.communicate(timeout=30)
+        assert _answered_share(out) >= 0.95, out[:300]
+        assert cluster.arp_mac(vip) == cluster.lab.mac(owner)
+    status = cluster.status()
+    assert all(status["nodes"][n]["healthy"] for n in ("n1", "n2", "n3"))
+    assert status["vips"][VIP_A]["candidates"] == ["n1", "n2", "n3"]
+    assert status["vips"][VIP_B]["candidates"] == ["n2", "n3", "n1"]
+
+
+def test_kill_9_of_an_owner_moves_its_vip_within_two_seconds(cluster, tmp_path) -> None:
+    capture = tmp_path / "arp.txt"
+    with open(capture, "w") as out:
+        tcpdump = subprocess.Popen(["ip", "netns", "exec", cluster.lab.ns("client"), "tcpdump",
+                                    "-l", "-n", "-e", "-tt", "-i", "lan0", "arp"],
+                                   stdout=out, stderr=subprocess.DEVNULL)
+    try:
+        probe = cluster.client(f"{VIP_A}:5060", 6.0)
+        time.sleep(1.5)
+        killed_at = time.time()
+        cluster.nodes["n1"].kill()
+        out, _ = probe.communicate(timeout=30)
+    finally:
+        time.sleep(0.3)
+        tcpdump.terminate()
+        tcpdump.wait(5)
+    data = json.loads(out)
+    after = [answered for sent, answered in data["answered"] if answered > killed_at]
+    assert after, "no request answered after the kill"
+    takeover = after[0] - killed_at
+    print(f"kill -9 to first answered OPTIONS through the VIP: {takeover * 1000:.0f} ms")
+    assert takeover < 2.0, takeover
+    cluster.wait_owners({VIP_A: "n2", VIP_B: "n2"})
+    assert cluster.holders(VIP_A) == ["n2"]          # the dead node's address went with it
+    assert cluster.arp_mac(VIP_A) == cluster.lab.mac("n2")
+    n2_mac = cluster.lab.mac("n2")
+    # tcpdump -e: "TIME SRC-MAC > DST-MAC, ... Request who-has VIP tell VIP" /
+    # "Reply VIP is-at MAC": both forms of gratuitous ARP, from n2
+    frames = [line for line in capture.read_text().splitlines() if n2_mac in line.split()[1:2]]
+    requests = [f for f in frames if f"who-has {VIP_A} tell {VIP_A}" in f]
+    replies = [f for f in frames if f"Reply {VIP_A} is-at {n2_mac}" in f]
+    assert requests and replies, capture.read_text()[-2000:]
+
+
+def test_owner_cut_off_from_zookeeper_lets_go_before_anyone_takes_over(cluster,
+                                                                     tmp_path) -> None:
+    """n2 loses its ZooKeeper link (not its LAN): it drops VIP_B when its
+    session is in doubt, n3 takes VIP_B once the session expired; on the
+    wire no answer ever comes from n2 after n3's first."""
+    capture = tmp_path / "udp.txt"
+    with open(capture, "w") as out:
+        tcpdump = subprocess.Popen(["ip", "netns", "exec", cluster.lab.ns("client"), "tcpdump",
+                                    "-l", "-n", "-e", "-tt", "-i", "lan0", "udp", "and", "src",
+                                    "host", VIP_B], stdout=out, stderr=subprocess.DEVNULL)
+    try:
+        probe = cluster.client(f"{VIP_B}:5060", 6.0)
+        time.sleep(1.0)
+        cluster.lab.link("n2", "ctl0", False)
+        out, _ = probe.communicate(timeout=30)
+    finally:
+        time.sleep(0.3)
+        tcpdump.terminate()
+        tcpdump.wait(5)
+    lines = [line.split() for line in capture.read_text().splitlines() if line.strip()]
+    n2, n3 = cluster.lab.mac("n2"), cluster.lab.mac("n3")
+    from_n2 = [float(f[0]) for f in lines if f[1] == n2]
+    from_n3 = [float(f[0]) for f in lines if f[1] == n3]
+    assert from_n2 and from_n3, capture.read_text()[-2000:]
+    gap = min(from_n3) - max(from_n2)
+    print(f"last answer from the cut-off owner to first from the new one: {gap * 1000:.0f} ms")
+    assert gap > 0                                    # never two answerers
+    assert cluster.owners()[VIP_B] == "n3"
+    assert cluster.holders(VIP_B) == ["n3"]
+    # back on the link: n2 rejoins cleanly and, preferred for VIP_B, takes
+    # it back after the preemption delay; one holder at any time
+    cluster.lab.link("n2", "ctl0", True)
+    cluster.wait_owners({VIP_B: "n2"})
+    assert cluster.holders(VIP_B) == ["n2"]
+
+
+def test_failover_and_drain_commands_move_vips_with_a_short_gap(cluster) -> None:
+    probe = cluster.client(f"{VIP_A}:5060", 4.0, interval=0.01)
+    time.sleep(0.5)
+    res = cluster.hasip("failover", VIP_A, "--to", "n3")
+    out, _ = probe.communicate(timeout=30)
+    assert res.returncode == 0, res.stderr
+    print(res.stdout.strip())
+    assert cluster.owners()[VIP_A] == "n3" and cluster.holders(VIP_A) == ["n3"]
+    data = json.loads(out)
+    lost = len(data["sent"]) - len(data["answered"])
+    print(f"failover: {lost} of {len(data['sent'])} OPTIONS unanswered")
+    assert lost <= 10       # 10 ms apart: at most ~100 ms without an answer
+
+    res = cluster.hasip("drain", "n2")
+    assert res.returncode == 0, res.stderr + res.stdout
+    owners = cluster.owners()
+    assert owners[VIP_B] == "n3" and "n2" not in cluster.status()["vips"][VIP_B]["candidates"]
+    res = cluster.hasip("undrain", "n2")
+    assert res.returncode == 0, res.stderr
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "n2" not in cluster.status()["vips"][VIP_B][
+            "candidates"]:
+        time.sleep(0.2)
+    assert "n2" in cluster.status()["vips"][VIP_B]["candidates"]
