@@ -1,11 +1,13 @@
 """A keepalive node: the ZooKeeper session, fencing on its loss, the
 guarded service's health, drain, membership, and one election per VIP.
 
-Fencing: kazoo reports SUSPENDED when the connection is lost (after 2/3 of
-the session timeout without an answer); the session itself expires on the
-servers only after the whole timeout, and only then can another node take
-the VIP. So every owned VIP is dropped on SUSPENDED, from kazoo's thread,
-before anyone else may hold it: ownership never overlaps. If the connection
+Fencing: kazoo reports SUSPENDED when the connection is lost (at the latest
+2/3 of the session timeout after the servers last heard from us); the
+session itself expires on the servers only after the whole timeout, and
+only then can another node take the VIP. So every owned VIP is dropped a
+short grace after SUSPENDED (``fence_grace``: 1/6 of the timeout), from a
+timer thread, unless the connection came back meanwhile, before anyone else
+may hold it: ownership never overlaps. If the connection
 comes back with the session alive, the lock is still ours and the address
 goes back up; if the session was lost, the node rejoins with a new one.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -60,6 +63,7 @@ class Keepalive:
         self.zk_state = "connecting"
         self.started = time.time()
         self._publish = asyncio.Event()
+        self._suspended_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         metrics.HEALTHY.set(0)
         metrics.DRAINING.set(0)
@@ -123,13 +127,28 @@ class Keepalive:
 
     # -- the session ------------------------------------------------------------
 
+    def fence_grace(self) -> float:
+        """How long a suspended owner may wait for its connection to come back
+        before it drops its VIPs. kazoo declares the connection lost at the
+        latest 2/3 of the session timeout after the servers last heard from
+        us; they expire the session at the whole timeout: a third is left,
+        of which we use half (the rest is margin). A server that dies
+        closes the connection at once, and kazoo reconnects to another one
+        within that grace: no VIP blinks."""
+        return self.config.session_timeout / 6
+
     def _on_state(self, state: str) -> None:
-        """kazoo's thread: fence first, then tell the loop."""
+        """kazoo's thread: fence (now, or after the grace), then tell the loop."""
         if state in (KazooState.SUSPENDED, KazooState.LOST):
             self.connected = False
-            for election in self.elections:
-                if election.owned:
-                    election.fence()
+            self._suspended_at = time.monotonic()
+            if state == KazooState.LOST:
+                self._fence_all()
+            else:
+                timer = threading.Timer(self.fence_grace(), self._fence_if_suspended,
+                                        (self._suspended_at,))
+                timer.daemon = True
+                timer.start()
             metrics.ZK_CONNECTED.set(0)
             event = "suspended" if state == KazooState.SUSPENDED else "lost"
             metrics.ZK_EVENTS.labels(event).inc()
@@ -139,7 +158,19 @@ class Keepalive:
                     election.candidate = None
             self.log("zookeeper_" + event, level="warning")
         else:
+            self._suspended_at = 0.0
             self.loop.call_soon_threadsafe(self._connected)
+
+    def _fence_all(self) -> None:
+        for election in self.elections:
+            if election.owned:
+                election.fence()
+
+    def _fence_if_suspended(self, since: float) -> None:
+        if self._suspended_at == since and not self.zk.connected:
+            self.log("fenced", after_ms=round((time.monotonic() - since) * 1000),
+                     level="warning")
+            self._fence_all()
 
     def _connected(self) -> None:
         if not self.zk.connected:

@@ -103,8 +103,7 @@ class Cluster:
         return out[out.index("lladdr") + 1] if "lladdr" in out else ""
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+def _cluster(tmp_path: Path, zk_servers: int) -> Iterator[Cluster]:
     for missing in (netns_missing(), zookeeper_missing()):
         if missing:
             pytest.skip(missing)
@@ -115,7 +114,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         for i in (1, 2, 3):
             lab.add_host(f"n{i}", lan=f"198.18.0.1{i}", ctl=f"198.19.0.1{i}")
         lab.add_host("client", lan=CLIENT_IP)
-        zk = ZooKeeper(tmp_path, ZK_IP, netns=lab.ns("zk")).start()
+        zk = ZooKeeper(tmp_path, ZK_IP, count=zk_servers, netns=lab.ns("zk")).start()
         c = Cluster(lab, zk, tmp_path)
         for name in ("n1", "n2", "n3"):
             c.start_node(name)
@@ -125,6 +124,17 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         lab.destroy()
         if zk is not None:
             zk.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    yield from _cluster(tmp_path, 1)
+
+
+@pytest.fixture
+def cluster_on_ensemble(tmp_path: Path) -> Iterator[Cluster]:
+    """The same cluster on a three-server ZooKeeper ensemble."""
+    yield from _cluster(tmp_path, 3)
 
 
 def _answered_share(out: str) -> float:
@@ -239,3 +249,25 @@ def test_failover_and_drain_commands_move_vips_with_a_short_gap(cluster) -> None
             "candidates"]:
         time.sleep(0.2)
     assert "n2" in cluster.status()["vips"][VIP_B]["candidates"]
+
+
+def test_zookeeper_faults_one_server_moves_nothing_all_gone_releases_without_flapping(
+        cluster_on_ensemble) -> None:
+    cluster = cluster_on_ensemble
+    before = cluster.owners()
+    probe = cluster.client(f"{VIP_A}:5060", 4.0)
+    time.sleep(0.5)
+    cluster.zk.kill(0)                 # one of three: a quorum remains
+    out, _ = probe.communicate(timeout=30)
+    assert cluster.owners() == before
+    share = _answered_share(out)
+    print(f"one ZooKeeper server of three killed: {share:.1%} of OPTIONS answered")
+    assert share >= 0.97
+    cluster.zk.kill(1)
+    cluster.zk.kill(2)                 # ZooKeeper gone: owners cannot prove ownership
+    time.sleep(2.5)
+    seen = []
+    for _ in range(10):                # and nobody takes a VIP back (no flapping)
+        seen.append((cluster.holders(VIP_A), cluster.holders(VIP_B)))
+        time.sleep(0.3)
+    assert all(h == ([], []) for h in seen), seen

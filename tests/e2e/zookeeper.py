@@ -20,7 +20,7 @@ def zookeeper_missing() -> str:
 
 class ZooKeeper:
     def __init__(self, workdir: Path, host: str, count: int = 1, base_port: int = 2181,
-                 netns: str | None = None, tick_ms: int = 250) -> None:
+                 netns: str | None = None, tick_ms: int = 100) -> None:
         self.workdir = workdir
         self.host = host
         self.count = count
