@@ -66,6 +66,7 @@ def snapshot(zk: KazooClient, root: str) -> dict[str, Any]:
             cands = []
         handover = _json(zk.get(f"{base}/handover")[0]) if zk.exists(f"{base}/handover") else {}
         vips[name] = {"owner": owner.get("node"), "since": owner.get("since"),
+                      "up": bool(owner.get("up")),
                       "candidates": [c.node for c in ranked(cands)],
                       "handover_to": handover.get("to")}
     return {"zookeeper": {"state": zk.state, "hosts": zk.hosts}, "nodes": nodes,
@@ -84,7 +85,10 @@ def print_status(snap: dict[str, Any]) -> None:
     print(f"{'vip':<24} {'owner':<16} candidates (in rank)")
     for name, info in snap["vips"].items():
         extra = f"  (handover to {info['handover_to']})" if info.get("handover_to") else ""
-        print(f"{name:<24} {info['owner'] or '-':<16} {', '.join(info['candidates'])}{extra}")
+        owner = info["owner"] or "-"
+        if info["owner"] and not info.get("up"):
+            owner += " (taking)"
+        print(f"{name:<24} {owner:<16} {', '.join(info['candidates'])}{extra}")
 
 
 def failover(zk: KazooClient, root: str, vip: str, to: str, timeout: float) -> int:
@@ -111,7 +115,7 @@ def failover(zk: KazooClient, root: str, vip: str, to: str, timeout: float) -> i
             owner = _json(zk.get(f"{base}/owner")[0])
         except NoNodeError:
             owner = {}
-        if owner.get("node") == to:
+        if owner.get("node") == to and owner.get("up"):
             released = _json(zk.get(f"{base}/released")[0]) if zk.exists(
                 f"{base}/released") else {}
             gap = (float(owner["since"]) - float(released.get("at", owner["since"]))) * 1000

@@ -204,7 +204,8 @@ class VipElection:
 
     async def acquire(self, by_handover: bool) -> None:
         zk = self.node.zk
-        data = json.dumps({"node": self.node.config.node, "since": time.time()}).encode()
+        data = json.dumps({"node": self.node.config.node, "since": time.time(),
+                           "up": False}).encode()
         try:
             await wait(zk.create_async(self.owner_path, data, ephemeral=True, makepath=True))
         except NodeExistsError:
@@ -227,7 +228,8 @@ class VipElection:
         await self._take()
         if self.owned:
             # When the address went up (the gap a failover reports ends here).
-            data = json.dumps({"node": self.node.config.node, "since": time.time()}).encode()
+            data = json.dumps({"node": self.node.config.node, "since": time.time(),
+                               "up": True}).encode()
             await wait(zk.set_async(self.owner_path, data))
         if by_handover and self.owned:
             self.pinned = True

@@ -72,14 +72,16 @@ class Cluster:
         return json.loads(res.stdout)
 
     def owners(self) -> dict[str, str | None]:
-        return {vip: info["owner"] for vip, info in self.status()["vips"].items()}
+        """Who holds each VIP's lock with the address up."""
+        return {vip: info["owner"] if info["up"] else None
+                for vip, info in self.status()["vips"].items()}
 
     def wait_owners(self, want: dict[str, str], timeout: float = 20.0) -> dict[str, str | None]:
         deadline = time.monotonic() + timeout
         got: dict[str, str | None] = {}
         while time.monotonic() < deadline:
             got = self.owners()
-            if all(got.get(v) == n for v, n in want.items()):
+            if all(got.get(v) == n and self.holders(v) == [n] for v, n in want.items()):
                 return got
             time.sleep(0.2)
         logs = "\n".join(f"--- {n}\n{self.log(n)}" for n in self.nodes)
