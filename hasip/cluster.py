@@ -18,13 +18,9 @@ class Cluster:
         c = config.cluster
         self.listeners = listeners
         self.keepalive = Keepalive(
-            KeepaliveConfig(
-                node=config.node_name, zookeeper=c.zookeeper, vips=list(c.vips), root=c.root,
-                session_timeout=c.session_timeout, preempt=c.preempt,
-                preempt_delay=c.preempt_delay, garp_count=c.garp_count,
-                garp_interval=c.garp_interval, garp_refresh=c.garp_refresh,
-                conflict_window=c.conflict_window, handover_timeout=c.handover_timeout,
-                advertise={"sip": [lst.socket for lst in listeners]}),
+            KeepaliveConfig(node=config.node_name, zookeeper=c.zookeeper, vips=list(c.vips),
+                            root=c.root, timing=c.timing,
+                            advertise={"sip": [lst.socket for lst in listeners]}),
             on_acquired=self._acquired, on_released=self._released)
 
     def _switch(self, address: str, active: bool) -> None:

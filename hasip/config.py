@@ -19,7 +19,7 @@ from hasip.sip.errors import SipParseError
 from hasip.sip.message import MAX_MESSAGE_SIZE
 from hasip.sip.transaction import Timers
 from hasip.sip.uri import SipUri, parse_sip_uri
-from keepalive.config import VipSpec, parse_vip
+from keepalive.config import Timing, VipSpec, parse_vip
 
 TRANSPORTS = ("udp", "tcp")
 
@@ -80,15 +80,8 @@ class ClusterConfig:
 
     zookeeper: str = ""
     root: str = "/hasip"
-    session_timeout: float = 1.5
-    preempt: bool = False
-    preempt_delay: float = 10.0
-    garp_count: int = 5
-    garp_interval: float = 0.2
-    garp_refresh: float = 0.0
-    conflict_window: float = 0.05
-    handover_timeout: float = 5.0
     vips: list[VipSpec] = field(default_factory=list)
+    timing: Timing = field(default_factory=Timing)
 
     def vip_addresses(self) -> list[str]:
         return [v.address for v in self.vips] if self.zookeeper else []
@@ -397,14 +390,15 @@ def _cluster_section(cfg: Config, sec: _Section) -> None:
     c.root = sec.get("root", str, c.root)
     if not c.root.startswith("/") or c.root.endswith("/"):
         raise sec.error("root", f"{c.root!r} must start with / and not end with one")
-    c.session_timeout = sec.number("session_timeout", c.session_timeout, 0.5, 60.0)
-    c.preempt = sec.get("preempt", bool, c.preempt)
-    c.preempt_delay = sec.number("preempt_delay", c.preempt_delay, 0.0, 3600.0)
-    c.garp_count = sec.integer("garp_count", c.garp_count, 1, 100)
-    c.garp_interval = sec.number("garp_interval", c.garp_interval, 0.01, 10.0)
-    c.garp_refresh = sec.number("garp_refresh", c.garp_refresh, 0.0, 3600.0)
-    c.conflict_window = sec.number("conflict_window", c.conflict_window, 0.0, 5.0)
-    c.handover_timeout = sec.number("handover_timeout", c.handover_timeout, 0.5, 120.0)
+    t = c.timing
+    t.session_timeout = sec.number("session_timeout", t.session_timeout, 0.5, 60.0)
+    t.preempt = sec.get("preempt", bool, t.preempt)
+    t.preempt_delay = sec.number("preempt_delay", t.preempt_delay, 0.0, 3600.0)
+    t.garp_count = sec.integer("garp_count", t.garp_count, 1, 100)
+    t.garp_interval = sec.number("garp_interval", t.garp_interval, 0.01, 10.0)
+    t.garp_refresh = sec.number("garp_refresh", t.garp_refresh, 0.0, 3600.0)
+    t.conflict_window = sec.number("conflict_window", t.conflict_window, 0.0, 5.0)
+    t.handover_timeout = sec.number("handover_timeout", t.handover_timeout, 0.5, 120.0)
     for i, text in enumerate(sec.str_list("vips", [])):
         try:
             c.vips.append(parse_vip(text))

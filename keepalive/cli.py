@@ -15,7 +15,7 @@ import asyncio
 import signal
 import sys
 
-from keepalive.config import KeepaliveConfig, parse_vip
+from keepalive.config import KeepaliveConfig, Timing, parse_vip
 from keepalive.manager import Keepalive
 
 
@@ -26,13 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vip", action="append", default=[], required=True,
                    help="ADDRESS/PREFIX@INTERFACE[,priority=N][,name=X][,hold=tun|interface]")
     p.add_argument("--root", default="/hasip", help="ZooKeeper path of the cluster")
-    p.add_argument("--session-timeout", type=float, default=1.5)
-    p.add_argument("--preempt", action="store_true", help="a better priority takes a VIP back")
-    p.add_argument("--preempt-delay", type=float, default=10.0)
-    p.add_argument("--garp-count", type=int, default=5)
-    p.add_argument("--garp-interval", type=float, default=0.2)
-    p.add_argument("--garp-refresh", type=float, default=0.0)
-    p.add_argument("--conflict-window", type=float, default=0.05)
+    # One option per Timing field, with its default (see keepalive.config).
+    for name, value in vars(Timing()).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            p.add_argument(flag, action="store_true", help=f"(default {value})")
+        else:
+            p.add_argument(flag, type=type(value), default=value, help=f"(default {value})")
     p.add_argument("--check", default="", help="health-check command (none: always healthy)")
     p.add_argument("--check-interval", type=float, default=1.0)
     p.add_argument("--check-timeout", type=float, default=2.0)
@@ -72,12 +72,10 @@ async def _health_loop(node: Keepalive, args: argparse.Namespace) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    config = KeepaliveConfig(
-        node=args.node, zookeeper=args.zookeeper, vips=[parse_vip(v) for v in args.vip],
-        root=args.root, session_timeout=args.session_timeout, preempt=args.preempt,
-        preempt_delay=args.preempt_delay, garp_count=args.garp_count,
-        garp_interval=args.garp_interval, garp_refresh=args.garp_refresh,
-        conflict_window=args.conflict_window)
+    timing = Timing(**{name: getattr(args, name) for name in Timing.__dataclass_fields__})
+    config = KeepaliveConfig(node=args.node, zookeeper=args.zookeeper,
+                             vips=[parse_vip(v) for v in args.vip], root=args.root,
+                             timing=timing)
     node = Keepalive(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

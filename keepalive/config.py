@@ -54,11 +54,10 @@ def parse_vip(text: str) -> VipSpec:
 
 
 @dataclass
-class KeepaliveConfig:
-    node: str
-    zookeeper: str                       # "host:port,host:port"
-    vips: list[VipSpec] = field(default_factory=list)
-    root: str = "/hasip"
+class Timing:
+    """How fast ownership moves; the same knobs for hasip's ``[cluster]``
+    and the standalone command."""
+
     # The ZooKeeper session: a dead owner's VIP is free this long after its
     # death; the owner fences itself after 2/3 of it without ZooKeeper. The
     # servers' tickTime must allow it (minSessionTimeout = 2 x tickTime).
@@ -70,6 +69,15 @@ class KeepaliveConfig:
     garp_refresh: float = 0.0            # then one every this many seconds (0: none)
     conflict_window: float = 0.05        # RFC 5227 probe before taking (0: no probe)
     handover_timeout: float = 5.0        # a failover target must be ready within this
+
+
+@dataclass
+class KeepaliveConfig:
+    node: str
+    zookeeper: str                       # "host:port,host:port"
+    vips: list[VipSpec] = field(default_factory=list)
+    root: str = "/hasip"
+    timing: Timing = field(default_factory=Timing)
     advertise: dict[str, object] = field(default_factory=dict)   # published with membership
 
     def __post_init__(self) -> None:

@@ -184,20 +184,20 @@ class VipElection:
                 return
             if self.handover_since is None:
                 self.handover_since = time.monotonic()
-            elif time.monotonic() - self.handover_since > self.node.config.handover_timeout:
+            elif time.monotonic() - self.handover_since > self.node.config.timing.handover_timeout:
                 self.log("handover_timeout", vip=self.name, to=handover_to)
                 await self._clear_handover()
                 self.handover_failed = True
             return
         self.handover_since = None
-        better = None if self.pinned else should_yield(order, me, self.node.config.preempt)
+        better = None if self.pinned else should_yield(order, me, self.node.config.timing.preempt)
         if better is None:
             self.better_since = None
             return
         now = time.monotonic()
         if self.better_since is None:
             self.better_since = now
-        if now - self.better_since >= self.node.config.preempt_delay:
+        if now - self.better_since >= self.node.config.timing.preempt_delay:
             await self.release("preempted", to=better.node)
 
     # -- taking and letting go -------------------------------------------------------
@@ -216,7 +216,7 @@ class VipElection:
         # A handover's owner let go before it released the lock: no probe
         # (it would only lengthen the gap). Otherwise the owner may have died
         # holding the address: check that nobody still answers for it.
-        window = 0.0 if by_handover else self.node.config.conflict_window
+        window = 0.0 if by_handover else self.node.config.timing.conflict_window
         answering = await loop.run_in_executor(None, self.announcer.probe, window)
         if answering:
             metrics.CONFLICTS.labels(self.name).inc()
@@ -260,7 +260,7 @@ class VipElection:
         self.node.publish()
 
     async def _announce(self) -> None:
-        cfg = self.node.config
+        cfg = self.node.config.timing
         assert self.announcer is not None
         loop = asyncio.get_running_loop()
         for i in range(cfg.garp_count):

@@ -54,7 +54,7 @@ class Keepalive:
         self.on_acquired = on_acquired
         self.on_released = on_released
         self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop_policy().get_event_loop()
-        self.zk = make_client(config.zookeeper, config.session_timeout)
+        self.zk = make_client(config.zookeeper, config.timing.session_timeout)
         self.elections = [VipElection(self, spec) for spec in config.vips]
         self.healthy = False
         self.draining = False
@@ -135,7 +135,7 @@ class Keepalive:
         of which we use half (the rest is margin). A server that dies
         closes the connection at once, and kazoo reconnects to another one
         within that grace: no VIP blinks."""
-        return self.config.session_timeout / 6
+        return self.config.timing.session_timeout / 6
 
     def _on_state(self, state: str) -> None:
         """kazoo's thread: fence (now, or after the grace), then tell the loop."""
