@@ -115,33 +115,42 @@ class VipElection:
     # -- the decision --------------------------------------------------------
 
     async def evaluate(self) -> None:
+        """One round: read the lock, the candidates and any handover once,
+        then act. The owner watches the candidates (a better one joining, a
+        handover target appearing); the others watch their predecessor."""
         node = self.node
         if not node.connected:
             return
         zk = node.zk
         me = node.config.node
-        handing_over = (node.draining and node.healthy and self.owned
-                        and await self._drain_handover())
-        if not (node.healthy and not node.draining) and not handing_over:
-            if self.owned or await self._lock_is_mine():
+        stat = await wait(zk.exists_async(self.owner_path, watch=self.watch()))
+        mine = stat is not None and stat.ephemeralOwner == node.session_id
+        contending = node.healthy and not node.draining
+        may_hand_over = node.draining and node.healthy and self.owned
+        if not contending and not may_hand_over:
+            if self.owned or mine:
                 await self.release("draining" if node.draining else "unhealthy")
             await self._withdraw()
             return
-        if self.candidate is None:
+        if contending and self.candidate is None:
             path = await wait(zk.create_async(
                 f"{self.candidates}/{candidate_prefix(me, self.spec.priority)}", b"",
                 ephemeral=True, sequence=True, makepath=True))
             self.candidate = path.rsplit("/", 1)[1]
-        children = await wait(zk.get_children_async(self.candidates))
-        if self.candidate not in children:
+        children = await wait(zk.get_children_async(self.candidates,
+                                                    watch=self.watch() if mine else None))
+        order = ranked(children)
+        handover_to = await self._handover_target()
+        if not contending and not await self._drain_handover(order, handover_to):
+            await self.release("draining")
+            await self._withdraw()
+            return
+        if self.candidate is None or self.candidate not in children:
             # Our session was replaced: the znode went with the old one.
             self.candidate = None
             self.poke()
             return
-        order = ranked(children)
-        handover_to = await self._handover_target()
-        stat = await wait(zk.exists_async(self.owner_path, watch=self.watch()))
-        if stat is not None and stat.ephemeralOwner == node.session_id:
+        if mine:
             await self._as_owner(order, handover_to)
             return
         if self.owned:
@@ -169,11 +178,7 @@ class VipElection:
 
     async def _as_owner(self, order: list[Any], handover_to: str | None) -> None:
         """We hold the lock: hold the address too, and see whether to let go."""
-        zk = self.node.zk
         me = self.node.config.node
-        # The owner watches the candidates: a better one joining (preemption)
-        # or a handover target appearing wakes it.
-        await wait(zk.get_children_async(self.candidates, watch=self.watch()))
         if not self.owned:
             # Back after a suspended connection with the session alive.
             await self._take()
@@ -323,12 +328,21 @@ class VipElection:
 
     # -- handover (hasip failover / drain) ----------------------------------------------
 
-    async def _handover_target(self) -> str | None:
+    async def _read_watched(self, path: str) -> bytes | None:
+        """A znode's data (None: absent), watched either way; the common case
+        (absent) costs one round trip."""
+        zk = self.node.zk
+        if await wait(zk.exists_async(path, watch=self.watch())) is None:
+            return None
         try:
-            data, _ = await wait(self.node.zk.get_async(self.handover_path,
-                                                       watch=self.watch()))
+            data, _ = await wait(zk.get_async(path))
         except NoNodeError:
-            await wait(self.node.zk.exists_async(self.handover_path, watch=self.watch()))
+            return None   # gone meanwhile: the exists watch fires
+        return bytes(data or b"")
+
+    async def _handover_target(self) -> str | None:
+        data = await self._read_watched(self.handover_path)
+        if data is None:
             return None
         try:
             target = json.loads(data or b"{}").get("to")
@@ -337,11 +351,7 @@ class VipElection:
         return str(target) if target else None
 
     async def _ready_node(self) -> str | None:
-        try:
-            data, _ = await wait(self.node.zk.get_async(self.ready_path, watch=self.watch()))
-        except NoNodeError:
-            await wait(self.node.zk.exists_async(self.ready_path, watch=self.watch()))
-            return None
+        data = await self._read_watched(self.ready_path)
         return data.decode() if data else None
 
     async def _ready_for_handover(self) -> None:
@@ -369,16 +379,13 @@ class VipElection:
         except NodeExistsError:
             await wait(self.node.zk.set_async(self.handover_path, data))
 
-    async def _drain_handover(self) -> bool:
+    async def _drain_handover(self, order: list[Any], handover_to: str | None) -> bool:
         """Draining owner: hand the VIP to the next candidate, so the gap is a
         handover's. False when nobody can take it, or it took too long: then
         the VIP is simply released."""
-        children = await wait(self.node.zk.get_children_async(self.candidates))
-        others = [c for c in ranked(children) if c.node != self.node.config.node]
-        if not others:
+        others = [c for c in order if c.node != self.node.config.node]
+        if not others or self.handover_failed:
             return False
-        if self.handover_failed:
-            return False
-        if await self._handover_target() is None:
+        if handover_to is None:
             await self.request_handover(others[0].node)
         return True
