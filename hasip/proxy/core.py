@@ -546,12 +546,17 @@ class Proxy:
                 best, best_rank = branch, rank
         return best
 
+    def _final(self, rc: ResponseContext, status: int) -> None:
+        """The context's final answer goes out (relayed or ours): the script
+        hears of a failure (a tracked dialog ends)."""
+        rc.final_sent = True
+        if status >= 300 and rc.data:
+            self.router.on_final(rc, status)
+
     def _relay_upstream(self, rc: ResponseContext, resp: Response, received_at: float) -> None:
         status = resp.status
         if status >= 200:
-            rc.final_sent = True
-            if status >= 300 and rc.data:
-                self.router.on_final(rc, status)
+            self._final(rc, status)
         server = rc.server
         data = resp.to_bytes()
         if server is None:
@@ -570,9 +575,7 @@ class Proxy:
                       f"hs{zlib.crc32(rc.request.call_id.encode('latin-1')):08x}")
         data = make_response(rc.request, status, reason, to_tag, extra)
         if status >= 200:
-            rc.final_sent = True
-            if status >= 300 and rc.data:
-                self.router.on_final(rc, status)
+            self._final(rc, status)
         if server is None:
             self.transports.send(data, rc.reply_dest)
         else:
