@@ -293,6 +293,20 @@ def _first_request(peer, method: str, timeout: float = 2.0) -> bytes | None:
     return None
 
 
+def _ring_then_cancel(caller, callee, invite_msg: bytes, target: str, branch: str,
+                      call_id: str, port: int) -> list[int | None]:
+    """``callee`` rings; the caller CANCELs; the CANCEL must reach the callee,
+    which answers it and the INVITE (487). Returns the statuses the caller got."""
+    callee.send(reply_to(invite_msg, 180, "Ringing"), port)
+    time.sleep(0.2)
+    caller.send(invite(caller, target, branch=branch, call_id=call_id, method="CANCEL"), port)
+    cancel = _first_request(callee, "CANCEL")
+    assert cancel is not None
+    callee.send(reply_to(cancel, 200, "OK"), port)
+    callee.send(reply_to(invite_msg, 487, "Request Terminated"), port)
+    return [status_of(m) for m in caller.recv_all(1.0)]
+
+
 def test_cancel_during_failover_is_honoured(make_node, udp_peer) -> None:
     """A CANCEL after the call moved to the next node cancels it there; a
     CANCEL while the first node still has it stops the failover: the caller
@@ -310,15 +324,7 @@ def test_cancel_during_failover_is_honoured(make_node, udp_peer) -> None:
     first.send(reply_to(got, 503, "Service Unavailable"), node.sip_port)
     moved = _first_request(second, "INVITE")
     assert moved is not None
-    second.send(reply_to(moved, 180, "Ringing"), node.sip_port)
-    time.sleep(0.2)
-    caller.send(invite(caller, target, branch=branch, call_id=call_id, method="CANCEL"),
-                node.sip_port)
-    cancel = _first_request(second, "CANCEL")
-    assert cancel is not None
-    second.send(reply_to(cancel, 200, "OK"), node.sip_port)
-    second.send(reply_to(moved, 487, "Request Terminated"), node.sip_port)
-    statuses = [status_of(m) for m in caller.recv_all(1.0)]
+    statuses = _ring_then_cancel(caller, second, moved, target, branch, call_id, node.sip_port)
     assert 487 in statuses and 200 in statuses            # the CANCEL's 200, the INVITE's 487
 
     # 2. cancelled while the first node rings: its 487 goes back, no failover
@@ -333,15 +339,7 @@ def test_cancel_during_failover_is_honoured(make_node, udp_peer) -> None:
                 ringing, got = peer, msg
                 break
     assert ringing is not None and got is not None
-    ringing.send(reply_to(got, 180, "Ringing"), node.sip_port)
-    time.sleep(0.2)
-    caller.send(invite(caller, target, branch=branch, call_id=call_id, method="CANCEL"),
-                node.sip_port)
-    cancel = _first_request(ringing, "CANCEL")
-    assert cancel is not None
-    ringing.send(reply_to(cancel, 200, "OK"), node.sip_port)
-    ringing.send(reply_to(got, 487, "Request Terminated"), node.sip_port)
-    statuses = [status_of(m) for m in caller.recv_all(1.0)]
+    statuses = _ring_then_cancel(caller, ringing, got, target, branch, call_id, node.sip_port)
     assert 487 in statuses
     other = second if ringing is first else first
     assert _first_request(other, "INVITE", 0.5) is None
