@@ -8,9 +8,9 @@ failed or cancelled INVITE, or its timeout (``terminated``).
 
 from __future__ import annotations
 
-import itertools
-import os
 from dataclasses import dataclass, field
+
+from hasip.ids import id_maker
 
 EARLY = "early"
 CONFIRMED = "confirmed"
@@ -22,13 +22,8 @@ ENDED_FAILED = "failed"          # a final answer >= 300 to the INVITE
 ENDED_CANCELLED = "cancelled"    # the caller cancelled (487)
 ENDED_TIMEOUT = "timeout"        # dialog.timeout passed without a BYE
 
-_ID_PREFIX = "dl-" + os.urandom(6).hex() + "-"
-_id_counter = itertools.count(1)
-
-
-def new_dialog_id() -> str:
-    """Unique across the cluster: 48 random bits per process and a counter."""
-    return f"{_ID_PREFIX}{next(_id_counter):x}"
+# Dialog ids, unique across the cluster.
+new_dialog_id = id_maker("dl")
 
 
 @dataclass(slots=True, eq=False)

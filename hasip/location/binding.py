@@ -3,22 +3,16 @@ address-of-record, the fields of the seed's ``location`` table."""
 
 from __future__ import annotations
 
-import itertools
-import os
 from dataclasses import dataclass, field
+
+from hasip.ids import id_maker
 
 # Contact flags (the table's ``flags`` column).
 FLAG_NAT = 1
 
 
-_RUID_PREFIX = "hs-" + os.urandom(8).hex() + "-"
-_ruid_counter = itertools.count(1)
-
-
-def new_ruid() -> str:
-    """A record id unique across the cluster: 64 random bits per process and
-    a counter (no system call per registration)."""
-    return f"{_RUID_PREFIX}{next(_ruid_counter):x}"
+# A record id unique across the cluster (the location table's ruid).
+new_ruid = id_maker("hs")
 
 
 @dataclass(slots=True)
