@@ -145,7 +145,9 @@ RETRANSMISSIONS = Counter("hasip_sip_retransmissions_absorbed_total",
 RETRANSMITTED_OUT = Counter("hasip_sip_retransmissions_sent_total",
                             "Requests and responses retransmitted by our timers", ["kind"])
 STRAY_RESPONSES = Counter("hasip_sip_stray_responses_total",
-                          "Responses that matched no transaction and were dropped")
+                          "Responses that matched no transaction: relayed by their Via when "
+                          "the top Via is ours (action=forwarded), else dropped",
+                          ["action"])
 TIMEOUTS = Counter("hasip_sip_transaction_timeouts_total", "Client transactions that timed out",
                    ["method"])
 TRANSACTIONS = Gauge("hasip_sip_transactions", "Transactions held in memory", ["kind"])

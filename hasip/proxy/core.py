@@ -450,9 +450,39 @@ class Proxy:
                 self.prober.answered(branch, resp.status, src.received_at)
             elif not (branch and branch.startswith(NAT_PING_BRANCH)
                       and self.pinger.answered(branch)):
-                metrics.STRAY_RESPONSES.inc()
+                forwarded = self._forward_stray(resp)
+                metrics.STRAY_RESPONSES.labels("forwarded" if forwarded else "dropped").inc()
             return
         self._run_client(txn, txn.receive_response(resp, src.received_at), src.received_at)
+
+    def _forward_stray(self, resp: Response) -> bool:
+        """RFC 3261 16.7: a response matching no transaction goes on as a
+        stateless proxy would send it, by the next Via (18.2.2, received and
+        rport). That is how a node that took a VIP over carries the 2xx (and
+        its retransmissions) of an INVITE relayed by the VIP's previous owner,
+        and how a late 2xx gets through. Only a response whose top Via we
+        wrote (our address, our branch mark) is relayed: we never reflect a
+        foreign response to an address named in it."""
+        try:
+            vias = resp.vias
+            if len(vias) < 2:
+                return False
+            top, nxt = vias[0], vias[1]
+            if top.sent_by not in self.my_sent_by or not (top.branch or "").startswith(
+                    _BRANCH_MARK):
+                return False
+            host = nxt.params.get("received") or nxt.host
+            rport = nxt.params.get("rport")
+            port = int(rport) if rport else (nxt.port or 5060)
+        except (SipParseError, ValueError):
+            return False
+        dest = self._resolve(nxt.transport.lower(), host.strip("[]"), port)
+        if dest is None:
+            return False
+        resp.pop_first_value(b"via")
+        self.transports.send(resp.to_bytes(), dest)
+        self._resp_out.inc(str(resp.status))
+        return True
 
     def _on_branch_response(self, branch: Branch, resp: Response, received_at: float) -> None:
         status = resp.status
@@ -715,10 +745,10 @@ class Proxy:
         transport = target.transport
         host = target.params.get("maddr") or target.host_ip
         key = (transport, host, target.default_port())
-        try:
-            return self._destinations[key]
-        except KeyError:
-            pass
+        dest = self._destinations.get(key)
+        if dest is not None and dest.listener.active:
+            return dest
+        # Not seen yet, or its socket is a VIP this node no longer owns.
         dest = self._resolve(transport, host, key[2])
         if dest is not None or not self._needs_dns(target):
             if len(self._destinations) >= 4096:

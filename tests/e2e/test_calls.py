@@ -215,7 +215,29 @@ def test_stray_responses_are_dropped(make_node, udp_peer) -> None:
     stray = reply_to(invite(peer, f"sip:x@127.0.0.1:{node.sip_port}"), 200, "OK")
     peer.send(stray, node.sip_port)
     assert peer.recv(0.5) is None
-    assert metric(node.metrics(), "hasip_sip_stray_responses_total") == 1
+    assert metric(node.metrics(), "hasip_sip_stray_responses_total", 'action="dropped"') == 1
+
+
+def test_a_response_matching_no_transaction_goes_on_by_its_via(make_node, udp_peer) -> None:
+    """The VIP-takeover case on one host: the process that relayed an INVITE
+    is replaced by a fresh one on the same socket before the callee answers.
+    The new process has no transaction, but the 200 carries our Via on top:
+    it goes on to the caller (RFC 3261 16.7), so the call is not lost."""
+    callee = udp_peer()
+    node = make_node(next_hop=[f"sip:127.0.0.1:{callee.port}"])
+    caller = udp_peer()
+    forwarded = start_invite(caller, node, callee)
+    node.kill()
+    node.start()
+    ok = reply_to(forwarded, 200, "OK")
+    callee.send(ok, node.sip_port)
+    got = caller.recv()
+    assert status_of(got) == 200, got
+    assert got is not None and got.count(b"Via:") == 1 and f":{caller.port};".encode() in got
+    callee.send(ok, node.sip_port)           # the callee's retransmission, too
+    assert status_of(caller.recv()) == 200
+    assert metric(node.metrics(), "hasip_sip_stray_responses_total",
+                  'action="forwarded"') == 2
 
 
 def test_ipv6(make_node, udp_peer) -> None:
