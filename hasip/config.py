@@ -112,6 +112,10 @@ class DispatcherConfig:
     # No answer at all (not even 100) from a node within this: the next node
     # (0: timers.non_invite_final, the seed's fr_timer, as for any branch).
     answer_timeout: float = 0.0
+    # Probes leave from the node's own address ("node": their answers come
+    # back to this node whatever happens to the VIPs) or from a VIP it owns
+    # ("vip": for Asterisk nodes that only accept the VIPs).
+    probe_from: str = "node"
 
 
 @dataclass
@@ -431,6 +435,7 @@ def _dispatcher_section(cfg: Config, sec: _Section) -> None:
     d.probe_timeout = sec.number("probe_timeout", d.probe_timeout, 0.05, 60.0)
     d.hold_down = sec.number("hold_down", d.hold_down, 0.0, 86400.0)
     d.answer_timeout = sec.number("answer_timeout", d.answer_timeout, 0.0, 300.0)
+    d.probe_from = sec.choice("probe_from", d.probe_from, ("node", "vip"))
     codes = sec.get("probe_codes", list, d.probe_codes)
     for i, code in enumerate(codes):
         if not isinstance(code, int) or isinstance(code, bool) or not 100 <= code <= 699:

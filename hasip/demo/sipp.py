@@ -27,7 +27,7 @@ class Sipp:
                  remote: str | None = None, transport: str = "u1", calls: int | None = None,
                  rate: float | None = None, call_length_ms: int = 0, service: str = "service",
                  extra: tuple[str, ...] = (), local_ip: str = "127.0.0.1",
-                 stat_period_s: int = 1) -> None:
+                 stat_period_s: int = 1, netns: str | None = None) -> None:
         binary = sipp_binary()
         if binary is None:
             raise RuntimeError("sipp is not installed (Debian package sip-tester)")
@@ -35,7 +35,8 @@ class Sipp:
         self.workdir = workdir
         self.stat_file = workdir / f"{self.name}.csv"
         path = scenario if os.path.sep in scenario else str(SCENARIOS / scenario)
-        cmd = [binary]
+        # ``ip netns exec`` execs SIPp itself, so signals still reach it.
+        cmd = ["ip", "netns", "exec", netns, binary] if netns else [binary]
         if remote:
             cmd.append(remote)
         cmd += ["-sf", path, "-i", local_ip, "-p", str(local_port), "-t", transport,

@@ -198,7 +198,10 @@ class Proxy:
         self.pinger = NatPinger(self.services.location, self.listeners_by_socket,
                                 self.transports.send, config.nat.ping_interval)
         ds = config.dispatcher
-        self.prober = Prober(self.services.dispatcher, self.node_address, self.transports.send,
+        probe_from_vip = ds.probe_from == "vip"
+        self.prober = Prober(self.services.dispatcher,
+                             lambda node: self.node_address(node, vip=probe_from_vip),
+                             self.transports.send,
                              ds.probe_interval, ds.probe_timeout, frozenset(ds.probe_codes))
         self.router = Router(self)
         metrics.TRANSACTIONS.labels("server").set_function(lambda: len(self.server_txns))
@@ -720,24 +723,37 @@ class Proxy:
             return True
         return False
 
-    @staticmethod
-    def _with_socket(ctx: RequestContext, dest: Destination | None) -> Destination | None:
-        sock = ctx.send_socket
-        if dest is None or sock is None or sock is dest.listener or \
-                sock.transport != dest.transport or sock.family != dest.listener.family:
+    def _with_socket(self, ctx: RequestContext | None, dest: Destination | None,
+                     sock: Listener | None = None) -> Destination | None:
+        """``dest`` sent from the socket the script chose (``sock`` or
+        ``ctx.send_socket``), else from the socket the request came in on
+        when that one can reach it (Kamailio's default). A call that came in
+        on a VIP thus leaves from the VIP: Via and Record-Route name the VIP,
+        so answers and in-dialog requests reach whichever node owns it then,
+        not the node that relayed the INVITE."""
+        if dest is None:
+            return None
+        if sock is None and ctx is not None:
+            sock = ctx.send_socket or ctx.source.listener
+        if sock is None or sock is dest.listener or not self.transports.can_reach(
+                sock, dest.transport, dest.listener.family, dest.addr[0]):
             return dest
         return Destination(dest.transport, dest.addr, sock)
 
-    def node_address(self, node: Node) -> Destination | None:
+    def node_address(self, node: Node, ctx: RequestContext | None = None,
+                     vip: bool = False) -> Destination | None:
         """Where a dispatcher destination is reached: its URI resolved, sent
-        from its ``socket`` attribute when it names one of our listeners."""
+        from its ``socket`` attribute when it names one of our listeners,
+        else from the incoming socket of ``ctx``, else (a probe) from the
+        node's own address or, with ``vip``, a VIP it owns."""
         dest = self.resolve(node.uri)
-        if dest is None or not node.socket:
-            return dest
-        listener = self.listeners_by_socket.get(node.socket)
-        if listener is None or listener is dest.listener or listener.family != dest.listener.family:
-            return dest
-        return Destination(dest.transport, dest.addr, listener)
+        if dest is None:
+            return None
+        sock = self.listeners_by_socket.get(node.socket) if node.socket else None
+        if sock is None and ctx is None and vip:
+            sock = self.transports.listener_for(dest.transport, dest.listener.family,
+                                                dest.addr[0], vip=True)
+        return self._with_socket(ctx, dest, sock)
 
     def resolve(self, target: SipUri) -> Destination | None:
         """IP, port, transport and local listener for ``target`` (RFC 3263 for

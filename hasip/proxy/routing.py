@@ -423,7 +423,7 @@ class Router:
         rc = ctx.rc
         assert rc is not None
         rc.data["ds_current"] = dest
-        if ctx.forward(request_uri=new_uri, dest=self.proxy.node_address(dest),
+        if ctx.forward(request_uri=new_uri, dest=self.proxy.node_address(dest, ctx),
                        timers=self.services.dispatcher.timers):
             self.services.dispatcher.sent(dest)
             d = rc.data.get("dialog")

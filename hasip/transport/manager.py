@@ -59,12 +59,14 @@ class Transports:
                 listener.active = False
         # (transport, family, loopback destination) -> the listeners to send
         # from, best first: a loopback socket cannot reach other hosts, nor
-        # the other way round when both kinds are configured; a VIP we do
-        # not own is skipped.
+        # the other way round when both kinds are configured; the node's own
+        # addresses before VIPs (a request of our own, such as a probe, is
+        # answered to us even if a VIP moves); a VIP we do not own is skipped.
         self._by_kind: dict[tuple[str, int, bool], list[Listener]] = {}
         for loop_dest in (True, False):
             for listener in sorted(self.listeners,
-                                   key=lambda lst: _is_loopback(lst.host) != loop_dest):
+                                   key=lambda lst: (_is_loopback(lst.host) != loop_dest,
+                                                    lst.vip)):
                 self._by_kind.setdefault((listener.transport, listener.family, loop_dest),
                                          []).append(listener)
         self._servers: list[asyncio.AbstractServer] = []
@@ -109,13 +111,27 @@ class Transports:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
 
-    def listener_for(self, transport: str, family: int, dest_ip: str = "") -> Listener | None:
+    def listener_for(self, transport: str, family: int, dest_ip: str = "",
+                     vip: bool = False) -> Listener | None:
         """The socket to send from to ``dest_ip``: the first configured of its
-        kind, skipping VIPs this node does not own now."""
-        for listener in self._by_kind.get((transport, family, _is_loopback(dest_ip)), ()):
+        kind, own addresses first (with ``vip``: an owned VIP first),
+        skipping VIPs this node does not own now."""
+        listeners = self._by_kind.get((transport, family, _is_loopback(dest_ip)), ())
+        if vip:
+            for listener in listeners:
+                if listener.vip and listener.active:
+                    return listener
+        for listener in listeners:
             if listener.active:
                 return listener
         return None
+
+    def can_reach(self, listener: Listener, transport: str, family: int, dest_ip: str) -> bool:
+        """Whether ``listener`` may send this: same transport and family, the
+        same side of loopback, and (a VIP) still ours."""
+        return (listener.active and listener.transport == transport
+                and listener.family == family
+                and _is_loopback(listener.host) == _is_loopback(dest_ip))
 
     def listener_at(self, transport: str, host: str, port: int) -> Listener | None:
         """Our listener with exactly this address (from a Record-Route of ours)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from hasip.demo.sipp import Sipp, sipp_binary
 from tests.e2e.conftest import write_config
 from tests.e2e.netlab import Lab, netns_missing
 from tests.e2e.zookeeper import ZooKeeper, zookeeper_missing
@@ -23,6 +24,7 @@ from tests.e2e.zookeeper import ZooKeeper, zookeeper_missing
 ROOT = Path(__file__).resolve().parents[2]
 ZK_IP = "198.19.0.10"
 CLIENT_IP = "198.18.0.50"
+ASTERISK_IP = "198.18.0.60"        # a SIPp answering node stands in for Asterisk
 VIP_A, VIP_B = "198.18.0.100", "198.18.0.101"
 # VIP_A prefers n1, then n2, then n3; VIP_B prefers n2, n3, n1 (active-active).
 PRIORITIES = {"n1": (100, 10), "n2": (50, 100), "n3": (10, 50)}
@@ -34,6 +36,8 @@ class Cluster:
         self.zk = zk
         self.workdir = workdir
         self.nodes: dict[str, subprocess.Popen[bytes]] = {}
+        self.asterisk = Sipp("uas.xml", 5080, workdir, local_ip=ASTERISK_IP,
+                             netns=lab.ns("ast")).start()
 
     def start_node(self, name: str) -> None:
         index = int(name[1:])
@@ -45,7 +49,8 @@ class Cluster:
             "metrics": {"listen": "127.0.0.1:9060"},
             "control": {"listen": "127.0.0.1:9061"},
             "location": {"backend": "memory"},
-            "dispatcher": {"probe_interval": 0.0},
+            "auth": {"trusted": ["198.18.0.0/24"]},
+            "dispatcher": {"destinations": [f"1 sip:{ASTERISK_IP}:5080"]},
             # Preemption (after 0.5 s) spreads the VIPs over the nodes
             # whatever order they start in.
             "cluster": {"zookeeper": self.zk.hosts, "preempt": True, "preempt_delay": 0.5,
@@ -106,16 +111,19 @@ class Cluster:
 
 
 def _cluster(tmp_path: Path, zk_servers: int) -> Iterator[Cluster]:
-    for missing in (netns_missing(), zookeeper_missing()):
+    for missing in (netns_missing(), zookeeper_missing(),
+                    "" if sipp_binary() else "sipp is not installed (sip-tester)"):
         if missing:
             pytest.skip(missing)
     lab = Lab(f"hk{os.getpid() % 10000}").create()
     zk: ZooKeeper | None = None
+    c: Cluster | None = None
     try:
         lab.add_host("zk", ctl=ZK_IP)
         for i in (1, 2, 3):
             lab.add_host(f"n{i}", lan=f"198.18.0.1{i}", ctl=f"198.19.0.1{i}")
         lab.add_host("client", lan=CLIENT_IP)
+        lab.add_host("ast", lan=ASTERISK_IP)
         zk = ZooKeeper(tmp_path, ZK_IP, count=zk_servers, netns=lab.ns("zk")).start()
         c = Cluster(lab, zk, tmp_path)
         for name in ("n1", "n2", "n3"):
@@ -123,6 +131,8 @@ def _cluster(tmp_path: Path, zk_servers: int) -> Iterator[Cluster]:
         c.wait_owners({VIP_A: "n1", VIP_B: "n2"})
         yield c
     finally:
+        if c is not None:
+            c.asterisk.stop()
         lab.destroy()
         if zk is not None:
             zk.stop()
@@ -251,6 +261,31 @@ def test_failover_and_drain_commands_move_vips_with_a_short_gap(cluster) -> None
             "candidates"]:
         time.sleep(0.2)
     assert "n2" in cluster.status()["vips"][VIP_B]["candidates"]
+
+
+def test_failover_and_drain_under_call_load_lose_no_call(cluster, tmp_path) -> None:
+    """Calls of 2 s at 20 per second through VIP_A while the VIP is moved by
+    hand (n1 -> n3) and then its new owner is drained (n3 -> n1): every call
+    completes. Calls set up on the old owner end through the new one (BYE
+    follows Record-Route to the VIP); 2xx of INVITEs the old owner relayed
+    reach the caller through the new one (stray responses with our Via);
+    INVITEs lost in the gap are retransmitted by the caller."""
+    calls = 200
+    caller = Sipp("uac.xml", 5070, tmp_path, remote=f"{VIP_A}:5060", calls=calls, rate=20,
+                  call_length_ms=2000, local_ip=CLIENT_IP,
+                  netns=cluster.lab.ns("client")).start()
+    time.sleep(3.0)
+    moved = cluster.hasip("failover", VIP_A, "--to", "n3")
+    assert moved.returncode == 0, moved.stderr
+    time.sleep(3.0)
+    drained = cluster.hasip("drain", "n3")
+    assert drained.returncode == 0, drained.stderr + drained.stdout
+    assert caller.wait(60) == 0, caller.errors()
+    ok, failed = caller.counter("SuccessfulCall(C)"), caller.counter("FailedCall(C)")
+    print(f"{moved.stdout.strip()}; {drained.stdout.strip()}; "
+          f"calls {ok} completed, {failed} failed of {calls}")
+    assert (ok, failed) == (calls, 0), caller.errors()
+    assert cluster.owners()[VIP_A] == "n1"
 
 
 def test_zookeeper_faults_one_server_moves_nothing_all_gone_releases_without_flapping(
