@@ -7,135 +7,22 @@ drain commands."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hasip.demo.sipp import Sipp, sipp_binary
-from tests.e2e.conftest import write_config
-from tests.e2e.netlab import Lab, netns_missing
-from tests.e2e.zookeeper import ZooKeeper, zookeeper_missing
-
-ROOT = Path(__file__).resolve().parents[2]
-ZK_IP = "198.19.0.10"
-CLIENT_IP = "198.18.0.50"
-ASTERISK_IP = "198.18.0.60"        # a SIPp answering node stands in for Asterisk
-VIP_A, VIP_B = "198.18.0.100", "198.18.0.101"
-# VIP_A prefers n1, then n2, then n3; VIP_B prefers n2, n3, n1 (active-active).
-PRIORITIES = {"n1": (100, 10), "n2": (50, 100), "n3": (10, 50)}
-
-
-class Cluster:
-    def __init__(self, lab: Lab, zk: ZooKeeper, workdir: Path) -> None:
-        self.lab = lab
-        self.zk = zk
-        self.workdir = workdir
-        self.nodes: dict[str, subprocess.Popen[bytes]] = {}
-        self.asterisk = Sipp("uas.xml", 5080, workdir, local_ip=ASTERISK_IP,
-                             netns=lab.ns("ast")).start()
-
-    def start_node(self, name: str) -> None:
-        index = int(name[1:])
-        prio_a, prio_b = PRIORITIES[name]
-        cfg = {
-            "node": {"name": name},
-            "sip": {"listen": [f"udp:{VIP_A}:5060", f"udp:{VIP_B}:5060",
-                               f"udp:198.18.0.1{index}:5060"]},
-            "metrics": {"listen": "127.0.0.1:9060"},
-            "control": {"listen": "127.0.0.1:9061"},
-            "location": {"backend": "memory"},
-            "auth": {"trusted": ["198.18.0.0/24"]},
-            "dispatcher": {"destinations": [f"1 sip:{ASTERISK_IP}:5080"]},
-            # Preemption (after 0.5 s) spreads the VIPs over the nodes
-            # whatever order they start in.
-            "cluster": {"zookeeper": self.zk.hosts, "preempt": True, "preempt_delay": 0.5,
-                        "vips": [f"{VIP_A}/24@lan0,priority={prio_a}",
-                                 f"{VIP_B}/24@lan0,priority={prio_b}"]},
-        }
-        path = write_config(self.workdir / f"{name}.toml", cfg)
-        self.nodes[name] = self.lab.popen(name, [sys.executable, "-m", "hasip", "run", "-c",
-                                                 str(path)], self.workdir / f"{name}.log",
-                                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-    def log(self, name: str) -> str:
-        path = self.workdir / f"{name}.log"
-        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
-
-    def hasip(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-        """A ``hasip`` operator command, run where ZooKeeper is reachable."""
-        return self.lab.run("zk", [sys.executable, "-m", "hasip", *args, "--zookeeper",
-                                   self.zk.hosts], timeout=timeout)
-
-    def status(self) -> dict:
-        res = self.hasip("status", "--json")
-        assert res.returncode == 0, res.stderr
-        return json.loads(res.stdout)
-
-    def owners(self) -> dict[str, str | None]:
-        """Who holds each VIP's lock with the address up."""
-        return {vip: info["owner"] if info["up"] else None
-                for vip, info in self.status()["vips"].items()}
-
-    def wait_owners(self, want: dict[str, str], timeout: float = 20.0) -> dict[str, str | None]:
-        deadline = time.monotonic() + timeout
-        got: dict[str, str | None] = {}
-        while time.monotonic() < deadline:
-            got = self.owners()
-            if all(got.get(v) == n and self.holders(v) == [n] for v, n in want.items()):
-                return got
-            time.sleep(0.2)
-        logs = "\n".join(f"--- {n}\n{self.log(n)}" for n in self.nodes)
-        raise AssertionError(f"owners {got}, wanted {want}\n{logs}")
-
-    def holders(self, vip: str) -> list[str]:
-        """The nodes whose namespace holds the address now."""
-        return [n for n in self.nodes
-                if f" {vip}/" in self.lab.run(n, ["ip", "-o", "-4", "addr"]).stdout]
-
-    def client(self, target: str, duration: float, interval: float = 0.02
-               ) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            ["ip", "netns", "exec", self.lab.ns("client"), sys.executable, "-m",
-             "tests.e2e.vipclient", target, "--duration", str(duration), "--interval",
-             str(interval)], stdout=subprocess.PIPE, text=True, cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-    def arp_mac(self, vip: str) -> str:
-        out = self.lab.run("client", ["ip", "neigh", "show", vip]).stdout.split()
-        return out[out.index("lladdr") + 1] if "lladdr" in out else ""
+from hasip.demo.sipp import Sipp
+from tests.e2e.vipcluster import CLIENT_IP, VIP_A, VIP_B, Cluster, cluster_missing, vip_cluster
 
 
 def _cluster(tmp_path: Path, zk_servers: int) -> Iterator[Cluster]:
-    for missing in (netns_missing(), zookeeper_missing(),
-                    "" if sipp_binary() else "sipp is not installed (sip-tester)"):
-        if missing:
-            pytest.skip(missing)
-    lab = Lab(f"hk{os.getpid() % 10000}").create()
-    zk: ZooKeeper | None = None
-    c: Cluster | None = None
-    try:
-        lab.add_host("zk", ctl=ZK_IP)
-        for i in (1, 2, 3):
-            lab.add_host(f"n{i}", lan=f"198.18.0.1{i}", ctl=f"198.19.0.1{i}")
-        lab.add_host("client", lan=CLIENT_IP)
-        lab.add_host("ast", lan=ASTERISK_IP)
-        zk = ZooKeeper(tmp_path, ZK_IP, count=zk_servers, netns=lab.ns("zk")).start()
-        c = Cluster(lab, zk, tmp_path)
-        for name in ("n1", "n2", "n3"):
-            c.start_node(name)
-        c.wait_owners({VIP_A: "n1", VIP_B: "n2"})
-        yield c
-    finally:
-        if c is not None:
-            c.asterisk.stop()
-        lab.destroy()
-        if zk is not None:
-            zk.stop()
+    missing = cluster_missing()
+    if missing:
+        pytest.skip(missing)
+    yield from vip_cluster(tmp_path, zk_servers)
 
 
 @pytest.fixture
