@@ -1,10 +1,13 @@
 """The node in its cluster: keepalive embedded (VIP ownership through
-ZooKeeper), our VIP listeners switched on and off as VIPs come and go, and
-the service's health fed to the election."""
+ZooKeeper), our VIP listeners switched on and off as VIPs come and go, the
+service's health fed to the election, and the dispatcher's sets shared
+through the same ZooKeeper session."""
 
 from __future__ import annotations
 
 from hasip.config import Config
+from hasip.dispatcher.dispatcher import Dispatcher
+from hasip.dispatcher.shared import SharedSets
 from hasip.log import get_logger
 from hasip.transport.base import Listener
 from keepalive.config import KeepaliveConfig
@@ -16,6 +19,7 @@ log = get_logger("hasip.cluster")
 class Cluster:
     def __init__(self, config: Config, listeners: list[Listener]) -> None:
         c = config.cluster
+        self.root = c.root
         self.listeners = listeners
         self.keepalive = Keepalive(
             KeepaliveConfig(node=config.node_name, zookeeper=c.zookeeper, vips=list(c.vips),
@@ -37,6 +41,14 @@ class Cluster:
 
     async def start(self) -> None:
         await self.keepalive.start()
+
+    async def share_dispatcher(self, dispatcher: Dispatcher) -> SharedSets:
+        """The dispatcher's sets from ``ROOT/dispatcher`` (seeded from this
+        node's when absent), kept current by a watch."""
+        shared = SharedSets(self.keepalive.zk, f"{self.root}/dispatcher", dispatcher)
+        await shared.start()
+        self.keepalive.connected_hooks.append(shared.resync)
+        return shared
 
     def ready(self, ready: bool) -> None:
         """Contend for VIPs while the node serves; give them up when it stops."""

@@ -9,6 +9,9 @@
 
 Errors are ``{"error": "..."}`` with 400 (bad request), 404 (unknown path or
 destination) or 413 (body over 64 KiB). One request per connection.
+
+In a cluster (``SharedSets`` attached) a change is written to the sets the
+cluster shares in ZooKeeper and so reaches every node, not only this one.
 """
 
 from __future__ import annotations
@@ -17,19 +20,23 @@ import asyncio
 import json
 from typing import Any
 
+from kazoo.exceptions import KazooException
+
 from hasip.dispatcher.dispatcher import Dispatcher, DispatcherError
+from hasip.dispatcher.shared import SharedSets
 from hasip.log import get_logger
 
 log = get_logger("hasip.control")
 
 MAX_BODY = 65536
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           413: "Payload Too Large", 500: "Internal Server Error"}
+           413: "Payload Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 class ControlServer:
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
+        self.shared: SharedSets | None = None
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -76,9 +83,10 @@ class ControlServer:
             return 400, {"error": f"body is not JSON: {exc.msg}"}
         if not isinstance(args, dict):
             return 400, {"error": "body must be a JSON object"}
-        return self.route(method, path, args)
+        return await self.route(method, path, args)
 
-    def route(self, method: str, path: str, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    async def route(self, method: str, path: str,
+                    args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         ds = self.dispatcher
         if path == "/dispatcher":
             if method != "GET":
@@ -90,9 +98,11 @@ class ControlServer:
             return 404, {"error": f"no such path {path}"}
         if method != "POST":
             return 405, {"error": "use POST"}
+        shared = self.shared
         try:
             if path == "/dispatcher/reload":
-                return 200, {"destinations": ds.reload()}
+                count = await shared.reload() if shared is not None else ds.reload()
+                return 200, {"destinations": count}
             set_id, uri = args.get("set"), args.get("uri")
             if not isinstance(set_id, int) or not isinstance(uri, str):
                 return 400, {"error": "give set (a number) and uri (a string)"}
@@ -100,16 +110,29 @@ class ControlServer:
                 attrs = args.get("attrs", "")
                 if not isinstance(attrs, str):
                     return 400, {"error": "attrs must be a string (weight=50;...)"}
-                ds.add(set_id, uri, attrs)
+                if shared is not None:
+                    await shared.add(set_id, uri, attrs)
+                else:
+                    ds.add(set_id, uri, attrs)
             elif path == "/dispatcher/remove":
-                ds.remove(set_id, uri)
+                if shared is not None:
+                    await shared.remove(set_id, uri)
+                else:
+                    ds.remove(set_id, uri)
             else:
                 state = args.get("state")
                 if not isinstance(state, str):
                     return 400, {"error": "give state: active, inactive or disabled"}
-                ds.set_state(set_id, uri, state)
+                if shared is not None:
+                    await shared.set_state(set_id, uri, state)
+                else:
+                    ds.set_state(set_id, uri, state)
         except DispatcherError as exc:
             status = 404 if str(exc).startswith("no destination") else 400
             return status, {"error": str(exc)}
+        except KazooException as exc:
+            # The cluster's sets cannot be changed without ZooKeeper.
+            return 503, {"error": f"ZooKeeper unavailable ({type(exc).__name__}); "
+                                  "nothing changed"}
         log.info("control_change", path=path, request=json.dumps(args))
         return 200, {"destinations": ds.listing()}

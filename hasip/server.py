@@ -53,11 +53,15 @@ class Node:
         if self.config.control_listen is not None:
             await control.start(*self.config.control_listen)
         self.proxy = Proxy(self.config, loop, services)
-        await self.proxy.start()
         cluster: Cluster | None = None
         if self.config.cluster.zookeeper:
+            # Joined (not contending yet) before SIP is served, so that the
+            # first call already uses the cluster's dispatcher sets.
             cluster = Cluster(self.config, self.proxy.transports.listeners)
             await cluster.start()
+            control.shared = await cluster.share_dispatcher(services.dispatcher)
+        await self.proxy.start()
+        if cluster is not None:
             cluster.ready(True)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)

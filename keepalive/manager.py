@@ -63,6 +63,9 @@ class Keepalive:
         self.zk_state = "connecting"
         self.started = time.time()
         self._publish = asyncio.Event()
+        # Called on the loop after each (re)connection: the embedding
+        # service re-reads what it watches (a new session has no watches).
+        self.connected_hooks: list[Callable[[], None]] = []
         self._suspended_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         metrics.HEALTHY.set(0)
@@ -182,6 +185,8 @@ class Keepalive:
         metrics.ZK_EVENTS.labels("connected").inc()
         self.log("zookeeper_connected", session=hex(self.session_id))
         self._poke_all()
+        for hook in self.connected_hooks:
+            hook()
 
     def _poke_all(self) -> None:
         for election in self.elections:

@@ -105,6 +105,18 @@ class DestinationSet:
         return next((d for d in self.destinations if d.key == key), None)
 
 
+def format_line(dest: Destination) -> str:
+    """``dest`` as a line of the seed's list format (``parse_list`` reads it back)."""
+    attrs = [f"weight={dest.weight}"]
+    if dest.max_calls:
+        attrs.append(f"maxload={dest.max_calls}")
+    if dest.socket:
+        attrs.append(f"socket={dest.socket}")
+    if dest.description:
+        attrs.append(f"description={dest.description}")
+    return f"{dest.set_id} {dest.key} 0 {dest.priority} {';'.join(attrs)}"
+
+
 class ListFileError(ValueError):
     """A dispatcher list line that cannot be used; names file and line."""
 

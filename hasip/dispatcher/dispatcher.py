@@ -127,15 +127,16 @@ class Dispatcher:
         else:
             metrics.DS_ACTIVE_CALLS.remove(str(dest.set_id), dest.key)
 
-    def _find(self, set_id: int, uri: str) -> Destination:
+    def find(self, set_id: int, uri: str) -> Destination:
         dset = self.sets.get(set_id)
         dest = dset.find(uri) if dset is not None else None
         if dest is None:
             raise DispatcherError(f"no destination {uri} in set {set_id}")
         return dest
 
-    def add(self, set_id: int, uri: str, attrs: str = "") -> Destination:
-        """A new node, in rotation at once; the prober checks it within an interval."""
+    def new_destination(self, set_id: int, uri: str, attrs: str = "") -> Destination:
+        """A destination the operator asks for, checked (URI, attributes,
+        socket, not in the set yet) but not added."""
         try:
             [dest] = parse_list(f"{set_id} {uri} 0 0 {attrs}".rstrip(), "add")
         except ListFileError as exc:
@@ -143,10 +144,16 @@ class Dispatcher:
         fault = socket_fault(self.config, dest)
         if fault:
             raise DispatcherError(fault)
-        dset = self.sets.setdefault(set_id, DestinationSet(set_id))
-        if dset.find(dest.key) is not None:
+        dset = self.sets.get(set_id)
+        if dset is not None and dset.find(dest.key) is not None:
             raise DispatcherError(f"{dest.key} is already in set {set_id}")
         dest.origin = "api"
+        return dest
+
+    def add(self, set_id: int, uri: str, attrs: str = "") -> Destination:
+        """A new node, in rotation at once; the prober checks it within an interval."""
+        dest = self.new_destination(set_id, uri, attrs)
+        dset = self.sets.setdefault(set_id, DestinationSet(set_id))
         dset.destinations.append(dest)
         self._index()
         log.info("destination_added", set=set_id, uri=dest.key)
@@ -155,7 +162,7 @@ class Dispatcher:
     def remove(self, set_id: int, uri: str) -> None:
         """Out of rotation for new calls; calls in progress go on (their
         in-dialog requests follow Record-Route, not the dispatcher)."""
-        dest = self._find(set_id, uri)
+        dest = self.find(set_id, uri)
         self.sets[set_id].destinations.remove(dest)
         self._retire(dest)
         self._index()
@@ -164,15 +171,15 @@ class Dispatcher:
     def set_state(self, set_id: int, uri: str, state: str) -> Destination:
         if state not in STATES:
             raise DispatcherError(f"state {state!r} is not one of {', '.join(STATES)}")
-        dest = self._find(set_id, uri)
+        dest = self.find(set_id, uri)
         dest.set_admin_state(STATES[state])
         metrics.DS_STATE_CHANGES.inc(dest.state)
         log.info("destination_state", uri=dest.key, state=dest.flags, why="admin")
         return dest
 
-    def reload(self) -> int:
-        """Re-read ``dispatcher.list_file`` (and keep the config's own list):
-        nodes that stay keep their state. Returns the number of destinations."""
+    def read_list_file(self) -> list[Destination]:
+        """``dispatcher.list_file`` read and checked, with the config's own
+        list in front: what a reload makes the sets."""
         path = self.config.dispatcher.list_file
         if not path:
             raise DispatcherError("no dispatcher.list_file to reload")
@@ -188,9 +195,22 @@ class Dispatcher:
             if fault:
                 raise DispatcherError(f"{path}: {fault}")
         inline = [d for d in self.config.dispatcher.destinations if d.origin == "config"]
+        return inline + fresh
+
+    def reload(self) -> int:
+        """Re-read ``dispatcher.list_file`` (and keep the config's own list):
+        nodes that stay keep their state. Returns the number of destinations."""
+        count = self.replace(self.read_list_file())
+        log.info("dispatcher_reloaded", file=self.config.dispatcher.list_file,
+                 destinations=count)
+        return count
+
+    def replace(self, fresh: list[Destination]) -> int:
+        """Make ``fresh`` the sets: nodes that stay keep their state and calls
+        (their attributes updated), new ones start active, the others drain."""
         old = {(d.set_id, d.key): d for ds in self.sets.values() for d in ds.destinations}
         sets: dict[int, DestinationSet] = {}
-        for dest in inline + fresh:
+        for dest in fresh:
             kept = old.pop((dest.set_id, dest.key), None)
             if kept is not None:
                 kept.weight, kept.priority = dest.weight, dest.priority
@@ -202,9 +222,7 @@ class Dispatcher:
             self._retire(gone)
         self.sets = sets
         self._index()
-        count = sum(len(ds.destinations) for ds in sets.values())
-        log.info("dispatcher_reloaded", file=path, destinations=count)
-        return count
+        return sum(len(ds.destinations) for ds in sets.values())
 
     def order(self, set_id: int, key: str = "") -> list[Destination]:
         dset = self.sets.get(set_id)

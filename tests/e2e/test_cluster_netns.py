@@ -7,6 +7,7 @@ drain commands."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,7 +16,15 @@ from pathlib import Path
 import pytest
 
 from hasip.demo.sipp import Sipp
-from tests.e2e.vipcluster import CLIENT_IP, VIP_A, VIP_B, Cluster, cluster_missing, vip_cluster
+from tests.e2e.vipcluster import (
+    ASTERISK_IP,
+    CLIENT_IP,
+    VIP_A,
+    VIP_B,
+    Cluster,
+    cluster_missing,
+    vip_cluster,
+)
 
 
 def _cluster(tmp_path: Path, zk_servers: int) -> Iterator[Cluster]:
@@ -173,6 +182,68 @@ def test_failover_and_drain_under_call_load_lose_no_call(cluster, tmp_path) -> N
           f"calls {ok} completed, {failed} failed of {calls}")
     assert (ok, failed) == (calls, 0), caller.errors()
     assert cluster.owners()[VIP_A] == "n1"
+
+
+def _seconds(clock: str) -> float:
+    h, m, sec = clock.split(":")
+    return int(h) * 3600 + int(m) * 60 + float(sec)
+
+
+def _wait_destinations(cluster, want: dict[str, str | None], nodes=("n1", "n2", "n3"),
+                       timeout: float = 10.0) -> None:
+    """Every node lists exactly ``want``'s URIs, each in the state given
+    (first letter of its flags; None: any)."""
+
+    def fits(view: dict[str, str]) -> bool:
+        return set(view) == set(want) and all(
+            s is None or view[u][0] == s for u, s in want.items())
+
+    deadline = time.monotonic() + timeout
+    views: dict[str, dict[str, str]] = {}
+    while time.monotonic() < deadline:
+        views = {n: cluster.destinations(n) for n in nodes}
+        if all(fits(v) for v in views.values()):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"wanted {want} on every node, got {views}")
+
+
+def test_dispatcher_sets_live_in_zookeeper_and_a_change_reaches_every_node(cluster) -> None:
+    """A change made through any node's control API is a change of the sets
+    the cluster shares in ZooKeeper: every node applies it. A node that
+    starts with a list of its own adopts the cluster's."""
+    ast = f"sip:{ASTERISK_IP}:5080"
+    extra = "sip:198.18.0.61:5080"
+    res = cluster.dispatcher("n1", "add", "1", extra, "weight=5;description=ast2")
+    assert res.returncode == 0, res.stderr
+    # the node that was asked has it at once; the others from their watch
+    assert extra in cluster.destinations("n1")
+    _wait_destinations(cluster, {ast: "A", extra: None})
+    applied = [re.search(r"ts=\S*T(\S+)Z .*event=dispatcher_sets_applied version=1 ",
+                         cluster.log(n, tail=0)) for n in ("n1", "n2", "n3")]
+    stamps = [_seconds(m.group(1)) for m in applied if m]
+    print(f"add on n1 applied on all three nodes within {(max(stamps) - min(stamps)) * 1000:.0f}"
+          " ms (their logs)")
+    res = cluster.dispatcher("n2", "set-state", "1", ast, "disabled")
+    assert res.returncode == 0, res.stderr
+    _wait_destinations(cluster, {ast: "D", extra: None})
+    res = cluster.dispatcher("n3", "remove", "1", extra)
+    assert res.returncode == 0, res.stderr
+    _wait_destinations(cluster, {ast: "D"})
+    # a refused change changes nothing anywhere
+    res = cluster.dispatcher("n2", "add", "1", "sip:bad uri")
+    assert res.returncode != 0 and "hasip:" in res.stderr
+    res = cluster.dispatcher("n3", "remove", "1", extra)
+    assert res.returncode != 0 and "no destination" in res.stderr
+    # n3 restarts with another list of its own: the cluster's wins
+    cluster.nodes["n3"].kill()
+    cluster.nodes["n3"].wait(5)
+    cluster.start_node("n3", destinations=["1 sip:198.18.0.99:5080"])
+    _wait_destinations(cluster, {ast: "D"}, nodes=("n3",), timeout=20)
+    # and the operator's state can be lifted from any node
+    res = cluster.dispatcher("n3", "set-state", "1", ast, "active")
+    assert res.returncode == 0, res.stderr
+    _wait_destinations(cluster, {ast: "A"})
 
 
 def test_zookeeper_faults_one_server_moves_nothing_all_gone_releases_without_flapping(

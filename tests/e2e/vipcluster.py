@@ -36,7 +36,7 @@ class Cluster:
         self.asterisk = Sipp("uas.xml", 5080, workdir, local_ip=ASTERISK_IP,
                              netns=lab.ns("ast")).start()
 
-    def start_node(self, name: str) -> None:
+    def start_node(self, name: str, destinations: list[str] | None = None) -> None:
         index = int(name[1:])
         prio_a, prio_b = PRIORITIES[name]
         cfg = {
@@ -47,7 +47,7 @@ class Cluster:
             "control": {"listen": "127.0.0.1:9061"},
             "location": {"backend": "memory"},
             "auth": {"trusted": ["198.18.0.0/24"]},
-            "dispatcher": {"destinations": [f"1 sip:{ASTERISK_IP}:5080"]},
+            "dispatcher": {"destinations": destinations or [f"1 sip:{ASTERISK_IP}:5080"]},
             # Preemption (after 0.5 s) spreads the VIPs over the nodes
             # whatever order they start in.
             "cluster": {"zookeeper": self.zk.hosts, "preempt": True, "preempt_delay": 0.5,
@@ -59,14 +59,28 @@ class Cluster:
                                                  str(path)], self.workdir / f"{name}.log",
                                           env={**os.environ, "PYTHONPATH": str(ROOT)})
 
-    def log(self, name: str) -> str:
+    def log(self, name: str, tail: int = 3000) -> str:
+        """The end of ``name``'s log (all of it with ``tail=0``)."""
         path = self.workdir / f"{name}.log"
-        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+        return path.read_text(errors="replace")[-tail:] if path.exists() else ""
 
     def hasip(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         """A ``hasip`` operator command, run where ZooKeeper is reachable."""
         return self.lab.run("zk", [sys.executable, "-m", "hasip", *args, "--zookeeper",
                                    self.zk.hosts], timeout=timeout)
+
+    def dispatcher(self, node: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """``hasip dispatcher ...`` against ``node``'s control API."""
+        return self.lab.run(node, [sys.executable, "-m", "hasip", "dispatcher", "--control",
+                                   "127.0.0.1:9061", *args], timeout=30)
+
+    def destinations(self, node: str) -> dict[str, str]:
+        """``node``'s dispatcher view: URI -> flags ({} while it does not answer)."""
+        res = self.dispatcher(node, "list", "--json")
+        if res.returncode != 0:
+            return {}
+        return {d["uri"]: d["flags"] for d in json.loads(res.stdout)
+                if not d["draining"]}
 
     def status(self) -> dict:
         res = self.hasip("status", "--json")
