@@ -63,6 +63,46 @@ def test_two_vips_spread_over_three_nodes_each_answered_by_its_owner(cluster) ->
     assert status["vips"][VIP_B]["candidates"] == ["n2", "n3", "n1"]
 
 
+def test_calls_leave_from_the_vip_and_probes_from_the_node_address(cluster, tmp_path) -> None:
+    """What the Asterisk node sees: INVITEs through VIP_A come from VIP_A,
+    Via'd and Record-Routed with VIP_A alone (so its answers and BYEs reach
+    whoever owns VIP_A later); the probes come from each node's own address
+    (their answers must reach the node that asked, VIP or not)."""
+    capture = tmp_path / "ast.pcap"
+    tcpdump = subprocess.Popen(["ip", "netns", "exec", cluster.lab.ns("ast"), "tcpdump", "-n",
+                                "-s", "0", "-U", "-w", str(capture), "-i", "lan0", "udp", "and",
+                                "dst", "port", "5080"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        caller = Sipp("uac.xml", 5070, tmp_path, remote=f"{VIP_A}:5060", calls=5, rate=10,
+                      local_ip=CLIENT_IP, netns=cluster.lab.ns("client")).start()
+        assert caller.wait(30) == 0, caller.errors()
+        time.sleep(1.0)
+    finally:
+        tcpdump.terminate()
+        tcpdump.wait(5)
+    from scapy.all import IP, UDP, rdpcap  # imported here: scapy loads slowly
+
+    sources: dict[str, set[str]] = {}
+    invites: list[str] = []
+    for pkt in rdpcap(str(capture)):
+        if IP not in pkt or UDP not in pkt:
+            continue
+        payload = bytes(pkt[UDP].payload).decode("latin-1")
+        method = payload.split(" ", 1)[0]
+        sources.setdefault(method, set()).add(pkt[IP].src)
+        if method == "INVITE":
+            invites.append(payload)
+    assert sources.get("INVITE") == {VIP_A} and sources.get("BYE") == {VIP_A}, sources
+    assert sources.get("OPTIONS") == {"198.18.0.11", "198.18.0.12", "198.18.0.13"}, sources
+    assert len(invites) == 5
+    for invite in invites:
+        assert invite.count("Record-Route:") == 1, invite
+        assert f"Record-Route: <sip:{VIP_A}:5060;lr>" in invite, invite
+        assert f"Via: SIP/2.0/UDP {VIP_A}:5060;" in invite, invite
+
+
 def test_kill_9_of_an_owner_moves_its_vip_within_two_seconds(cluster, tmp_path) -> None:
     capture = tmp_path / "arp.txt"
     with open(capture, "w") as out:
