@@ -9,6 +9,8 @@ from hasip.config import Config
 from hasip.dispatcher.dispatcher import Dispatcher
 from hasip.dispatcher.shared import SharedSets
 from hasip.log import get_logger
+from hasip.replication.replicator import Replicator
+from hasip.services import Services
 from hasip.transport.base import Listener
 from keepalive.config import KeepaliveConfig
 from keepalive.manager import Keepalive
@@ -20,6 +22,7 @@ class Cluster:
     def __init__(self, config: Config, listeners: list[Listener]) -> None:
         c = config.cluster
         self.root = c.root
+        self.replicator: Replicator | None = None
         self.listeners = listeners
         self.keepalive = Keepalive(
             KeepaliveConfig(node=config.node_name, zookeeper=c.zookeeper, vips=list(c.vips),
@@ -50,9 +53,27 @@ class Cluster:
         self.keepalive.connected_hooks.append(shared.resync)
         return shared
 
+    async def replicate(self, config: Config, services: Services) -> Replicator:
+        """Replication to the peers (their addresses from the membership),
+        and the join: the cluster's state pulled before this node serves."""
+        ka = self.keepalive
+
+        def advertise(fields: dict[str, object]) -> None:
+            ka.config.advertise.update(fields)
+            ka.publish()
+
+        replicator = Replicator(config.replication, config.node_name, services.location,
+                                services.dialogs, ka.zk, f"{self.root}/nodes", advertise)
+        self.replicator = replicator
+        await replicator.start()
+        await replicator.join()
+        return replicator
+
     def ready(self, ready: bool) -> None:
         """Contend for VIPs while the node serves; give them up when it stops."""
         self.keepalive.set_healthy(ready)
 
     async def stop(self) -> None:
+        if self.replicator is not None:
+            await self.replicator.stop()
         await self.keepalive.stop()

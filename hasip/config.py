@@ -72,6 +72,7 @@ class Config:
     dispatcher: DispatcherConfig = field(default_factory=lambda: DispatcherConfig())
     dialog: DialogConfig = field(default_factory=lambda: DialogConfig())
     cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig())
+    replication: ReplicationConfig = field(default_factory=lambda: ReplicationConfig())
 
 
 @dataclass
@@ -85,6 +86,17 @@ class ClusterConfig:
 
     def vip_addresses(self) -> list[str]:
         return [v.address for v in self.vips] if self.zookeeper else []
+
+
+@dataclass
+class ReplicationConfig:
+    """State replication between the nodes of a cluster (issue 6)."""
+
+    listen: tuple[str, int] | None = None   # HOST:PORT for peers; None: no replication
+    secret: str = ""                        # shared by the cluster: peers prove they know it
+    log_size: int = 200_000                 # own changes kept to repair a peer's gap
+    batch: int = 1000                       # records per frame in a snapshot
+    sync_timeout: float = 60.0              # joining: give up on a silent peer after this
 
 
 @dataclass
@@ -274,7 +286,7 @@ def parse_host_port(text: str, where: str) -> tuple[str, int]:
 
 _SECTIONS = ("node", "sip", "timers", "routing", "tcp", "metrics", "control", "log",
              "shutdown", "registrar", "location", "auth", "radius", "nat", "dispatcher",
-             "dialog", "cluster")
+             "dialog", "cluster", "replication")
 NAT_TESTS = ("private_contact", "via_address", "via_port")
 
 
@@ -385,7 +397,28 @@ def config_from_dict(raw: dict[str, Any], path: str = "<dict>") -> Config:
     cfg.dialog.timeout = dialog.number("timeout", cfg.dialog.timeout, 1.0, 30 * 86400.0)
     dialog.finish()
     _cluster_section(cfg, _Section(path, "cluster", raw.get("cluster", {})))
+    _replication_section(cfg, _Section(path, "replication", raw.get("replication", {})))
     return cfg
+
+
+def _replication_section(cfg: Config, sec: _Section) -> None:
+    r = cfg.replication
+    listen = sec.get("listen", str, "")
+    if listen:
+        r.listen = parse_host_port(listen, sec.where("listen"))
+    r.secret = sec.get("secret", str, r.secret)
+    r.log_size = sec.integer("log_size", r.log_size, 1000, 100_000_000)
+    r.batch = sec.integer("batch", r.batch, 1, 100_000)
+    r.sync_timeout = sec.number("sync_timeout", r.sync_timeout, 1.0, 3600.0)
+    sec.finish()
+    if r.listen is None:
+        return
+    if not cfg.cluster.zookeeper:
+        raise sec.error("listen", "replication finds its peers through ZooKeeper: set "
+                                  "cluster.zookeeper")
+    if len(r.secret) < 16:
+        raise sec.error("secret", "give the cluster's shared secret (16 characters or more): "
+                                  "peers must prove they know it")
 
 
 def _cluster_section(cfg: Config, sec: _Section) -> None:

@@ -6,6 +6,13 @@
     POST /dispatcher/remove     {"set": 1, "uri": "sip:..."}
     POST /dispatcher/set-state  {"set": 1, "uri": "sip:...", "state": "active|inactive|disabled"}
     POST /dispatcher/reload     {}
+    GET  /location                        -> {"bindings": N, "aors": N, "digest": "..."}
+    GET  /location/bindings               -> {"bindings": [{...}, ...]}
+    GET  /dialogs                         -> {"dialogs": N, "digest": "..."}
+    GET  /replication                     -> peers, positions, sync state
+
+The digests are SHA-256 of every record's fields in a canonical order: two
+nodes with the same digest hold byte-equal state.
 
 Errors are ``{"error": "..."}`` with 400 (bad request), 404 (unknown path or
 destination) or 413 (body over 64 KiB). One request per connection.
@@ -17,14 +24,20 @@ cluster shares in ZooKeeper and so reaches every node, not only this one.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from kazoo.exceptions import KazooException
 
+from hasip.dialog.store import DialogStore
 from hasip.dispatcher.dispatcher import Dispatcher, DispatcherError
 from hasip.dispatcher.shared import SharedSets
+from hasip.location.store import LocationStore
 from hasip.log import get_logger
+from hasip.replication.records import fields_of
+from hasip.replication.replicator import Replicator
 
 log = get_logger("hasip.control")
 
@@ -34,9 +47,13 @@ REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not All
 
 
 class ControlServer:
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher, location: LocationStore | None = None,
+                 dialogs: DialogStore | None = None) -> None:
         self.dispatcher = dispatcher
+        self.location = location
+        self.dialogs = dialogs
         self.shared: SharedSets | None = None
+        self.replicator: Replicator | None = None
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -88,6 +105,9 @@ class ControlServer:
     async def route(self, method: str, path: str,
                     args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         ds = self.dispatcher
+        if method == "GET" and path in ("/location", "/location/bindings", "/dialogs",
+                                        "/replication"):
+            return 200, self.state(path)
         if path == "/dispatcher":
             if method != "GET":
                 return 405, {"error": "use GET"}
@@ -136,3 +156,31 @@ class ControlServer:
                                   "nothing changed"}
         log.info("control_change", path=path, request=json.dumps(args))
         return 200, {"destinations": ds.listing()}
+
+    def state(self, path: str) -> dict[str, Any]:
+        """What the node holds: counts and digests, or the bindings."""
+        if path == "/replication":
+            r = self.replicator
+            if r is None:
+                return {"replication": False}
+            return {"replication": True, "node": r.node, "epoch": r.epoch, "seq": r.seq,
+                    "peers": sorted(r.links), "sync": r.sync_state,
+                    "positions": {k: list(v) for k, v in r.positions.items()}}
+        if path == "/dialogs":
+            dialogs = sorted(self.dialogs or (), key=lambda d: d.id)
+            return {"dialogs": len(dialogs),
+                    "digest": _digest(fields_of(d) for d in dialogs)}
+        bindings = sorted(self.location.all() if self.location else (),
+                          key=lambda b: (b.aor, b.ruid))
+        if path == "/location/bindings":
+            return {"bindings": [fields_of(b) for b in bindings]}
+        return {"bindings": len(bindings), "aors": len({b.aor for b in bindings}),
+                "digest": _digest(fields_of(b) for b in bindings)}
+
+
+def _digest(items: Iterable[dict[str, Any]]) -> str:
+    h = hashlib.sha256()
+    for item in items:
+        h.update(json.dumps(item, sort_keys=True, separators=(",", ":")).encode())
+        h.update(b"\n")
+    return h.hexdigest()

@@ -226,3 +226,24 @@ DIALOGS = Gauge("hasip_dialogs", "INVITE dialogs in progress", ["state"])
 DIALOGS_ENDED = Children(Counter("hasip_dialogs_ended_total",
                                  "Dialogs ended, by reason (bye, failed, cancelled, timeout)",
                                  ["reason"]))
+
+# Replication (issue 6)
+REPL_RECORDS = Children(Counter(
+    "hasip_replication_records_total",
+    "Records sent to and received from peers; received ones kept (applied) or older than "
+    "what the node had (stale)", ["peer", "direction"]))
+REPL_LAG = Histogram("hasip_replication_lag_seconds",
+                     "From a change on its origin to its arrival here, per peer", ["peer"],
+                     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+REPL_GAPS = Counter("hasip_replication_gaps_total",
+                    "Gaps in a peer's stream (lost link) asked to be repaired", ["peer"])
+REPL_PEERS = Gauge("hasip_replication_peers", "Peers with an authenticated link")
+REPL_AUTH_FAILURES = Counter("hasip_replication_auth_failures_total",
+                             "Connections refused: a peer without the cluster's secret or "
+                             "protocol")
+REPL_SYNC_RECORDS = Gauge("hasip_replication_sync_records",
+                          "Records received by the last sync on join")
+REPL_SYNC_SECONDS = Gauge("hasip_replication_sync_seconds",
+                          "How long the last sync on join took")
+REPL_SYNCED = Gauge("hasip_replication_synced",
+                    "1 when this node holds the cluster's state (synced on join)")

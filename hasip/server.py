@@ -49,7 +49,7 @@ class Node:
             host, port = self.config.metrics_listen
             metrics.start_metrics_server(host, port)
             log.info("metrics_listening", address=f"{host}:{port}")
-        control = ControlServer(services.dispatcher)
+        control = ControlServer(services.dispatcher, services.location, services.dialogs)
         if self.config.control_listen is not None:
             await control.start(*self.config.control_listen)
         self.proxy = Proxy(self.config, loop, services)
@@ -60,6 +60,8 @@ class Node:
             cluster = Cluster(self.config, self.proxy.transports.listeners)
             await cluster.start()
             control.shared = await cluster.share_dispatcher(services.dispatcher)
+            if self.config.replication.listen is not None:
+                control.replicator = await cluster.replicate(self.config, services)
         await self.proxy.start()
         if cluster is not None:
             cluster.ready(True)

@@ -152,7 +152,8 @@ def build(config: Config, durable: bool = True) -> Services:
                 raise ConfigError(f"{config.path}: location.mysql_url: {exc}") from None
         else:
             backend = SqliteBackend(loc.sqlite_path)
-        writer = WriteBehind(backend, loc.max_pending, loc.batch, interval=loc.flush_interval)
+        writer = WriteBehind(backend, loc.max_pending, loc.batch, interval=loc.flush_interval,
+                             remote=loc.backend != "mysql")
         store.subscribe(writer.on_change)
     dialogs = DialogStore(config.node_name, config.dialog.timeout)
     dialogs.subscribe(dispatcher.on_dialog)

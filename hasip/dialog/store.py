@@ -25,12 +25,21 @@ from hasip.dialog.dialog import (
 PUT = "put"
 END = "end"
 
+# Where a change comes from (as in the location store): this node, a peer,
+# or this node's own timeout (every node times a dialog out by one clock).
+LOCAL = "local"
+REMOTE = "remote"
+EXPIRY = "expiry"
+
+TOMBSTONE_TIME = 300.0   # an ended dialog's id is remembered this long
+
 
 @dataclass(slots=True, frozen=True)
 class Change:
     seq: int
     op: str          # PUT (created or changed) or END (terminated)
     dialog: Dialog
+    source: str = LOCAL
 
 
 Subscriber = Callable[[Change], None]
@@ -47,6 +56,9 @@ class DialogStore:
         self.counts = {EARLY: 0, CONFIRMED: 0}
         self._subscribers: list[Subscriber] = []
         self._expiry: list[tuple[float, str, str]] = []   # (expires, call_id, id)
+        self.by_id: dict[str, Dialog] = {}
+        # id -> (version, node, until) of an ended dialog
+        self.tombstones: dict[str, tuple[int, str, float]] = {}
 
     def subscribe(self, callback: Subscriber) -> None:
         self._subscribers.append(callback)
@@ -58,13 +70,56 @@ class DialogStore:
         for items in self.by_call_id.values():
             yield from items
 
-    def _emit(self, op: str, dialog: Dialog) -> None:
-        self.seq += 1
-        dialog.version = self.seq
-        dialog.node = self.node
-        change = Change(self.seq, op, dialog)
+    def _emit(self, op: str, dialog: Dialog, source: str = LOCAL) -> None:
+        if source != REMOTE:
+            self.seq += 1
+            dialog.version = self.seq
+            dialog.node = self.node
+        change = Change(dialog.version, op, dialog, source)
         for callback in self._subscribers:
             callback(change)
+
+    def apply(self, op: str, d: Dialog) -> bool:
+        """A peer's change (replication), kept if newer than what this node
+        holds by the merge rule (version, then node); the counter moves past
+        its version (Lamport). True if kept."""
+        if d.version > self.seq:
+            self.seq = d.version
+        current = self.by_id.get(d.id)
+        if current is not None and (d.version, d.node) <= (current.version, current.node):
+            return False
+        tomb = self.tombstones.get(d.id)
+        if tomb is not None and (d.version, d.node) <= (tomb[0], tomb[1]):
+            return False
+        if current is not None:
+            self._unlink(current)
+        if op == END or d.state == TERMINATED:
+            self.tombstones[d.id] = (d.version, d.node, self.clock() + TOMBSTONE_TIME)
+            if current is None:
+                return True
+            d.state = TERMINATED
+            self._emit(END, d, REMOTE)
+            return True
+        self._link(d)
+        heapq.heappush(self._expiry, (d.expires, d.call_id, d.id))
+        self._emit(PUT, d, REMOTE)
+        return True
+
+    def _link(self, d: Dialog) -> None:
+        self.by_call_id.setdefault(d.call_id, []).append(d)
+        self.by_id[d.id] = d
+        self.counts[d.state] += 1
+
+    def _unlink(self, d: Dialog) -> None:
+        items = self.by_call_id.get(d.call_id)
+        if items is not None:
+            items[:] = [x for x in items if x.id != d.id]
+            if not items:
+                del self.by_call_id[d.call_id]
+        if self.by_id.get(d.id) is d:
+            del self.by_id[d.id]
+            if d.state in self.counts:
+                self.counts[d.state] -= 1
 
     # -- the life cycle ------------------------------------------------------
 
@@ -80,8 +135,7 @@ class DialogStore:
         d = Dialog(call_id, from_tag, from_uri, to_uri, request_uri, contact, cseq,
                    socket=socket, nat=nat, user=user, started=now,
                    expires=now + self.timeout)
-        self.by_call_id.setdefault(call_id, []).append(d)
-        self.counts[EARLY] += 1
+        self._link(d)
         heapq.heappush(self._expiry, (d.expires, call_id, d.id))
         self._emit(PUT, d)
         return d
@@ -109,21 +163,17 @@ class DialogStore:
         self.counts[CONFIRMED] += 1
         self._emit(PUT, d)
 
-    def end(self, d: Dialog, reason: str, status: int = 0) -> bool:
+    def end(self, d: Dialog, reason: str, status: int = 0, source: str = LOCAL) -> bool:
         """Terminate ``d``; False when it had ended already."""
         if d.state == TERMINATED:
             return False
-        self.counts[d.state] -= 1
+        self._unlink(d)
         d.state = TERMINATED
         d.ended = self.clock()
         d.end_reason = reason
         d.end_status = status
-        items = self.by_call_id.get(d.call_id)
-        if items is not None:
-            items[:] = [x for x in items if x is not d]
-            if not items:
-                del self.by_call_id[d.call_id]
-        self._emit(END, d)
+        self._emit(END, d, source)
+        self.tombstones[d.id] = (d.version, d.node, d.ended + TOMBSTONE_TIME)
         return True
 
     # -- lookups and timeouts ---------------------------------------------------
@@ -144,7 +194,9 @@ class DialogStore:
             _expires, call_id, dialog_id = heapq.heappop(heap)
             for d in self.by_call_id.get(call_id, ()):
                 if d.id == dialog_id:
-                    self.end(d, ENDED_TIMEOUT)
+                    self.end(d, ENDED_TIMEOUT, source=EXPIRY)
                     ended.append(d)
                     break
+        if len(self.tombstones) > 1024 and len(ended) < limit:
+            self.tombstones = {k: v for k, v in self.tombstones.items() if v[2] > t}
         return ended

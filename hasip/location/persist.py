@@ -17,7 +17,7 @@ from collections import OrderedDict
 from hasip import metrics
 from hasip.location.backend import Backend
 from hasip.location.binding import Binding
-from hasip.location.store import DELETE, Change, LocationStore
+from hasip.location.store import DELETE, REMOTE, Change, LocationStore
 from hasip.log import get_logger
 from hasip.tasks import cancel
 
@@ -26,8 +26,13 @@ log = get_logger("hasip.location")
 
 class WriteBehind:
     def __init__(self, backend: Backend, max_pending: int = 1_000_000, batch: int = 500,
-                 max_backoff: float = 5.0, interval: float = 0.1) -> None:
+                 max_backoff: float = 5.0, interval: float = 0.1,
+                 remote: bool = True) -> None:
         self.backend = backend
+        # Whether peers' changes are written too: yes for a store of this
+        # node's own (SQLite), no for a database the cluster shares (MySQL),
+        # where the node that made a change writes it.
+        self.remote = remote
         # Gather changes this long before writing: one transaction per batch,
         # not per registration.
         self.interval = interval
@@ -42,6 +47,8 @@ class WriteBehind:
 
     def on_change(self, change: Change) -> None:
         """Store subscriber: queue one change (coalesced by binding)."""
+        if change.source == REMOTE and not self.remote:
+            return
         ruid = change.binding.ruid
         self.pending.pop(ruid, None)
         self.pending[ruid] = change

@@ -2,8 +2,14 @@
 and a change feed.
 
 Every change (a binding put or deleted) gets the next sequence number and is
-handed to each subscriber: the durable store's write-behind queue today, the
-replication stream to peer nodes later. Lookups never wait for either.
+handed to each subscriber: the durable store's write-behind queue and the
+replication stream to peer nodes. Lookups never wait for either.
+
+Versions are a Lamport clock shared with the peers: ``apply`` (a peer's
+change) moves the counter past the version it brings, and keeps the change
+only if it is newer by the merge rule (version, then node). A deletion
+leaves a tombstone until the binding would have expired, so an older put
+arriving late (a snapshot, a resend) cannot bring it back.
 """
 
 from __future__ import annotations
@@ -18,12 +24,25 @@ from hasip.location.binding import Binding
 PUT = "put"
 DELETE = "delete"
 
+# Where a change comes from: this node's registrar, a peer (replication), or
+# this node's own expiry (every node expires by the same clock: not sent).
+LOCAL = "local"
+REMOTE = "remote"
+EXPIRY = "expiry"
+
 
 @dataclass(slots=True, frozen=True)
 class Change:
     seq: int
     op: str          # PUT or DELETE
     binding: Binding
+    source: str = LOCAL
+
+
+def newer(version: int, node: str, than_version: int, than_node: str) -> bool:
+    """The merge rule: the higher Lamport version wins, the node name breaks
+    a tie; a total order, so every node picks the same winner."""
+    return (version, node) > (than_version, than_node)
 
 
 Subscriber = Callable[[Change], None]
@@ -37,6 +56,8 @@ class LocationStore:
         self.seq = 0
         self._subscribers: list[Subscriber] = []
         self._expiry: list[tuple[float, str, str]] = []   # (expires, aor, ruid)
+        # (aor, ruid) -> (version, node, until) of a deleted binding
+        self.tombstones: dict[tuple[str, str], tuple[int, str, float]] = {}
 
     def subscribe(self, callback: Subscriber) -> None:
         self._subscribers.append(callback)
@@ -62,10 +83,13 @@ class LocationStore:
         for items in self.by_aor.values():
             yield from items
 
-    def _emit(self, op: str, binding: Binding) -> None:
-        change = Change(binding.version, op, binding)
+    def _emit(self, op: str, binding: Binding, source: str = LOCAL) -> None:
+        change = Change(binding.version, op, binding, source)
         for callback in self._subscribers:
             callback(change)
+
+    def find(self, aor: str, ruid: str) -> Binding | None:
+        return next((b for b in self.by_aor.get(aor, ()) if b.ruid == ruid), None)
 
     def put(self, binding: Binding, now: float | None = None) -> None:
         """Add or replace (same ruid) a binding; stamps version and time."""
@@ -73,8 +97,45 @@ class LocationStore:
         binding.version = self.seq
         binding.updated = self.clock() if now is None else now
         binding.node = self.node
+        self.tombstones.pop((binding.aor, binding.ruid), None)
         self._store(binding)
         self._emit(PUT, binding)
+
+    def apply(self, op: str, binding: Binding, now: float | None = None) -> bool:
+        """A peer's change, kept if newer than what this node has (binding
+        or tombstone); subscribers see it with source REMOTE. True if kept."""
+        if binding.version > self.seq:
+            self.seq = binding.version
+        key = (binding.aor, binding.ruid)
+        current = self.find(binding.aor, binding.ruid)
+        if current is not None and not newer(binding.version, binding.node,
+                                             current.version, current.node):
+            return False
+        tomb = self.tombstones.get(key)
+        if tomb is not None and not newer(binding.version, binding.node, tomb[0], tomb[1]):
+            return False
+        if op == DELETE:
+            self.tombstones[key] = (binding.version, binding.node, binding.expires)
+            if current is None:
+                return True
+            self._remove(current)
+            self._emit(DELETE, binding, REMOTE)
+            return True
+        t = self.clock() if now is None else now
+        if binding.expires <= t:
+            return False
+        self.tombstones.pop(key, None)
+        self._store(binding)
+        self._emit(PUT, binding, REMOTE)
+        return True
+
+    def _remove(self, binding: Binding) -> None:
+        items = self.by_aor.get(binding.aor)
+        if items is None:
+            return
+        items[:] = [b for b in items if b.ruid != binding.ruid]
+        if not items:
+            del self.by_aor[binding.aor]
 
     def _store(self, binding: Binding) -> None:
         items = self.by_aor.setdefault(binding.aor, [])
@@ -86,7 +147,7 @@ class LocationStore:
             items.append(binding)
         heapq.heappush(self._expiry, (binding.expires, binding.aor, binding.ruid))
 
-    def delete(self, binding: Binding) -> bool:
+    def delete(self, binding: Binding, source: str = LOCAL) -> bool:
         items = self.by_aor.get(binding.aor)
         if not items:
             return False
@@ -97,7 +158,9 @@ class LocationStore:
                     del self.by_aor[binding.aor]
                 self.seq += 1
                 old.version = self.seq
-                self._emit(DELETE, old)
+                old.node = self.node
+                self.tombstones[(old.aor, old.ruid)] = (old.version, old.node, old.expires)
+                self._emit(DELETE, old, source)
                 return True
         return False
 
@@ -125,7 +188,9 @@ class LocationStore:
             _expires, aor, ruid = heapq.heappop(heap)
             for b in self.by_aor.get(aor, ()):
                 if b.ruid == ruid and b.expires <= t:
-                    self.delete(b)
+                    self.delete(b, EXPIRY)
                     removed += 1
                     break
+        if len(self.tombstones) > 1024 and removed < limit:
+            self.tombstones = {k: v for k, v in self.tombstones.items() if v[2] > t}
         return removed

@@ -28,10 +28,13 @@ PRIORITIES = {"n1": (100, 10), "n2": (50, 100), "n3": (10, 50)}
 
 
 class Cluster:
-    def __init__(self, lab: Lab, zk: ZooKeeper, workdir: Path) -> None:
+    def __init__(self, lab: Lab, zk: ZooKeeper, workdir: Path, replication: bool = False,
+                 users_file: Path | None = None) -> None:
         self.lab = lab
         self.zk = zk
         self.workdir = workdir
+        self.replication = replication
+        self.users_file = users_file
         self.nodes: dict[str, subprocess.Popen[bytes]] = {}
         self.asterisk = Sipp("uas.xml", 5080, workdir, local_ip=ASTERISK_IP,
                              netns=lab.ns("ast")).start()
@@ -54,6 +57,13 @@ class Cluster:
                         "vips": [f"{VIP_A}/24@lan0,priority={prio_a}",
                                  f"{VIP_B}/24@lan0,priority={prio_b}"]},
         }
+        auth = cfg["auth"]
+        auth["secret"] = "nonces-of-the-whole-cluster"     # any node checks any node's nonce
+        if self.users_file is not None:
+            auth["users_file"] = str(self.users_file)
+        if self.replication:
+            cfg["replication"] = {"listen": f"198.18.0.1{index}:5090",
+                                  "secret": "replication-secret-of-the-cluster"}
         path = write_config(self.workdir / f"{name}.toml", cfg)
         self.nodes[name] = self.lab.popen(name, [sys.executable, "-m", "hasip", "run", "-c",
                                                  str(path)], self.workdir / f"{name}.log",
@@ -81,6 +91,13 @@ class Cluster:
             return {}
         return {d["uri"]: d["flags"] for d in json.loads(res.stdout)
                 if not d["draining"]}
+
+    def control(self, node: str, path: str) -> dict:
+        """GET ``path`` of ``node``'s control API ({} while it does not answer)."""
+        code = ("import json,urllib.request;print(urllib.request.urlopen("
+                f"'http://127.0.0.1:9061{path}',timeout=10).read().decode())")
+        res = self.lab.run(node, [sys.executable, "-c", code], timeout=30)
+        return json.loads(res.stdout) if res.returncode == 0 else {}
 
     def status(self) -> dict:
         res = self.hasip("status", "--json")
@@ -130,8 +147,11 @@ def cluster_missing() -> str:
     return ""
 
 
-def vip_cluster(tmp_path: Path, zk_servers: int) -> Iterator[Cluster]:
-    """The running cluster, VIP_A on n1 and VIP_B on n2; torn down after."""
+def vip_cluster(tmp_path: Path, zk_servers: int, replication: bool = False,
+                users_file: Path | None = None,
+                nodes: tuple[str, ...] = ("n1", "n2", "n3")) -> Iterator[Cluster]:
+    """The running cluster (``nodes`` started), VIP_A on n1 and VIP_B on n2;
+    torn down after."""
     lab = Lab(f"hk{os.getpid() % 10000}").create()
     zk: ZooKeeper | None = None
     c: Cluster | None = None
@@ -142,8 +162,8 @@ def vip_cluster(tmp_path: Path, zk_servers: int) -> Iterator[Cluster]:
         lab.add_host("client", lan=CLIENT_IP)
         lab.add_host("ast", lan=ASTERISK_IP)
         zk = ZooKeeper(tmp_path, ZK_IP, count=zk_servers, netns=lab.ns("zk")).start()
-        c = Cluster(lab, zk, tmp_path)
-        for name in ("n1", "n2", "n3"):
+        c = Cluster(lab, zk, tmp_path, replication, users_file)
+        for name in nodes:
             c.start_node(name)
         c.wait_owners({VIP_A: "n1", VIP_B: "n2"})
         yield c

@@ -1,0 +1,76 @@
+"""What replication streams, sans-IO: bindings, dialogs and destination
+states as JSON-able records, and the one merge rule every node applies.
+
+A record is ``{"t": TYPE, "op": "put" | "del", "v": VERSION, "n": NODE,
+"d": {fields}}``. VERSION is a Lamport clock: every store counts its
+changes, and a node that applies a peer's record moves its own counter past
+that record's version, so a change made after seeing another is always
+newer than it. Two changes made without seeing each other (a binding
+refreshed on two nodes at once) compare by (version, node): the same
+winner on every node, whatever order the records arrive in.
+
+Field names are the dataclasses' own; a reader drops fields it does not
+know and leaves missing ones at their defaults (nodes of two releases).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
+
+from hasip.dialog.dialog import Dialog
+from hasip.location.binding import Binding
+
+BINDING = "reg"
+DIALOG = "dlg"
+DESTINATION = "dst"
+
+PUT = "put"
+DELETE = "del"
+
+T = TypeVar("T")
+
+_FIELDS: dict[type, dict[str, bool]] = {}     # class -> {field: is a tuple}
+
+
+def _fields(cls: type) -> dict[str, bool]:
+    found = _FIELDS.get(cls)
+    if found is None:
+        found = {f.name: str(f.type).startswith("tuple")
+                 for f in dataclasses.fields(cls)}
+        _FIELDS[cls] = found
+    return found
+
+
+def fields_of(obj: Any) -> dict[str, Any]:
+    """A dataclass instance as a JSON-able dict (tuples become lists)."""
+    out = {}
+    for name, is_tuple in _fields(type(obj)).items():
+        value = getattr(obj, name)
+        out[name] = list(value) if is_tuple else value
+    return out
+
+
+def build(cls: type[T], data: dict[str, Any]) -> T:
+    """An instance of ``cls`` from a record's fields (unknown ones dropped)."""
+    known = _fields(cls)
+    kwargs = {k: (tuple(v) if known[k] else v) for k, v in data.items() if k in known}
+    return cls(**kwargs)
+
+
+def newer(version: int, node: str, than_version: int, than_node: str) -> bool:
+    """The merge rule: the higher Lamport version wins, the node name breaks
+    a tie. A total order, so every node picks the same winner."""
+    return (version, node) > (than_version, than_node)
+
+
+def record(kind: str, op: str, version: int, node: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"t": kind, "op": op, "v": version, "n": node, "d": data}
+
+
+def binding_record(op: str, b: Binding) -> dict[str, Any]:
+    return record(BINDING, op, b.version, b.node, fields_of(b))
+
+
+def dialog_record(op: str, d: Dialog) -> dict[str, Any]:
+    return record(DIALOG, op, d.version, d.node, fields_of(d))

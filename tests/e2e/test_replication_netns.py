@@ -1,0 +1,144 @@
+"""Replication between nodes in network namespaces (the VIP cluster harness
+with replication on): registrations made through one node are on every
+node, byte-equal; a node that joins syncs before it serves; a link cut
+with resets is repaired; calls set up on a node that is killed end through
+the node that took its VIP over."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hasip.demo.sipp import Sipp
+from tests.e2e.vipcluster import (
+    CLIENT_IP,
+    VIP_A,
+    VIP_B,
+    Cluster,
+    cluster_missing,
+    vip_cluster,
+)
+
+REALM = "hasip"
+PHONES = 2000
+
+
+def write_users(workdir: Path, first: int, count: int) -> tuple[Path, Path]:
+    """A users file (user:realm:HA1) and a SIPp injection file for users
+    ``first`` .. ``first + count - 1``, password ``pw<user>``."""
+    users = workdir / "users.htdigest"
+    inf = workdir / f"phones-{first}.csv"
+    with open(users, "a") as u, open(inf, "w") as f:
+        f.write("SEQUENTIAL\n")
+        for n in range(first, first + count):
+            ha1 = hashlib.md5(f"{n}:{REALM}:pw{n}".encode()).hexdigest()
+            u.write(f"{n}:{REALM}:{ha1}\n")
+            f.write(f"{n};[authentication username={n} password=pw{n}]\n")
+    return users, inf
+
+
+@pytest.fixture
+def replicated(tmp_path: Path) -> Iterator[Cluster]:
+    missing = cluster_missing()
+    if missing:
+        pytest.skip(missing)
+    users, _ = write_users(tmp_path, 20000, PHONES + 1000)
+    yield from vip_cluster(tmp_path, 1, replication=True, users_file=users,
+                           nodes=("n1", "n2"))
+
+
+def register(cluster: Cluster, tmp_path: Path, first: int, count: int, rate: int = 400,
+             vip: str = VIP_A) -> Sipp:
+    inf = tmp_path / f"phones-{first}-{count}.csv"
+    with open(inf, "w") as f:
+        f.write("SEQUENTIAL\n")
+        for n in range(first, first + count):
+            f.write(f"{n};[authentication username={n} password=pw{n}]\n")
+    phone = Sipp("register_many.xml", 5072, tmp_path, remote=f"{vip}:5060", calls=count,
+                 rate=rate, local_ip=CLIENT_IP, netns=cluster.lab.ns("client"),
+                 extra=("-inf", str(inf), "-key", "contact_port", "5071", "-key", "expires",
+                        "3600", "-l", "1000"))
+    return phone.start()
+
+
+def location(cluster: Cluster, node: str) -> dict:
+    return cluster.control(node, "/location")
+
+
+def wait_same_location(cluster: Cluster, nodes: tuple[str, ...], bindings: int,
+                       timeout: float = 20.0) -> dict[str, dict]:
+    deadline = time.monotonic() + timeout
+    views: dict[str, dict] = {}
+    while time.monotonic() < deadline:
+        views = {n: location(cluster, n) for n in nodes}
+        if all(v.get("bindings") == bindings for v in views.values()) and len(
+                {v.get("digest") for v in views.values()}) == 1:
+            return views
+        time.sleep(0.3)
+    got = {n: (v.get("bindings"), v.get("digest", "")[:12]) for n, v in views.items()}
+    raise AssertionError(f"wanted {bindings} equal bindings on {nodes}, got {got}")
+
+
+def test_registrations_reach_every_node_and_a_joining_node_syncs_first(replicated,
+                                                                      tmp_path) -> None:
+    cluster = replicated
+    phone = register(cluster, tmp_path, 20000, PHONES)
+    assert phone.wait(60) == 0, phone.errors()
+    assert phone.counter("SuccessfulCall(C)") == PHONES
+    wait_same_location(cluster, ("n1", "n2"), PHONES)
+    # n3 joins: it pulls the snapshot from a peer before it serves
+    cluster.start_node("n3")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "replication_synced" not in cluster.log("n3", tail=0):
+        time.sleep(0.2)
+    log = cluster.log("n3", tail=0)
+    m = re.search(r"event=replication_synced source=(\S+) records=(\d+) seconds=([\d.]+) "
+                  r"per_second=(\d+)", log)
+    assert m, log[-3000:]
+    print(f"n3 synced {m.group(2)} records from {m.group(1)} in {float(m.group(3)) * 1000:.0f} ms"
+          f" ({m.group(4)} per second)")
+    assert int(m.group(2)) >= PHONES
+    # it reported synced before it started serving SIP
+    assert log.index("event=replication_synced") < log.index("event=node_started")
+    views = wait_same_location(cluster, ("n1", "n2", "n3"), PHONES)
+    assert views["n3"]["aors"] == PHONES
+    status = cluster.status()
+    assert status["nodes"]["n3"]["sync"]["state"] == "synced"
+
+
+def _reject(cluster: Cluster, node: str, on: bool) -> None:
+    """Reset every replication connection of ``node`` (both ways) while on."""
+    for chain, port in (("INPUT", "--dport"), ("INPUT", "--sport")):
+        cluster.lab.run(node, ["iptables", "-A" if on else "-D", chain, "-p", "tcp", port,
+                               "5090", "-j", "REJECT", "--reject-with", "tcp-reset"],
+                        check=True)
+
+
+def test_a_link_reset_is_repaired_and_nothing_diverges(replicated, tmp_path) -> None:
+    cluster = replicated
+    cluster.start_node("n3")
+    cluster.wait_owners({VIP_A: "n1", VIP_B: "n2"})
+    phone = register(cluster, tmp_path, 20000, 500)
+    assert phone.wait(60) == 0, phone.errors()
+    wait_same_location(cluster, ("n1", "n2", "n3"), 500)
+    if subprocess.run(["iptables", "-L", "-n"], capture_output=True).returncode != 0:
+        pytest.skip("iptables is not usable here")
+    _reject(cluster, "n3", True)
+    try:
+        phone = register(cluster, tmp_path, 20500, 500)
+        assert phone.wait(60) == 0, phone.errors()
+        wait_same_location(cluster, ("n1", "n2"), 1000)
+        assert location(cluster, "n3")["bindings"] < 1000     # it missed them
+    finally:
+        _reject(cluster, "n3", False)
+    t0 = time.monotonic()
+    wait_same_location(cluster, ("n1", "n2", "n3"), 1000)
+    print(f"n3 repaired its gap {(time.monotonic() - t0) * 1000:.0f} ms after the link "
+          "came back")
+    assert "replication_sync_served" in cluster.log("n1", tail=0)
