@@ -142,3 +142,51 @@ def test_a_link_reset_is_repaired_and_nothing_diverges(replicated, tmp_path) -> 
     print(f"n3 repaired its gap {(time.monotonic() - t0) * 1000:.0f} ms after the link "
           "came back")
     assert "replication_sync_served" in cluster.log("n1", tail=0)
+
+
+def test_calls_of_a_killed_owner_end_through_the_new_one_and_its_phones_stay_reachable(
+        replicated, tmp_path) -> None:
+    """Long calls through VIP_A (owned by n1), phones registered through
+    VIP_A; kill -9 n1: VIP_A moves to n2, which has n1's dialogs and
+    bindings. Every call's BYE goes through n2 and ends its dialog there;
+    a call from the gateway to a phone registered through VIP_A reaches it
+    from VIP_A."""
+    cluster = replicated
+    cluster.start_node("n3")
+    cluster.wait_owners({VIP_A: "n1", VIP_B: "n2"})
+    phones_uas = Sipp("uas.xml", 5071, tmp_path, local_ip=CLIENT_IP,
+                      netns=cluster.lab.ns("client")).start()
+    try:
+        phone = register(cluster, tmp_path, 20000, 5)
+        assert phone.wait(30) == 0, phone.errors()
+        wait_same_location(cluster, ("n1", "n2", "n3"), 5)
+        calls = 20
+        caller = Sipp("uac.xml", 5070, tmp_path, remote=f"{VIP_A}:5060", calls=calls, rate=10,
+                      call_length_ms=6000, local_ip=CLIENT_IP,
+                      netns=cluster.lab.ns("client")).start()
+        time.sleep(2.6)                        # every call is up, none has ended
+        before = cluster.control("n2", "/dialogs")["dialogs"]
+        cluster.nodes["n1"].kill()
+        cluster.wait_owners({VIP_A: "n2"}, timeout=10)
+        assert caller.wait(60) == 0, caller.errors()
+        ok, failed = caller.counter("SuccessfulCall(C)"), caller.counter("FailedCall(C)")
+        print(f"n2 had {before} of n1's dialogs when n1 was killed; calls {ok} completed, "
+              f"{failed} failed of {calls}")
+        assert before >= 20 and (ok, failed) == (calls, 0), caller.errors()
+        # every dialog ended, on both survivors, by its BYE
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(
+                cluster.control(n, "/dialogs")["dialogs"] for n in ("n2", "n3")):
+            time.sleep(0.2)
+        assert [cluster.control(n, "/dialogs")["dialogs"] for n in ("n2", "n3")] == [0, 0]
+        # a gateway call to a phone registered through VIP_A, now served by n2
+        gateway = Sipp("uac.xml", 5081, tmp_path, remote=f"{VIP_A}:5060", calls=1,
+                       service="20003", local_ip="198.18.0.60",
+                       netns=cluster.lab.ns("ast")).start()
+        assert gateway.wait(30) == 0, gateway.errors()
+        deadline = time.monotonic() + 5      # SIPp writes its statistics every second
+        while time.monotonic() < deadline and phones_uas.counter("SuccessfulCall(C)") < 1:
+            time.sleep(0.2)
+        assert phones_uas.counter("SuccessfulCall(C)") == 1   # the phone answered it
+    finally:
+        phones_uas.stop()
