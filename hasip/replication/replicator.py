@@ -391,10 +391,13 @@ class Replicator:
             await asyncio.sleep(0.05)
         links = dict(self.links)
         source = ""
+        transfer = 0.0
         if links:
             source = sorted(links)[0]
             try:
+                t0 = time.monotonic()
                 await self._request(links[source], {"full": True})
+                transfer = time.monotonic() - t0
                 for name, link in links.items():
                     if name != source and not link.closed:
                         epoch, seq = self.positions.get(name, ("", 0))
@@ -409,9 +412,10 @@ class Replicator:
         metrics.REPL_SYNCED.set(1)
         metrics.REPL_SYNC_RECORDS.set(self._sync_count)
         metrics.REPL_SYNC_SECONDS.set(took)
-        rate = self._sync_count / took if took > 0 else 0.0
+        rate = self._sync_count / transfer if transfer > 0 else 0.0
         log.info("replication_synced", source=source or "none (first node)",
-                 records=self._sync_count, seconds=round(took, 3), per_second=round(rate))
+                 records=self._sync_count, seconds=round(took, 3),
+                 snapshot_seconds=round(transfer, 3), per_second=round(rate))
         # Links that came up while we synced catch up now.
         for name, link in self.links.items():
             if name not in links:

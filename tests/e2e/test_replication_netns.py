@@ -99,7 +99,7 @@ def test_registrations_reach_every_node_and_a_joining_node_syncs_first(replicate
         time.sleep(0.2)
     log = cluster.log("n3", tail=0)
     m = re.search(r"event=replication_synced source=(\S+) records=(\d+) seconds=([\d.]+) "
-                  r"per_second=(\d+)", log)
+                  r"snapshot_seconds=[\d.]+ per_second=(\d+)", log)
     assert m, log[-3000:]
     print(f"n3 synced {m.group(2)} records from {m.group(1)} in {float(m.group(3)) * 1000:.0f} ms"
           f" ({m.group(4)} per second)")
