@@ -103,6 +103,7 @@ class ReplicationConfig:
 class DialogConfig:
     # A dialog without a BYE ends after this (Kamailio's dialog default_timeout).
     timeout: float = 43200.0
+    cdr: bool = True            # a CDR per ended dialog, in the location store's database
 
 
 @dataclass
@@ -395,6 +396,7 @@ def config_from_dict(raw: dict[str, Any], path: str = "<dict>") -> Config:
     _dispatcher_section(cfg, _Section(path, "dispatcher", raw.get("dispatcher", {})))
     dialog = _Section(path, "dialog", raw.get("dialog", {}))
     cfg.dialog.timeout = dialog.number("timeout", cfg.dialog.timeout, 1.0, 30 * 86400.0)
+    cfg.dialog.cdr = dialog.get("cdr", bool, cfg.dialog.cdr)
     dialog.finish()
     _cluster_section(cfg, _Section(path, "cluster", raw.get("cluster", {})))
     _replication_section(cfg, _Section(path, "replication", raw.get("replication", {})))

@@ -247,3 +247,10 @@ REPL_SYNC_SECONDS = Gauge("hasip_replication_sync_seconds",
                           "How long the last sync on join took")
 REPL_SYNCED = Gauge("hasip_replication_synced",
                     "1 when this node holds the cluster's state (synced on join)")
+
+# Call detail records
+CDR_QUEUE = Gauge("hasip_cdr_write_queue", "CDRs waiting to be written")
+CDR_WRITES = Counter("hasip_cdrs_written_total", "CDRs written to the database", ["backend"])
+CDR_WRITE_ERRORS = Counter("hasip_cdr_write_errors_total", "Failed CDR write batches (retried)",
+                           ["backend"])
+CDR_DROPPED = Counter("hasip_cdrs_dropped_total", "CDRs dropped because the queue was full")

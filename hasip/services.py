@@ -18,6 +18,7 @@ from hasip.auth.digest import NonceManager
 from hasip.auth.radius import RadiusClient
 from hasip.auth.users import LocalUsers, UsersFileError
 from hasip.config import Config, ConfigError
+from hasip.dialog.cdr import CdrWriter
 from hasip.dialog.store import END, Change, DialogStore
 from hasip.dispatcher.dispatcher import Dispatcher
 from hasip.location.backend import Backend, MysqlBackend, SqliteBackend
@@ -47,6 +48,7 @@ class Services:
     backend: Backend | None = None
     writer: WriteBehind | None = None
     radius: RadiusClient | None = None
+    cdrs: CdrWriter | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _trusted_ips: dict[str, bool] = field(default_factory=dict)
 
@@ -81,6 +83,8 @@ class Services:
         if self.backend is None or self.writer is None:
             return
         self.writer.start()
+        if self.cdrs is not None:
+            self.cdrs.start()
         loading = loop.create_task(load_into(self.location, self.backend))
         self._tasks.append(loading)
         try:
@@ -103,6 +107,10 @@ class Services:
             await self.writer.stop()
             if not await self.writer.flush(max(grace, 1.0)):
                 log.error("location_unwritten_at_exit", pending=len(self.writer.pending))
+        if self.cdrs is not None:
+            await self.cdrs.stop()
+            if not await self.cdrs.flush(max(grace, 1.0)):
+                log.error("cdrs_unwritten_at_exit", pending=len(self.cdrs.pending))
         if self.backend is not None:
             await self.backend.close()
         if self.radius is not None:
@@ -158,10 +166,15 @@ def build(config: Config, durable: bool = True) -> Services:
     dialogs = DialogStore(config.node_name, config.dialog.timeout)
     dialogs.subscribe(dispatcher.on_dialog)
     dialogs.subscribe(_count_ended)
+    cdrs: CdrWriter | None = None
+    if backend is not None and config.dialog.cdr:
+        cdrs = CdrWriter(backend, config.location.max_pending, config.location.batch,
+                         interval=config.location.flush_interval)
+        dialogs.subscribe(cdrs.on_dialog)
     for state in dialogs.counts:
         metrics.DIALOGS.labels(state).set_function(_counter_of(dialogs.counts, state))
     return Services(store, authenticator, policy, dispatcher, trusted, peers, dialogs, backend,
-                    writer, radius)
+                    writer, radius, cdrs)
 
 
 def _counter_of(counts: dict[str, int], key: str) -> Callable[[], float]:

@@ -12,6 +12,7 @@ from importlib import resources
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
+from hasip.dialog.dialog import Dialog
 from hasip.location.binding import Binding
 from hasip.sip.headers import split_list
 
@@ -26,7 +27,20 @@ class Backend(Protocol):
     async def open(self) -> None: ...
     async def load(self) -> list[Binding]: ...
     async def write(self, puts: list[Binding], deletes: list[str]) -> None: ...
+    async def write_cdrs(self, dialogs: list[Dialog]) -> None: ...
     async def close(self) -> None: ...
+
+
+_CDR_COLUMNS = ("dialog_id", "call_id", "from_tag", "to_tag", "from_uri", "to_uri",
+                "request_uri", "caller", "destination", "socket", "nat", "started",
+                "answered", "ended", "duration", "end_reason", "end_status", "node")
+
+
+def _cdr_row(d: Dialog, when: Any) -> tuple[Any, ...]:
+    return (d.id, d.call_id, d.from_tag, d.to_tag, d.from_uri, d.to_uri, d.request_uri,
+            d.user, d.ds_uri, d.socket, int(d.nat), when(d.started),
+            when(d.answered) if d.answered else None, when(d.ended), d.duration(),
+            d.end_reason, d.end_status, d.node)
 
 
 def migrations(kind: str) -> list[tuple[int, str]]:
@@ -121,6 +135,21 @@ class SqliteBackend:
 
     async def write(self, puts: list[Binding], deletes: list[str]) -> None:
         await self._run(self._write, puts, deletes)
+
+    def _write_cdrs(self, dialogs: list[Dialog]) -> None:
+        assert self._db is not None
+        marks = ", ".join("?" * len(_CDR_COLUMNS))
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(f"INSERT OR IGNORE INTO cdr ({', '.join(_CDR_COLUMNS)}) "
+                                 f"VALUES ({marks})", [_cdr_row(d, float) for d in dialogs])
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    async def write_cdrs(self, dialogs: list[Dialog]) -> None:
+        await self._run(self._write_cdrs, dialogs)
 
     async def close(self) -> None:
         if self._db is not None:
@@ -220,6 +249,17 @@ class MysqlBackend:
                 if deletes:
                     await cur.executemany("DELETE FROM location WHERE ruid = %s",
                                           [(r,) for r in deletes])
+            await conn.commit()
+
+        await self._guarded(write)
+
+    async def write_cdrs(self, dialogs: list[Dialog]) -> None:
+        async def write(conn: Any) -> None:
+            async with conn.cursor() as cur:
+                cols = ", ".join(f"`{c}`" for c in _CDR_COLUMNS)
+                marks = ", ".join(["%s"] * len(_CDR_COLUMNS))
+                await cur.executemany(f"INSERT IGNORE INTO cdr ({cols}) VALUES ({marks})",
+                                      [_cdr_row(d, _to_datetime) for d in dialogs])
             await conn.commit()
 
         await self._guarded(write)

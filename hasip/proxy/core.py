@@ -195,6 +195,8 @@ class Proxy:
         self._lat_response = stats.latency.child("response")
         self._destinations: dict[tuple[str, str, int], Destination | None] = {}
         self.listeners_by_socket = {lst.socket: lst for lst in self.transports.listeners}
+        if self.services.cdrs is not None:
+            self.services.cdrs.owns = self.owns_socket
         self.pinger = NatPinger(self.services.location, self.listeners_by_socket,
                                 self.transports.send, config.nat.ping_interval)
         ds = config.dispatcher
@@ -739,6 +741,12 @@ class Proxy:
                 sock, dest.transport, dest.listener.family, dest.addr[0]):
             return dest
         return Destination(dest.transport, dest.addr, sock)
+
+    def owns_socket(self, socket_text: str) -> bool:
+        """Whether ``socket_text`` ("udp:VIP:5060") is ours to serve now: one
+        of our listeners, and (a VIP) held by this node."""
+        listener = self.listeners_by_socket.get(socket_text)
+        return listener is not None and listener.active
 
     def node_address(self, node: Node, ctx: RequestContext | None = None,
                      vip: bool = False) -> Destination | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,6 +28,21 @@ from tests.e2e.vipcluster import (
 
 REALM = "hasip"
 PHONES = 2000
+NODES = ("n1", "n2", "n3")
+
+
+def cdrs(workdir: Path, node: str) -> list[tuple[str, str, float]]:
+    """(dialog id, end reason, duration) of the CDRs in ``node``'s SQLite store."""
+    path = workdir / f"{node}.sqlite"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT dialog_id, end_reason, duration FROM cdr").fetchall()
+    except sqlite3.OperationalError:
+        return []                   # not created yet
+    finally:
+        db.close()
 
 
 def write_users(workdir: Path, first: int, count: int) -> tuple[Path, Path]:
@@ -179,6 +195,15 @@ def test_calls_of_a_killed_owner_end_through_the_new_one_and_its_phones_stay_rea
                 cluster.control(n, "/dialogs")["dialogs"] for n in ("n2", "n3")):
             time.sleep(0.2)
         assert [cluster.control(n, "/dialogs")["dialogs"] for n in ("n2", "n3")] == [0, 0]
+        # one CDR per call, each written by exactly one node (n2 saw the BYEs)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and sum(len(cdrs(tmp_path, n)) for n in NODES) < calls:
+            time.sleep(0.2)
+        written = {n: cdrs(tmp_path, n) for n in NODES}
+        ids = [row[0] for rows in written.values() for row in rows]
+        print("CDRs per node: " + ", ".join(f"{n} {len(r)}" for n, r in written.items()))
+        assert len(ids) == len(set(ids)) == calls
+        assert all(row[1] == "bye" and row[2] >= 5.0 for row in written["n2"])
         # a gateway call to a phone registered through VIP_A, now served by n2
         gateway = Sipp("uac.xml", 5081, tmp_path, remote=f"{VIP_A}:5060", calls=1,
                        service="20003", local_ip="198.18.0.60",

@@ -62,6 +62,9 @@ class Cluster:
         if self.users_file is not None:
             auth["users_file"] = str(self.users_file)
         if self.replication:
+            # Each node's own SQLite store (bindings and CDRs).
+            cfg["location"] = {"backend": "sqlite",
+                               "sqlite_path": str(self.workdir / f"{name}.sqlite")}
             cfg["replication"] = {"listen": f"198.18.0.1{index}:5090",
                                   "secret": "replication-secret-of-the-cluster"}
         path = write_config(self.workdir / f"{name}.toml", cfg)
