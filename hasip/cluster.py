@@ -63,7 +63,8 @@ class Cluster:
             ka.publish()
 
         replicator = Replicator(config.replication, config.node_name, services.location,
-                                services.dialogs, ka.zk, f"{self.root}/nodes", advertise)
+                                services.dialogs, services.dispatcher, ka.zk,
+                                f"{self.root}/nodes", advertise)
         self.replicator = replicator
         await replicator.start()
         await replicator.join()

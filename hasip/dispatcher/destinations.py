@@ -45,6 +45,8 @@ class Destination:
     origin: str = "config"      # config, file (dispatcher.list_file) or api
     held_until: float = 0.0     # probes cannot bring it back before (monotonic seconds)
     probe_rtt: float = 0.0      # the last answered probe's round trip (seconds)
+    state_version: int = 0      # Lamport version of the last state change (replication)
+    state_node: str = ""        # the node that made it
     key: str = field(init=False)
 
     def __post_init__(self) -> None:

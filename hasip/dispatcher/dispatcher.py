@@ -5,6 +5,7 @@ the health thresholds; what the routing script asks (``order``) and tells
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from hasip import metrics
 from hasip.config import Config, socket_fault
@@ -67,7 +68,42 @@ class Dispatcher:
         self.draining: list[Destination] = []
         # Dialog id -> the destination its active-call count is on.
         self._counted: dict[str, Destination] = {}
+        self.node = config.node_name
+        # Health shared with the cluster: each state change is numbered (a
+        # Lamport counter, as the stores'), handed to the subscribers (the
+        # replicator) and applied from peers by ``apply_state``.
+        self.state_version = 0
+        self.state_subscribers: list[Callable[[Destination], None]] = []
+        # Whether this node probes a destination (replication: one prober
+        # per destination among the live nodes; alone: every one).
+        self.probes_mine: Callable[[Destination], bool] = lambda _dest: True
         self._index()
+
+    def _state_changed(self, dest: Destination) -> None:
+        self.state_version += 1
+        dest.state_version, dest.state_node = self.state_version, self.node
+        for callback in self.state_subscribers:
+            callback(dest)
+
+    def apply_state(self, set_id: int, uri: str, state: str, version: int, node: str) -> bool:
+        """A peer's view of a destination's health (its prober's, or a
+        failed call there), kept if newer by (version, node). True if kept."""
+        if version > self.state_version:
+            self.state_version = version
+        dest = self.by_key.get((set_id, uri))
+        if dest is None or (version, node) <= (dest.state_version, dest.state_node):
+            return False
+        dest.state_version, dest.state_node = version, node
+        if dest.state != state:
+            dest.state = state
+            dest.failures = dest.successes = 0
+            if state == INACTIVE and self.probes_mine(dest):
+                # We probe it and did not see it fail: calls failed on a peer.
+                # An answered OPTIONS is not enough to bring it back yet.
+                dest.held_until = time.monotonic() + self.hold_down
+            metrics.DS_STATE_CHANGES.inc(state)
+            log.info("destination_state", uri=dest.key, state=dest.flags, why=f"peer {node}")
+        return True
 
     def _index(self) -> None:
         self.by_address = {}
@@ -175,6 +211,7 @@ class Dispatcher:
         dest.set_admin_state(STATES[state])
         metrics.DS_STATE_CHANGES.inc(dest.state)
         log.info("destination_state", uri=dest.key, state=dest.flags, why="admin")
+        self._state_changed(dest)
         return dest
 
     def read_list_file(self) -> list[Destination]:
@@ -243,6 +280,7 @@ class Dispatcher:
             log.warning("destination_state", uri=dest.key, state=dest.flags, why=why)
             if by_call and dest.state == INACTIVE:
                 dest.held_until = time.monotonic() + self.hold_down
+            self._state_changed(dest)
 
     def succeeded(self, dest: Destination, by_probe: bool = False) -> None:
         if by_probe and dest.state == INACTIVE and dest.held_until > time.monotonic():
@@ -250,6 +288,7 @@ class Dispatcher:
         if dest.succeeded(self.thresholds):
             metrics.DS_STATE_CHANGES.inc(dest.state)
             log.info("destination_state", uri=dest.key, state=dest.flags)
+            self._state_changed(dest)
 
     @staticmethod
     def _export(dest: Destination) -> None:

@@ -60,7 +60,8 @@ class Prober:
                 self.expire(loop.time())
                 for dset in self.dispatcher.sets.values():
                     for dest in dset.destinations:
-                        if dest.probing and dest.state != "D":
+                        if (dest.probing and dest.state != "D"
+                                and self.dispatcher.probes_mine(dest)):
                             self.probe(dest, loop.time())
             except Exception:
                 log.error("probe_round_failed", exc_info=True)

@@ -26,6 +26,7 @@ contends for VIPs.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import time
@@ -42,6 +43,8 @@ from hasip.dialog.dialog import Dialog
 from hasip.dialog.store import END, DialogStore
 from hasip.dialog.store import LOCAL as DIALOG_LOCAL
 from hasip.dialog.store import Change as DialogChange
+from hasip.dispatcher.destinations import Destination
+from hasip.dispatcher.dispatcher import Dispatcher
 from hasip.location.binding import Binding
 from hasip.location.store import DELETE as LOC_DELETE
 from hasip.location.store import LOCAL as LOC_LOCAL
@@ -68,13 +71,14 @@ PROGRESS_EVERY = 5000
 
 class Replicator:
     def __init__(self, config: ReplicationConfig, node: str, location: LocationStore,
-                 dialogs: DialogStore, zk: KazooClient, members_path: str,
-                 advertise: Callable[[dict[str, Any]], None]) -> None:
+                 dialogs: DialogStore, dispatcher: Dispatcher, zk: KazooClient,
+                 members_path: str, advertise: Callable[[dict[str, Any]], None]) -> None:
         assert config.listen is not None
         self.config = config
         self.node = node
         self.location = location
         self.dialogs = dialogs
+        self.dispatcher = dispatcher
         self.zk = zk
         self.members_path = members_path
         self.advertise = advertise          # puts our fields in the membership data
@@ -99,6 +103,8 @@ class Replicator:
         self.loop: asyncio.AbstractEventLoop | None = None
         location.subscribe(self._on_location)
         dialogs.subscribe(self._on_dialog)
+        dispatcher.state_subscribers.append(self._on_destination)
+        dispatcher.probes_mine = self.probes_mine
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -129,6 +135,19 @@ class Replicator:
         if change.source == DIALOG_LOCAL:
             op = rec.DELETE if change.op == END else rec.PUT
             self._queue(rec.dialog_record(op, change.dialog))
+
+    def _on_destination(self, dest: Destination) -> None:
+        self._queue(_destination_record(dest))
+
+    def probes_mine(self, dest: Destination) -> bool:
+        """One prober per destination: the live member that hashes highest
+        with it (rendezvous hashing), so a node that leaves moves only its
+        own destinations to others. Alone (or before the membership is
+        read), this node probes everything."""
+        live = [n for n, info in self.members.items() if info.get("replication")]
+        if not live:
+            return True
+        return max(live, key=lambda n: _weight(n, dest.key)) == self.node
 
     def _queue(self, record: dict[str, Any]) -> None:
         self.seq += 1
@@ -285,7 +304,11 @@ class Replicator:
             if kind == rec.DIALOG:
                 d = rec.build(Dialog, data)
                 return self.dialogs.apply(END if op == rec.DELETE else "put", d)
-        except (TypeError, ValueError) as exc:
+            if kind == rec.DESTINATION:
+                return self.dispatcher.apply_state(int(data["set"]), str(data["uri"]),
+                                                   str(data["state"]), int(record["v"]),
+                                                   str(record["n"]))
+        except (TypeError, ValueError, KeyError) as exc:
             log.warning("replication_bad_record", kind=kind, error=str(exc))
         return False
 
@@ -332,6 +355,9 @@ class Replicator:
         for d in list(self.dialogs):
             if mine(d.node):
                 items.append(rec.dialog_record(rec.PUT, d))
+        for dest in list(self.dispatcher.by_key.values()):
+            if dest.state_version and mine(dest.state_node):
+                items.append(_destination_record(dest))
         batch = self.config.batch
         for i in range(0, len(items), batch):
             link.send(RECORDS, {"origin": self.node, "epoch": self.epoch, "seqs": None,
@@ -420,3 +446,13 @@ class Replicator:
         for name, link in self.links.items():
             if name not in links:
                 self._ask_since(link)
+
+
+def _destination_record(dest: Destination) -> dict[str, Any]:
+    return rec.record(rec.DESTINATION, rec.PUT, dest.state_version, dest.state_node,
+                      {"set": dest.set_id, "uri": dest.key, "state": dest.state})
+
+
+def _weight(node: str, key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{node}|{key}".encode(), digest_size=8).digest(),
+                          "big")

@@ -215,3 +215,48 @@ def test_calls_of_a_killed_owner_end_through_the_new_one_and_its_phones_stay_rea
         assert phones_uas.counter("SuccessfulCall(C)") == 1   # the phone answered it
     finally:
         phones_uas.stop()
+
+
+def _inactive_at(cluster: Cluster, node: str, uri: str) -> tuple[float, str] | None:
+    """When ``node`` logged ``uri`` inactive (seconds of the day), and why."""
+    for line in cluster.log(node, tail=0).splitlines():
+        if "event=destination_state" in line and f"uri={uri} " in line and "state=I" in line:
+            clock = re.search(r"ts=\S*T(\S+)Z", line)
+            why = re.search(r"why=(\"[^\"]*\"|\S+)", line)
+            if clock:
+                h, m, s = clock.group(1).split(":")
+                return int(h) * 3600 + int(m) * 60 + float(s), why.group(1) if why else ""
+    return None
+
+
+def test_one_node_probes_a_destination_and_every_node_takes_it_out_at_once(
+        replicated, tmp_path) -> None:
+    cluster = replicated
+    cluster.start_node("n3")
+    cluster.wait_owners({VIP_A: "n1", VIP_B: "n2"})
+    second = Sipp("uas.xml", 5082, tmp_path, local_ip="198.18.0.60",
+                  netns=cluster.lab.ns("ast")).start()
+    uri = "sip:198.18.0.60:5082"
+    try:
+        res = cluster.dispatcher("n1", "add", "1", uri)
+        assert res.returncode == 0, res.stderr
+        time.sleep(2.0)                       # probed and active everywhere
+        assert all(cluster.destinations(n).get(uri, "")[:1] == "A" for n in NODES)
+    finally:
+        second.stop()                         # that Asterisk node dies
+    deadline = time.monotonic() + 10
+    seen: dict[str, tuple[float, str] | None] = {}
+    while time.monotonic() < deadline:
+        seen = {n: _inactive_at(cluster, n, uri) for n in NODES}
+        if all(seen.values()):
+            break
+        time.sleep(0.2)
+    assert all(seen.values()), seen
+    probers = [n for n, v in seen.items() if v and not v[1].strip('"').startswith("peer")]
+    times = [v[0] for v in seen.values() if v]
+    spread = max(times) - min(times)
+    print(f"taken out by {probers} (its probes), on all three nodes within "
+          f"{spread * 1000:.1f} ms")
+    assert len(probers) == 1                 # one prober for this destination
+    assert spread < 0.5
+    assert all(cluster.destinations(n)[uri][:1] == "I" for n in NODES)
