@@ -5,6 +5,8 @@ through the same ZooKeeper session."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from hasip.config import Config
 from hasip.dispatcher.dispatcher import Dispatcher
 from hasip.dispatcher.shared import SharedSets
@@ -23,6 +25,8 @@ class Cluster:
         c = config.cluster
         self.root = c.root
         self.replicator: Replicator | None = None
+        # Run on the loop when this node takes a VIP (its address given).
+        self.acquired_hooks: list[Callable[[str], object]] = []
         self.listeners = listeners
         self.keepalive = Keepalive(
             KeepaliveConfig(node=config.node_name, zookeeper=c.zookeeper, vips=list(c.vips),
@@ -37,6 +41,8 @@ class Cluster:
 
     def _acquired(self, _name: str, address: str) -> None:
         self._switch(address, True)
+        for hook in self.acquired_hooks:
+            hook(address)
 
     def _released(self, _name: str, address: str) -> None:
         # May run on kazoo's thread (fencing): a flag flip only.

@@ -4,6 +4,11 @@ on (Kamailio nathelper's ``natping_interval`` with ``sipping``).
 
 Pings are stateless; a reply is matched by its branch. A ping not answered
 before the next round counts as failed.
+
+In a cluster every node holds every binding, but only the node that holds
+a binding's socket (the owner of the VIP it registered through) can and
+does ping it: no double work. A node that takes a VIP over pings that VIP's
+bindings at once (``ping_address``), not an interval later.
 """
 
 from __future__ import annotations
@@ -64,6 +69,18 @@ class NatPinger:
                 sent += 1
         return sent
 
+    def ping_address(self, address: str) -> int:
+        """Ping now the NATed bindings registered through ``address`` (a VIP
+        this node just took over)."""
+        sent = 0
+        for binding in list(self.store.all()):
+            where = parse_socket(binding.socket) if binding.nat else None
+            if where is not None and where[1] == address and self.ping(binding):
+                sent += 1
+        if sent:
+            log.info("nat_pings_resumed", address=address, bindings=sent)
+        return sent
+
     def ping(self, binding: Binding) -> bool:
         if binding.received is None:
             return False
@@ -71,6 +88,8 @@ class NatPinger:
         listener = self.listeners.get(binding.socket)
         if where is None or listener is None or where[0] != "udp":
             return False  # TCP keeps its own connection open
+        if not listener.active:
+            return False  # a VIP another node owns: that node pings it
         self._counter += 1
         branch = f"{BRANCH_PREFIX}{self._tag}{self._counter:x}"
         sent_by = listener.sent_by
