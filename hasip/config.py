@@ -97,6 +97,12 @@ class ReplicationConfig:
     log_size: int = 200_000                 # own changes kept to repair a peer's gap
     batch: int = 1000                       # records per frame in a snapshot
     sync_timeout: float = 60.0              # joining: give up on a silent peer after this
+    # TLS around the links (optional; peers authenticate with the secret
+    # either way): this node's certificate and key, and the CA that signed
+    # every node's certificate (both sides must present one).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
 
 
 @dataclass
@@ -412,6 +418,14 @@ def _replication_section(cfg: Config, sec: _Section) -> None:
     r.log_size = sec.integer("log_size", r.log_size, 1000, 100_000_000)
     r.batch = sec.integer("batch", r.batch, 1, 100_000)
     r.sync_timeout = sec.number("sync_timeout", r.sync_timeout, 1.0, 3600.0)
+    tls = {name: sec.get(name, str, "") for name in ("tls_cert", "tls_key", "tls_ca")}
+    if any(tls.values()):
+        for name, value in tls.items():
+            if not value:
+                raise sec.error(name, "TLS needs tls_cert, tls_key and tls_ca together")
+            if not Path(value).is_file():
+                raise sec.error(name, f"cannot read {value}")
+    r.tls_cert, r.tls_key, r.tls_ca = tls["tls_cert"], tls["tls_key"], tls["tls_ca"]
     sec.finish()
     if r.listen is None:
         return

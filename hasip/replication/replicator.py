@@ -29,6 +29,7 @@ import asyncio
 import hashlib
 import json
 import os
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -83,6 +84,7 @@ class Replicator:
         self.members_path = members_path
         self.advertise = advertise          # puts our fields in the membership data
         self.secret = config.secret.encode()
+        self._tls = tls_contexts(config)
         self.epoch = os.urandom(6).hex()
         self.seq = 0                        # our stream's last number
         self.log: deque[tuple[int, dict[str, Any]]] = deque(maxlen=config.log_size)
@@ -111,7 +113,8 @@ class Replicator:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         host, port = self.config.listen  # type: ignore[misc]
-        self._server = await asyncio.start_server(self._accept, host, port)
+        self._server = await asyncio.start_server(self._accept, host, port,
+                                                  ssl=self._tls[0])
         self.advertise({"replication": f"{host}:{port}", "sync": self.sync_state})
         self._tasks.append(self.loop.create_task(self._discover()))
         log.info("replication_listening", address=f"{host}:{port}", epoch=self.epoch)
@@ -179,8 +182,8 @@ class Replicator:
         host, _, port = address.rpartition(":")
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host.strip("[]"), int(port)), 3.0)
-        except (OSError, TimeoutError, ValueError) as exc:
+                asyncio.open_connection(host.strip("[]"), int(port), ssl=self._tls[1]), 3.0)
+        except (OSError, TimeoutError, ValueError, ssl.SSLError) as exc:
             log.info("replication_dial_failed", peer=peer, address=address, error=str(exc))
             await asyncio.sleep(0.5)
             return
@@ -188,18 +191,22 @@ class Replicator:
             self._dialing.discard(peer)
         self._dialing.add(peer)
         try:
-            await self._serve_link(Link(reader, writer, self.node, self.epoch, self.secret))
+            if not await self._serve_link(Link(reader, writer, self.node, self.epoch,
+                                               self.secret)):
+                await asyncio.sleep(5.0)   # a peer we cannot trust: do not hammer it
         finally:
             self._dialing.discard(peer)
 
-    async def _serve_link(self, link: Link) -> None:
+    async def _serve_link(self, link: Link) -> bool:
+        """Handshake, then frames until the link ends; False when the
+        handshake failed."""
         try:
             await asyncio.wait_for(link.handshake(), 5.0)
         except (ProtocolError, ConnectionError, TimeoutError, OSError) as exc:
             metrics.REPL_AUTH_FAILURES.inc()
             log.warning("replication_handshake_failed", peer=link.peer or "?", error=str(exc))
             link.close()
-            return
+            return False
         old = self.links.get(link.peer)
         if old is not None:
             old.close()
@@ -220,6 +227,7 @@ class Replicator:
             future = self._done.pop(link.peer, None)
             if future is not None and not future.done():
                 future.set_exception(ConnectionError(f"link to {link.peer} lost"))
+        return True
 
     def _ask_since(self, link: Link) -> None:
         epoch, seq = self.positions.get(link.peer, ("", 0))
@@ -273,6 +281,9 @@ class Replicator:
         peer = link.peer
         metrics.REPL_RECORDS.inc(peer, "applied", amount=applied)
         metrics.REPL_RECORDS.inc(peer, "stale", amount=len(records) - applied)
+        if body.get("repair"):
+            # sent for a sync or a gap, not as they happened
+            metrics.REPL_RECORDS.inc(peer, "repaired", amount=len(records))
         if not self.synced:
             self._sync_progress(len(records))
         seqs = body.get("seqs")
@@ -329,7 +340,7 @@ class Replicator:
             for i in range(0, len(entries), self.config.batch):
                 chunk = entries[i:i + self.config.batch]
                 link.send(RECORDS, {"origin": self.node, "epoch": self.epoch,
-                                    "seqs": [chunk[0][0], chunk[-1][0]],
+                                    "seqs": [chunk[0][0], chunk[-1][0]], "repair": True,
                                     "records": [r for _, r in chunk]})
                 sent += len(chunk)
                 await link.drain()
@@ -361,7 +372,7 @@ class Replicator:
         batch = self.config.batch
         for i in range(0, len(items), batch):
             link.send(RECORDS, {"origin": self.node, "epoch": self.epoch, "seqs": None,
-                                "records": items[i:i + batch]})
+                                "repair": True, "records": items[i:i + batch]})
             await link.drain()
         return len(items)
 
@@ -409,12 +420,18 @@ class Replicator:
         # ones that sort before us dial us).
         deadline = time.monotonic() + self.config.sync_timeout
         await asyncio.sleep(DISCOVERY_INTERVAL)
+        complete = False
+        peers: set[str] = set()
         while time.monotonic() < deadline:
             peers = {n for n, info in self.members.items()
                      if n != self.node and info.get("replication")}
             if peers <= set(self.links):
+                complete = True
                 break
             await asyncio.sleep(0.05)
+        if not complete:
+            log.error("replication_peers_unreachable", peers=",".join(sorted(peers - set(
+                self.links))), waited=self.config.sync_timeout)
         links = dict(self.links)
         source = ""
         transfer = 0.0
@@ -430,12 +447,17 @@ class Replicator:
                         await self._request(link, {"full": False, "epoch": epoch,
                                                    "since": seq})
             except (TimeoutError, ConnectionError) as exc:
+                complete = False
                 log.error("replication_sync_failed", peer=source, error=str(exc))
         took = time.monotonic() - started
+        # A node that could not reach every peer serves with what it got
+        # (availability first; each link that comes up later repairs its
+        # part) and says so: state "partial" in the membership and status.
         self.synced = True
-        self.sync_state.update(state="synced", seconds=round(took, 3), source=source)
+        self.sync_state.update(state="synced" if complete else "partial",
+                               seconds=round(took, 3), source=source)
         self.advertise({"sync": dict(self.sync_state)})
-        metrics.REPL_SYNCED.set(1)
+        metrics.REPL_SYNCED.set(1 if complete else 0)
         metrics.REPL_SYNC_RECORDS.set(self._sync_count)
         metrics.REPL_SYNC_SECONDS.set(took)
         rate = self._sync_count / transfer if transfer > 0 else 0.0
@@ -446,6 +468,22 @@ class Replicator:
         for name, link in self.links.items():
             if name not in links:
                 self._ask_since(link)
+
+
+def tls_contexts(config: ReplicationConfig) -> tuple[ssl.SSLContext | None,
+                                                     ssl.SSLContext | None]:
+    """(server, client) contexts for mutual TLS with the cluster's CA, or
+    (None, None) without TLS. Peers are checked against the CA, not by
+    host name (they are addressed by IP; the shared secret names them)."""
+    if not config.tls_cert:
+        return None, None
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=config.tls_ca)
+    server.load_cert_chain(config.tls_cert, config.tls_key)
+    server.verify_mode = ssl.CERT_REQUIRED
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=config.tls_ca)
+    client.load_cert_chain(config.tls_cert, config.tls_key)
+    client.check_hostname = False
+    return server, client
 
 
 def _destination_record(dest: Destination) -> dict[str, Any]:

@@ -260,3 +260,48 @@ def test_one_node_probes_a_destination_and_every_node_takes_it_out_at_once(
     assert len(probers) == 1                 # one prober for this destination
     assert spread < 0.5
     assert all(cluster.destinations(n)[uri][:1] == "I" for n in NODES)
+
+
+def _certificates(workdir: Path) -> dict[str, str]:
+    """A CA and one node certificate it signed (openssl), for mutual TLS."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=workdir)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=hasip CA",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=hasip node", "-keyout",
+        "node.key", "-out", "node.csr")
+    run("x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-out", "node.pem")
+    return {"tls_cert": str(workdir / "node.pem"), "tls_key": str(workdir / "node.key"),
+            "tls_ca": str(workdir / "ca.pem")}
+
+
+@pytest.fixture
+def replicated_tls(tmp_path: Path) -> Iterator[Cluster]:
+    missing = cluster_missing() or ("" if subprocess.run(
+        ["which", "openssl"], capture_output=True).returncode == 0 else "openssl is missing")
+    if missing:
+        pytest.skip(missing)
+    users, _ = write_users(tmp_path, 20000, 100)
+    yield from vip_cluster(tmp_path, 1, replication=True, users_file=users,
+                           nodes=("n1", "n2"), replication_extra=_certificates(tmp_path))
+
+
+def test_replication_over_tls_and_a_node_without_the_secret_gets_nothing(replicated_tls,
+                                                                         tmp_path) -> None:
+    cluster = replicated_tls
+    phone = register(cluster, tmp_path, 20000, 50)
+    assert phone.wait(30) == 0, phone.errors()
+    wait_same_location(cluster, ("n1", "n2"), 50)
+    assert "replication_link_up" in cluster.log("n2", tail=0)
+    # n3 has the CA's certificate but not the cluster's secret: refused
+    cluster.start_node("n3", replication={"secret": "not-the-cluster-secret!",
+                                          "sync_timeout": 3.0})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "replication_peers_unreachable" not in cluster.log(
+            "n3", tail=0):
+        time.sleep(0.3)
+    assert "replication_handshake_failed" in cluster.log("n1", tail=0) + cluster.log("n2", tail=0)
+    assert location(cluster, "n3").get("bindings") == 0
+    assert cluster.status()["nodes"]["n3"]["sync"]["state"] == "partial"

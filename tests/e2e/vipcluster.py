@@ -35,11 +35,13 @@ class Cluster:
         self.workdir = workdir
         self.replication = replication
         self.users_file = users_file
+        self.replication_extra: dict = {}     # more [replication] keys for every node
         self.nodes: dict[str, subprocess.Popen[bytes]] = {}
         self.asterisk = Sipp("uas.xml", 5080, workdir, local_ip=ASTERISK_IP,
                              netns=lab.ns("ast")).start()
 
-    def start_node(self, name: str, destinations: list[str] | None = None) -> None:
+    def start_node(self, name: str, destinations: list[str] | None = None,
+                   replication: dict | None = None) -> None:
         index = int(name[1:])
         prio_a, prio_b = PRIORITIES[name]
         cfg = {
@@ -66,7 +68,8 @@ class Cluster:
             cfg["location"] = {"backend": "sqlite",
                                "sqlite_path": str(self.workdir / f"{name}.sqlite")}
             cfg["replication"] = {"listen": f"198.18.0.1{index}:5090",
-                                  "secret": "replication-secret-of-the-cluster"}
+                                  "secret": "replication-secret-of-the-cluster",
+                                  **self.replication_extra, **(replication or {})}
         path = write_config(self.workdir / f"{name}.toml", cfg)
         self.nodes[name] = self.lab.popen(name, [sys.executable, "-m", "hasip", "run", "-c",
                                                  str(path)], self.workdir / f"{name}.log",
@@ -152,7 +155,8 @@ def cluster_missing() -> str:
 
 def vip_cluster(tmp_path: Path, zk_servers: int, replication: bool = False,
                 users_file: Path | None = None,
-                nodes: tuple[str, ...] = ("n1", "n2", "n3")) -> Iterator[Cluster]:
+                nodes: tuple[str, ...] = ("n1", "n2", "n3"),
+                replication_extra: dict | None = None) -> Iterator[Cluster]:
     """The running cluster (``nodes`` started), VIP_A on n1 and VIP_B on n2;
     torn down after."""
     lab = Lab(f"hk{os.getpid() % 10000}").create()
@@ -166,6 +170,7 @@ def vip_cluster(tmp_path: Path, zk_servers: int, replication: bool = False,
         lab.add_host("ast", lan=ASTERISK_IP)
         zk = ZooKeeper(tmp_path, ZK_IP, count=zk_servers, netns=lab.ns("zk")).start()
         c = Cluster(lab, zk, tmp_path, replication, users_file)
+        c.replication_extra = replication_extra or {}
         for name in nodes:
             c.start_node(name)
         c.wait_owners({VIP_A: "n1", VIP_B: "n2"})
