@@ -75,13 +75,13 @@ def snapshot(zk: KazooClient, root: str) -> dict[str, Any]:
 
 def print_status(snap: dict[str, Any]) -> None:
     print(f"zookeeper: {snap['zookeeper']['state']}")
-    print(f"{'node':<16} {'healthy':<8} {'draining':<9} owns")
+    print(f"{'node':<16} {'healthy':<8} {'draining':<9} {'state':<24} owns")
     for name, info in snap["nodes"].items():
         print(f"{name:<16} {info.get('healthy')!s:<8} {info.get('draining')!s:<9} "
-              f"{', '.join(info.get('owned', [])) or '-'}")
+              f"{_sync_text(info.get('sync')):<24} {', '.join(info.get('owned', [])) or '-'}")
     for name in snap["drained"]:
         if name not in snap["nodes"]:
-            print(f"{name:<16} {'down':<8} {'True':<9} -")
+            print(f"{name:<16} {'down':<8} {'True':<9} {'-':<24} -")
     print(f"{'vip':<24} {'owner':<16} candidates (in rank)")
     for name, info in snap["vips"].items():
         extra = f"  (handover to {info['handover_to']})" if info.get("handover_to") else ""
@@ -89,6 +89,18 @@ def print_status(snap: dict[str, Any]) -> None:
         if info["owner"] and not info.get("up"):
             owner += " (taking)"
         print(f"{name:<24} {owner:<16} {', '.join(info['candidates'])}{extra}")
+
+
+def _sync_text(sync: Any) -> str:
+    """A node's replication state: synced / syncing (N records) / partial."""
+    if not isinstance(sync, dict):
+        return "-"
+    state = str(sync.get("state", "?"))
+    if state == "syncing":
+        return f"syncing ({sync.get('records', 0)} records)"
+    if state in ("synced", "partial") and "seconds" in sync:
+        return f"{state} in {float(sync['seconds']):.1f} s"
+    return state
 
 
 def failover(zk: KazooClient, root: str, vip: str, to: str, timeout: float) -> int:
