@@ -27,7 +27,7 @@ from tests.e2e.vipcluster import (
 )
 
 REALM = "hasip"
-PHONES = 2000
+PHONES = 10000     # the issue's figure, half through each VIP
 NODES = ("n1", "n2", "n3")
 
 
@@ -45,18 +45,15 @@ def cdrs(workdir: Path, node: str) -> list[tuple[str, str, float]]:
         db.close()
 
 
-def write_users(workdir: Path, first: int, count: int) -> tuple[Path, Path]:
-    """A users file (user:realm:HA1) and a SIPp injection file for users
-    ``first`` .. ``first + count - 1``, password ``pw<user>``."""
+def write_users(workdir: Path, first: int, count: int) -> Path:
+    """A users file (user:realm:HA1) for users ``first`` .. ``first + count
+    - 1``, password ``pw<user>``."""
     users = workdir / "users.htdigest"
-    inf = workdir / f"phones-{first}.csv"
-    with open(users, "a") as u, open(inf, "w") as f:
-        f.write("SEQUENTIAL\n")
+    with open(users, "a") as u:
         for n in range(first, first + count):
             ha1 = hashlib.md5(f"{n}:{REALM}:pw{n}".encode()).hexdigest()
             u.write(f"{n}:{REALM}:{ha1}\n")
-            f.write(f"{n};[authentication username={n} password=pw{n}]\n")
-    return users, inf
+    return users
 
 
 @pytest.fixture
@@ -64,19 +61,19 @@ def replicated(tmp_path: Path) -> Iterator[Cluster]:
     missing = cluster_missing()
     if missing:
         pytest.skip(missing)
-    users, _ = write_users(tmp_path, 20000, PHONES + 1000)
+    users = write_users(tmp_path, 20000, PHONES)
     yield from vip_cluster(tmp_path, 1, replication=True, users_file=users,
                            nodes=("n1", "n2"))
 
 
 def register(cluster: Cluster, tmp_path: Path, first: int, count: int, rate: int = 400,
-             vip: str = VIP_A) -> Sipp:
+             vip: str = VIP_A, port: int = 5072) -> Sipp:
     inf = tmp_path / f"phones-{first}-{count}.csv"
     with open(inf, "w") as f:
         f.write("SEQUENTIAL\n")
         for n in range(first, first + count):
             f.write(f"{n};[authentication username={n} password=pw{n}]\n")
-    phone = Sipp("register_many.xml", 5072, tmp_path, remote=f"{vip}:5060", calls=count,
+    phone = Sipp("register_many.xml", port, tmp_path, remote=f"{vip}:5060", calls=count,
                  rate=rate, local_ip=CLIENT_IP, netns=cluster.lab.ns("client"),
                  extra=("-inf", str(inf), "-key", "contact_port", "5071", "-key", "expires",
                         "3600", "-l", "1000"))
@@ -104,9 +101,12 @@ def wait_same_location(cluster: Cluster, nodes: tuple[str, ...], bindings: int,
 def test_registrations_reach_every_node_and_a_joining_node_syncs_first(replicated,
                                                                       tmp_path) -> None:
     cluster = replicated
-    phone = register(cluster, tmp_path, 20000, PHONES)
-    assert phone.wait(60) == 0, phone.errors()
-    assert phone.counter("SuccessfulCall(C)") == PHONES
+    half = PHONES // 2
+    phones = [register(cluster, tmp_path, 20000, half, rate=500, vip=VIP_A),
+              register(cluster, tmp_path, 20000 + half, half, rate=500, vip=VIP_B, port=5073)]
+    for phone in phones:
+        assert phone.wait(120) == 0, phone.errors()
+        assert phone.counter("SuccessfulCall(C)") == half
     wait_same_location(cluster, ("n1", "n2"), PHONES)
     # n3 joins: it pulls the snapshot from a peer before it serves
     cluster.start_node("n3")
@@ -283,7 +283,7 @@ def replicated_tls(tmp_path: Path) -> Iterator[Cluster]:
         ["which", "openssl"], capture_output=True).returncode == 0 else "openssl is missing")
     if missing:
         pytest.skip(missing)
-    users, _ = write_users(tmp_path, 20000, 100)
+    users = write_users(tmp_path, 20000, 100)
     yield from vip_cluster(tmp_path, 1, replication=True, users_file=users,
                            nodes=("n1", "n2"), replication_extra=_certificates(tmp_path))
 
