@@ -9,9 +9,10 @@ cd "$(dirname "$0")/.."
 # freeradius: the location store and the RADIUS server the tests start their
 # own instances of; iptables: the NAT in the namespace test; kamailio: the
 # benchmark's reference; zookeeper: the servers the cluster tests start
-# (a Java program: it brings a JRE); tcpdump: the GARP and answerer checks.
+# (a Java program: it brings a JRE); tcpdump: the GARP and answerer checks;
+# openssl: the certificates of the replication-over-TLS test.
 DEBS=(sip-tester kamailio iproute2 iptables tcpdump mariadb-server freeradius freeradius-utils
-      zookeeper python3-venv python3-dev curl)
+      zookeeper openssl python3-venv python3-dev curl)
 missing=()
 for pkg in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
