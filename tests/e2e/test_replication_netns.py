@@ -162,33 +162,42 @@ def test_a_link_reset_is_repaired_and_nothing_diverges(replicated, tmp_path) -> 
 
 def test_calls_of_a_killed_owner_end_through_the_new_one_and_its_phones_stay_reachable(
         replicated, tmp_path) -> None:
-    """Long calls through VIP_A (owned by n1), phones registered through
-    VIP_A; kill -9 n1: VIP_A moves to n2, which has n1's dialogs and
-    bindings. Every call's BYE goes through n2 and ends its dialog there;
-    a call from the gateway to a phone registered through VIP_A reaches it
-    from VIP_A."""
+    """Calls in progress through VIP_A (owned by n1) in both directions: 20
+    from a phone to the Asterisk side, which the caller hangs up, and 10
+    from the gateway to phones registered through VIP_A, which the phone
+    hangs up. kill -9 n1: VIP_A moves to n2, which has n1's dialogs and
+    bindings. Every BYE, from either side, reaches the other side through
+    n2 and ends its dialog there; every CDR is written once; no
+    registration is lost; a new call to a phone registered through VIP_A
+    reaches it."""
     cluster = replicated
     cluster.start_node("n3")
     cluster.wait_owners({VIP_A: "n1", VIP_B: "n2"})
-    phones_uas = Sipp("uas.xml", 5071, tmp_path, local_ip=CLIENT_IP,
-                      netns=cluster.lab.ns("client")).start()
+    phones_uas = Sipp("uas_hangup.xml", 5071, tmp_path, local_ip=CLIENT_IP,
+                      call_length_ms=6000, netns=cluster.lab.ns("client")).start()
     try:
         phone = register(cluster, tmp_path, 20000, 5)
         assert phone.wait(30) == 0, phone.errors()
-        wait_same_location(cluster, ("n1", "n2", "n3"), 5)
-        calls = 20
-        caller = Sipp("uac.xml", 5070, tmp_path, remote=f"{VIP_A}:5060", calls=calls, rate=10,
-                      call_length_ms=6000, local_ip=CLIENT_IP,
+        wait_same_location(cluster, NODES, 5)
+        out_calls, in_calls = 20, 10
+        caller = Sipp("uac.xml", 5070, tmp_path, remote=f"{VIP_A}:5060", calls=out_calls,
+                      rate=10, call_length_ms=6000, local_ip=CLIENT_IP,
                       netns=cluster.lab.ns("client")).start()
+        gateway = Sipp("uac_callee_hangs_up.xml", 5081, tmp_path, remote=f"{VIP_A}:5060",
+                       calls=in_calls, rate=5, service="20003", local_ip="198.18.0.60",
+                       netns=cluster.lab.ns("ast")).start()
         time.sleep(2.6)                        # every call is up, none has ended
         before = cluster.control("n2", "/dialogs")["dialogs"]
         cluster.nodes["n1"].kill()
         cluster.wait_owners({VIP_A: "n2"}, timeout=10)
         assert caller.wait(60) == 0, caller.errors()
-        ok, failed = caller.counter("SuccessfulCall(C)"), caller.counter("FailedCall(C)")
-        print(f"n2 had {before} of n1's dialogs when n1 was killed; calls {ok} completed, "
-              f"{failed} failed of {calls}")
-        assert before >= 20 and (ok, failed) == (calls, 0), caller.errors()
+        assert gateway.wait(60) == 0, gateway.errors()
+        results = [(s.counter("SuccessfulCall(C)"), s.counter("FailedCall(C)"))
+                   for s in (caller, gateway)]
+        print(f"n2 had {before} of n1's dialogs when n1 was killed; caller-hung-up calls "
+              f"{results[0]}, callee-hung-up calls {results[1]} (completed, failed)")
+        assert before == out_calls + in_calls
+        assert results == [(out_calls, 0), (in_calls, 0)]
         # every dialog ended, on both survivors, by its BYE
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and any(
@@ -196,6 +205,7 @@ def test_calls_of_a_killed_owner_end_through_the_new_one_and_its_phones_stay_rea
             time.sleep(0.2)
         assert [cluster.control(n, "/dialogs")["dialogs"] for n in ("n2", "n3")] == [0, 0]
         # one CDR per call, each written by exactly one node (n2 saw the BYEs)
+        calls = out_calls + in_calls
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and sum(len(cdrs(tmp_path, n)) for n in NODES) < calls:
             time.sleep(0.2)
@@ -204,15 +214,17 @@ def test_calls_of_a_killed_owner_end_through_the_new_one_and_its_phones_stay_rea
         print("CDRs per node: " + ", ".join(f"{n} {len(r)}" for n, r in written.items()))
         assert len(ids) == len(set(ids)) == calls
         assert all(row[1] == "bye" and row[2] >= 5.0 for row in written["n2"])
-        # a gateway call to a phone registered through VIP_A, now served by n2
-        gateway = Sipp("uac.xml", 5081, tmp_path, remote=f"{VIP_A}:5060", calls=1,
-                       service="20003", local_ip="198.18.0.60",
-                       netns=cluster.lab.ns("ast")).start()
-        assert gateway.wait(30) == 0, gateway.errors()
+        # no registration lost; a new call to a phone registered through VIP_A
+        assert [location(cluster, n)["bindings"] for n in ("n2", "n3")] == [5, 5]
+        answered = phones_uas.counter("SuccessfulCall(C)")
+        late = Sipp("uac_callee_hangs_up.xml", 5083, tmp_path, remote=f"{VIP_A}:5060",
+                    calls=1, service="20004", local_ip="198.18.0.60",
+                    netns=cluster.lab.ns("ast")).start()
+        assert late.wait(30) == 0, late.errors()
         deadline = time.monotonic() + 5      # SIPp writes its statistics every second
-        while time.monotonic() < deadline and phones_uas.counter("SuccessfulCall(C)") < 1:
+        while time.monotonic() < deadline and phones_uas.counter("SuccessfulCall(C)") <= answered:
             time.sleep(0.2)
-        assert phones_uas.counter("SuccessfulCall(C)") == 1   # the phone answered it
+        assert phones_uas.counter("SuccessfulCall(C)") == answered + 1
     finally:
         phones_uas.stop()
 
