@@ -110,6 +110,8 @@ class DialogConfig:
     # A dialog without a BYE ends after this (Kamailio's dialog default_timeout).
     timeout: float = 43200.0
     cdr: bool = True            # a CDR per ended dialog, in the location store's database
+    keepalive_interval: float = 0.0   # in-dialog OPTIONS to both ends this often; 0: off
+    keepalive_failures: int = 2       # unanswered rounds in a row that end a dialog
 
 
 @dataclass
@@ -403,6 +405,10 @@ def config_from_dict(raw: dict[str, Any], path: str = "<dict>") -> Config:
     dialog = _Section(path, "dialog", raw.get("dialog", {}))
     cfg.dialog.timeout = dialog.number("timeout", cfg.dialog.timeout, 1.0, 30 * 86400.0)
     cfg.dialog.cdr = dialog.get("cdr", bool, cfg.dialog.cdr)
+    cfg.dialog.keepalive_interval = dialog.number("keepalive_interval",
+                                                  cfg.dialog.keepalive_interval, 0.0, 3600.0)
+    cfg.dialog.keepalive_failures = dialog.integer("keepalive_failures",
+                                                   cfg.dialog.keepalive_failures, 1, 100)
     dialog.finish()
     _cluster_section(cfg, _Section(path, "cluster", raw.get("cluster", {})))
     _replication_section(cfg, _Section(path, "replication", raw.get("replication", {})))

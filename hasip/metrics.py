@@ -254,3 +254,8 @@ CDR_WRITES = Counter("hasip_cdrs_written_total", "CDRs written to the database",
 CDR_WRITE_ERRORS = Counter("hasip_cdr_write_errors_total", "Failed CDR write batches (retried)",
                            ["backend"])
 CDR_DROPPED = Counter("hasip_cdrs_dropped_total", "CDRs dropped because the queue was full")
+
+DIALOG_KEEPALIVES = Children(Counter(
+    "hasip_dialog_keepalives_total",
+    "In-dialog OPTIONS keepalives: sent, answered, timeout (no answer within an interval), "
+    "481/408 (the end is gone)", ["result"]))

@@ -21,6 +21,7 @@ ENDED_BYE = "bye"
 ENDED_FAILED = "failed"          # a final answer >= 300 to the INVITE
 ENDED_CANCELLED = "cancelled"    # the caller cancelled (487)
 ENDED_TIMEOUT = "timeout"        # dialog.timeout passed without a BYE
+ENDED_KEEPALIVE = "keepalive"    # an end stopped answering in-dialog OPTIONS (or said 481)
 
 # Dialog ids, unique across the cluster.
 new_dialog_id = id_maker("dl")

@@ -17,6 +17,8 @@ from typing import TypeVar
 
 from hasip import metrics
 from hasip.config import Config
+from hasip.dialog.keepalive import BRANCH_PREFIX as KEEPALIVE_BRANCH
+from hasip.dialog.keepalive import DialogKeepalive
 from hasip.dispatcher.destinations import Destination as Node
 from hasip.dispatcher.probe import BRANCH_PREFIX as PROBE_BRANCH
 from hasip.dispatcher.probe import Prober
@@ -205,6 +207,11 @@ class Proxy:
                              lambda node: self.node_address(node, vip=probe_from_vip),
                              self.transports.send,
                              ds.probe_interval, ds.probe_timeout, frozenset(ds.probe_codes))
+        dc = config.dialog
+        self.keepalive = DialogKeepalive(self.services.dialogs, self.listeners_by_socket,
+                                         self.my_sent_by, self._from_listener,
+                                         self.transports.send, dc.keepalive_interval,
+                                         dc.keepalive_failures)
         self.router = Router(self)
         metrics.TRANSACTIONS.labels("server").set_function(lambda: len(self.server_txns))
         metrics.TRANSACTIONS.labels("client").set_function(lambda: len(self.client_txns))
@@ -214,10 +221,12 @@ class Proxy:
         await self.transports.start()
         self.pinger.start()
         self.prober.start()
+        self.keepalive.start()
 
     async def stop(self) -> None:
         await self.pinger.stop()
         await self.prober.stop()
+        await self.keepalive.stop()
         for task in list(self._tasks):
             task.cancel()
         await self.transports.stop()
@@ -453,6 +462,8 @@ class Proxy:
         if txn is None:
             if branch and branch.startswith(PROBE_BRANCH):
                 self.prober.answered(branch, resp.status, src.received_at)
+            elif branch and branch.startswith(KEEPALIVE_BRANCH):
+                self.keepalive.answered(branch, resp.status)
             elif not (branch and branch.startswith(NAT_PING_BRANCH)
                       and self.pinger.answered(branch)):
                 forwarded = self._forward_stray(resp)
@@ -741,6 +752,14 @@ class Proxy:
                 sock, dest.transport, dest.listener.family, dest.addr[0]):
             return dest
         return Destination(dest.transport, dest.addr, sock)
+
+    def _from_listener(self, target: SipUri, listener: Listener) -> Destination | None:
+        """Where ``target`` is, reached from ``listener`` when it can reach it."""
+        dest = self.resolve(target)
+        if dest is None or dest.listener is listener or not self.transports.can_reach(
+                listener, dest.transport, dest.listener.family, dest.addr[0]):
+            return dest
+        return Destination(dest.transport, dest.addr, listener)
 
     def owns_socket(self, socket_text: str) -> bool:
         """Whether ``socket_text`` ("udp:VIP:5060") is ours to serve now: one
