@@ -10,6 +10,7 @@ import hashlib
 import re
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,6 +146,13 @@ def test_a_link_reset_is_repaired_and_nothing_diverges(replicated, tmp_path) -> 
     wait_same_location(cluster, ("n1", "n2", "n3"), 500)
     if subprocess.run(["iptables", "-L", "-n"], capture_output=True).returncode != 0:
         pytest.skip("iptables is not usable here")
+    # garbage at a replication port is refused without harm to the node
+    for junk in ("b'\\xff\\xff\\xff\\xff'", "b'\\x00\\x00\\x00\\x05\\x03junk'",
+                 "b'GET / HTTP/1.0\\r\\n\\r\\n'"):
+        cluster.lab.run("client", [sys.executable, "-c",
+                                   "import socket;s=socket.create_connection(('198.18.0.11',"
+                                   f"5090),3);s.sendall({junk});s.settimeout(3);s.recv(100)"])
+    assert cluster.log("n1", tail=0).count("replication_handshake_failed") >= 3
     _reject(cluster, "n3", True)
     try:
         phone = register(cluster, tmp_path, 20500, 500)
