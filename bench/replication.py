@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from hasip.demo.node import NodeProcess  # noqa: E402
 from hasip.demo.sipp import Sipp  # noqa: E402
+from hasip.demo.zookeeper import ZooKeeper, zookeeper_missing  # noqa: E402
 from tests.e2e.conftest import free_port, write_config  # noqa: E402
-from tests.e2e.zookeeper import ZooKeeper, zookeeper_missing  # noqa: E402
 
 NODES = ("n1", "n2", "n3")
 

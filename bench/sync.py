@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hasip.demo.node import NodeProcess  # noqa: E402
+from hasip.demo.zookeeper import ZooKeeper, zookeeper_missing  # noqa: E402
 from hasip.location.backend import SqliteBackend  # noqa: E402
 from hasip.location.binding import Binding  # noqa: E402
 from tests.e2e.conftest import free_port, write_config  # noqa: E402
-from tests.e2e.zookeeper import ZooKeeper, zookeeper_missing  # noqa: E402
 
 
 async def fill(path: Path, count: int) -> None:

@@ -8,7 +8,11 @@ bindings in SQLite), with SIPp playing everyone else:
   a queue number (not registered: round-robin to the Asterisk nodes), some
   to agent 1002 (found in the location store).
 
-It prints what happened and exits 0 when every call completed."""
+Then the cluster part (``hasip.demo.cluster``): three nodes replicating
+their state through a private ZooKeeper on loopback.
+
+It prints what happened and exits 0 when every call completed and every
+check passed."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from hasip.demo.cluster import run_cluster_demo
 from hasip.demo.node import NodeProcess
 from hasip.demo.sipp import Sipp, sipp_binary, wait_for_stats
 
@@ -114,7 +119,10 @@ def run_demo(calls: int = 200, rate: int = 50) -> int:
         _say(f"node exited with {rc}; log: {node.log_path}")
         success = (registered == 1 and ok_queue == to_queue and ok_agent == to_agent
                    and failed_queue == failed_agent == 0 and rc == 0)
-        return 0 if success else 1
+        print()
+        cluster_ok = run_cluster_demo(work)
+        _say("cluster part: " + ("every check passed" if cluster_ok else "a check FAILED"))
+        return 0 if success and cluster_ok else 1
     finally:
         for s in started:
             s.stop()

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from hasip.demo.zookeeper import ZooKeeper, zookeeper_missing
 from tests.e2e.netlab import Lab, netns_missing
-from tests.e2e.zookeeper import ZooKeeper, zookeeper_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 ZK_IP = "198.19.0.10"

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hasip.demo.sipp import Sipp, sipp_binary
+from hasip.demo.zookeeper import ZooKeeper, zookeeper_missing
 from tests.e2e.conftest import write_config
 from tests.e2e.netlab import Lab, netns_missing
-from tests.e2e.zookeeper import ZooKeeper, zookeeper_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 ZK_IP = "198.19.0.10"

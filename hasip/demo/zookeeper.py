@@ -1,11 +1,13 @@
-"""A private ZooKeeper for tests: one server, or a three-server ensemble,
-from Debian's ``zookeeper`` package, optionally inside a network namespace,
-with a short tickTime so that sessions of ~1 s are allowed."""
+"""A private ZooKeeper for the demo, the tests and the benchmarks: one
+server, or a three-server ensemble, from Debian's ``zookeeper`` package,
+optionally inside a network namespace, with a short tickTime so that
+sessions of ~1 s are allowed."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 JARS = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar"
@@ -81,7 +83,7 @@ class ZooKeeper:
             "    except OSError: pass\n"
             "  time.sleep(0.1)\n"
             "sys.exit(1 if left else 0)\n")
-        res = subprocess.run(self._cmd(["python3", "-c", script]), timeout=timeout + 10)
+        res = subprocess.run(self._cmd([sys.executable, "-c", script]), timeout=timeout + 10)
         if res.returncode != 0:
             logs = "".join((self.workdir / f"zk{i}.log").read_text(errors="replace")[-1500:]
                            for i in range(self.count))
