@@ -21,6 +21,7 @@ from hasip.dialog.dialog import (
     TERMINATED,
     Dialog,
 )
+from hasip.lamport import newer
 
 PUT = "put"
 END = "end"
@@ -86,10 +87,10 @@ class DialogStore:
         if d.version > self.seq:
             self.seq = d.version
         current = self.by_id.get(d.id)
-        if current is not None and (d.version, d.node) <= (current.version, current.node):
+        if current is not None and not newer(d.version, d.node, current.version, current.node):
             return False
         tomb = self.tombstones.get(d.id)
-        if tomb is not None and (d.version, d.node) <= (tomb[0], tomb[1]):
+        if tomb is not None and not newer(d.version, d.node, tomb[0], tomb[1]):
             return False
         if current is not None:
             self._unlink(current)

@@ -22,6 +22,7 @@ from hasip.dispatcher.destinations import (
     parse_list,
 )
 from hasip.dispatcher.select import HASHED, Selector
+from hasip.lamport import newer
 from hasip.log import get_logger
 from hasip.sip.transaction import Timers
 
@@ -91,7 +92,7 @@ class Dispatcher:
         if version > self.state_version:
             self.state_version = version
         dest = self.by_key.get((set_id, uri))
-        if dest is None or (version, node) <= (dest.state_version, dest.state_node):
+        if dest is None or not newer(version, node, dest.state_version, dest.state_node):
             return False
         dest.state_version, dest.state_node = version, node
         if dest.state != state:

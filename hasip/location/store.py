@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from hasip.lamport import newer
 from hasip.location.binding import Binding
 
 PUT = "put"
@@ -37,12 +38,6 @@ class Change:
     op: str          # PUT or DELETE
     binding: Binding
     source: str = LOCAL
-
-
-def newer(version: int, node: str, than_version: int, than_node: str) -> bool:
-    """The merge rule: the higher Lamport version wins, the node name breaks
-    a tie; a total order, so every node picks the same winner."""
-    return (version, node) > (than_version, than_node)
 
 
 Subscriber = Callable[[Change], None]

@@ -2,12 +2,8 @@
 states as JSON-able records, and the one merge rule every node applies.
 
 A record is ``{"t": TYPE, "op": "put" | "del", "v": VERSION, "n": NODE,
-"d": {fields}}``. VERSION is a Lamport clock: every store counts its
-changes, and a node that applies a peer's record moves its own counter past
-that record's version, so a change made after seeing another is always
-newer than it. Two changes made without seeing each other (a binding
-refreshed on two nodes at once) compare by (version, node): the same
-winner on every node, whatever order the records arrive in.
+"d": {fields}}``. VERSION is a Lamport clock, merged by the one rule of
+``hasip.lamport`` (version, then node) wherever a record is applied.
 
 Field names are the dataclasses' own; a reader drops fields it does not
 know and leaves missing ones at their defaults (nodes of two releases).
@@ -56,12 +52,6 @@ def build(cls: type[T], data: dict[str, Any]) -> T:
     known = _fields(cls)
     kwargs = {k: (tuple(v) if known[k] else v) for k, v in data.items() if k in known}
     return cls(**kwargs)
-
-
-def newer(version: int, node: str, than_version: int, than_node: str) -> bool:
-    """The merge rule: the higher Lamport version wins, the node name breaks
-    a tie. A total order, so every node picks the same winner."""
-    return (version, node) > (than_version, than_node)
 
 
 def record(kind: str, op: str, version: int, node: str, data: dict[str, Any]) -> dict[str, Any]:
