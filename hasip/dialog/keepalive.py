@@ -29,7 +29,7 @@ from hasip.log import get_logger
 from hasip.sip.errors import SipParseError
 from hasip.sip.headers import parse_name_addr, split_list
 from hasip.sip.uri import SipUri, parse_sip_uri
-from hasip.tasks import cancel
+from hasip.tasks import cancel, every
 from hasip.transport.base import Destination, Listener
 
 log = get_logger("hasip.dialog")
@@ -72,18 +72,11 @@ class DialogKeepalive:
 
     def start(self) -> None:
         if self.interval > 0:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._task = asyncio.get_running_loop().create_task(
+                every(self.interval, self.round, "dialog_keepalive"))
 
     async def stop(self) -> None:
         await cancel(self._task)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                self.round()
-            except Exception:
-                log.error("dialog_keepalive_round_failed", exc_info=True)
 
     def round(self) -> int:
         """Count last round's unanswered keepalives, send this round's."""

@@ -21,7 +21,7 @@ from hasip import metrics
 from hasip.location.binding import Binding, parse_socket
 from hasip.location.store import LocationStore
 from hasip.log import get_logger
-from hasip.tasks import cancel
+from hasip.tasks import cancel, every
 from hasip.transport.base import Destination, Listener
 
 log = get_logger("hasip.natping")
@@ -45,18 +45,11 @@ class NatPinger:
 
     def start(self) -> None:
         if self.interval > 0:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._task = asyncio.get_running_loop().create_task(
+                every(self.interval, self.ping_all, "nat_ping"))
 
     async def stop(self) -> None:
         await cancel(self._task)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                self.ping_all()
-            except Exception:
-                log.error("nat_ping_round_failed", exc_info=True)
 
     def ping_all(self) -> int:
         """One round: count the unanswered pings of the last one, send new ones."""
