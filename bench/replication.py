@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import re
 import sys
 import tempfile
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hasip.demo.node import NodeProcess  # noqa: E402
+from hasip.demo.node import control_get as control  # noqa: E402
 from hasip.demo.sipp import Sipp  # noqa: E402
 from hasip.demo.zookeeper import ZooKeeper, zookeeper_missing  # noqa: E402
 from tests.e2e.conftest import free_port, write_config  # noqa: E402
@@ -60,11 +60,6 @@ def lag_buckets(metrics_port: int, peer: str) -> list[tuple[float, float]]:
                          + re.escape(peer) + r'"\} (\S+)$', text, re.M):
         found.append((float(m.group(1)), float(m.group(2))))
     return sorted(found)
-
-
-def control(port: int, path: str) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
-        return json.loads(r.read())
 
 
 def main() -> int:

@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import re
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hasip.demo.node import NodeProcess  # noqa: E402
+from hasip.demo.node import control_get as control  # noqa: E402
 from hasip.demo.zookeeper import ZooKeeper, zookeeper_missing  # noqa: E402
 from hasip.location.backend import SqliteBackend  # noqa: E402
 from hasip.location.binding import Binding  # noqa: E402
@@ -65,11 +64,6 @@ def node_config(work: Path, name: str, zk: str, sip: int, metrics: int, control:
         "replication": {"listen": f"127.0.0.1:{repl}",
                         "secret": "bench-replication-secret"},
     })
-
-
-def control(port: int, path: str) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
-        return json.loads(r.read())
 
 
 def run(count: int) -> tuple[int, float, float, bool]:

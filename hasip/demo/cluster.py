@@ -11,12 +11,10 @@ show them."""
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from pathlib import Path
 
-from hasip.demo.node import NodeProcess
+from hasip.demo.node import NodeProcess, control_get
 from hasip.demo.sipp import Sipp, wait_for_stats
 from hasip.demo.zookeeper import ZooKeeper, zookeeper_missing
 
@@ -28,10 +26,7 @@ def _say(text: str) -> None:
 
 
 def _control(name: str, path: str) -> dict:
-    port = 9170 + int(name[1:])
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-        data: dict = json.loads(r.read())
-    return data
+    return control_get(9170 + int(name[1:]), path)
 
 
 def _config(work: Path, name: str, zk: str) -> Path:

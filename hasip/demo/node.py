@@ -3,14 +3,17 @@ checking that it answers."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 
 def options_ping(host: str, port: int, timeout: float = 0.5) -> bytes | None:
@@ -105,3 +108,10 @@ class NodeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def control_get(port: int, path: str, host: str = "127.0.0.1") -> dict[str, Any]:
+    """GET ``path`` of a node's control API (JSON)."""
+    with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=30) as r:
+        data: dict[str, Any] = json.loads(r.read())
+    return data
