@@ -43,12 +43,14 @@ from hasip.config import ReplicationConfig
 from hasip.dialog.dialog import Dialog
 from hasip.dialog.store import END, DialogStore
 from hasip.dialog.store import LOCAL as DIALOG_LOCAL
+from hasip.dialog.store import PUT as DIALOG_PUT
 from hasip.dialog.store import Change as DialogChange
 from hasip.dispatcher.destinations import Destination
 from hasip.dispatcher.dispatcher import Dispatcher
 from hasip.location.binding import Binding
 from hasip.location.store import DELETE as LOC_DELETE
 from hasip.location.store import LOCAL as LOC_LOCAL
+from hasip.location.store import PUT as LOC_PUT
 from hasip.location.store import Change as LocationChange
 from hasip.location.store import LocationStore
 from hasip.log import get_logger
@@ -179,21 +181,19 @@ class Replicator:
         await self._serve_link(Link(reader, writer, self.node, self.epoch, self.secret))
 
     async def _dial(self, peer: str, address: str) -> None:
+        """Connect to ``peer`` and serve the link; ``peer`` stays in
+        ``_dialing`` (not redialled) until this ends, after a pause when it
+        failed."""
         host, _, port = address.rpartition(":")
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(host.strip("[]"), int(port), ssl=self._tls[1]), 3.0)
-        except (OSError, TimeoutError, ValueError, ssl.SSLError) as exc:
-            log.info("replication_dial_failed", peer=peer, address=address, error=str(exc))
-            await asyncio.sleep(0.5)
-            return
-        finally:
-            self._dialing.discard(peer)
-        self._dialing.add(peer)
-        try:
             if not await self._serve_link(Link(reader, writer, self.node, self.epoch,
                                                self.secret)):
                 await asyncio.sleep(5.0)   # a peer we cannot trust: do not hammer it
+        except (OSError, TimeoutError, ValueError, ssl.SSLError) as exc:
+            log.info("replication_dial_failed", peer=peer, address=address, error=str(exc))
+            await asyncio.sleep(0.5)
         finally:
             self._dialing.discard(peer)
 
@@ -311,10 +311,10 @@ class Replicator:
         try:
             if kind == rec.BINDING:
                 b = rec.build(Binding, data)
-                return self.location.apply(LOC_DELETE if op == rec.DELETE else "put", b)
+                return self.location.apply(LOC_DELETE if op == rec.DELETE else LOC_PUT, b)
             if kind == rec.DIALOG:
                 d = rec.build(Dialog, data)
-                return self.dialogs.apply(END if op == rec.DELETE else "put", d)
+                return self.dialogs.apply(END if op == rec.DELETE else DIALOG_PUT, d)
             if kind == rec.DESTINATION:
                 return self.dispatcher.apply_state(int(data["set"]), str(data["uri"]),
                                                    str(data["state"]), int(record["v"]),
