@@ -88,27 +88,39 @@ class Latency:
         return fam
 
 
-class Children:
-    """A labelled prometheus-client metric whose children are looked up once
-    per label set; past MAX_LABELS sets (label values can come from the
-    network, e.g. a method), new ones count under "other"."""
+class Children(Collector):
+    """A counter family with labels, counted in a dict of label tuples (no
+    lock, no child objects: the hot path calls it) and turned into a
+    Prometheus family when scraped; past MAX_LABELS label sets (label values
+    can come from the network, e.g. a method), new ones count under "other".
+    Incremented from the event loop's thread only."""
 
-    __slots__ = ("cache", "metric")
-
-    def __init__(self, metric: Counter) -> None:
-        self.metric = metric
-        self.cache: dict[tuple[str, ...], Counter] = {}
+    def __init__(self, name: str, doc: str, labels: list[str]) -> None:
+        self.name = name
+        self.doc = doc
+        self.labels = labels
+        self.counts: dict[tuple[str, ...], float] = {}
+        REGISTRY.register(self)
 
     def inc(self, *labels: str, amount: float = 1.0) -> None:
-        child = self.cache.get(labels)
-        if child is None:
-            if len(self.cache) >= MAX_LABELS:
+        counts = self.counts
+        n = counts.get(labels)
+        if n is None:
+            if len(counts) >= MAX_LABELS:
                 labels = ("other",) * len(labels)
-                child = self.cache.get(labels)
-            if child is None:
-                child = self.metric.labels(*labels)
-                self.cache[labels] = child
-        child.inc(amount)
+                n = counts.get(labels, 0.0)
+            else:
+                n = 0.0
+        counts[labels] = n + amount
+
+    def value(self, *labels: str) -> float:
+        return self.counts.get(labels, 0.0)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        fam = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        for labels, n in sorted(self.counts.items()):
+            fam.add_metric(list(labels), n)
+        yield fam
 
 
 class MessageStats(Collector):
@@ -163,9 +175,9 @@ UP = Gauge("hasip_up", "1 while the node serves SIP, 0 while it drains")
 # Registrar and location store
 REGISTERED_CONTACTS = Gauge("hasip_registrar_contacts", "Current registered contacts (bindings)")
 REGISTERED_AORS = Gauge("hasip_registrar_aors", "Addresses-of-record with at least one binding")
-REGISTRATIONS = Children(Counter("hasip_registrar_requests_total",
-                                 "REGISTER requests handled by the registrar, by result",
-                                 ["result"]))
+REGISTRATIONS = Children("hasip_registrar_requests_total",
+                         "REGISTER requests handled by the registrar, by result",
+                         ["result"])
 LOCATION_QUEUE = Gauge("hasip_location_write_queue",
                        "Binding changes waiting to be written to the durable store")
 LOCATION_WRITES = Counter("hasip_location_writes_total",
@@ -174,12 +186,12 @@ LOCATION_WRITE_ERRORS = Counter("hasip_location_write_errors_total",
                                 "Failed write batches (retried)", ["backend"])
 LOCATION_DROPPED = Counter("hasip_location_writes_dropped_total",
                            "Changes dropped because the write queue was full")
-LOOKUPS = Children(Counter("hasip_location_lookups_total",
-                           "Location lookups for requests to our domain", ["result"]))
+LOOKUPS = Children("hasip_location_lookups_total",
+                   "Location lookups for requests to our domain", ["result"])
 
 # Digest authentication
-AUTH_RESULTS = Children(Counter("hasip_auth_total", "Digest authentication outcomes",
-                                ["method", "result"]))
+AUTH_RESULTS = Children("hasip_auth_total", "Digest authentication outcomes",
+                        ["method", "result"])
 RADIUS_LATENCY = Histogram("hasip_radius_latency_seconds",
                            "RADIUS Access-Request round trips", ["server"],
                            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
@@ -187,10 +199,10 @@ RADIUS_ERRORS = Counter("hasip_radius_errors_total", "RADIUS timeouts and bad re
                         ["server", "kind"])
 
 # NAT traversal
-NAT_PINGS = Children(Counter("hasip_nat_pings_total", "OPTIONS keepalives to NATed contacts",
-                             ["result"]))
-NAT_DETECTED = Children(Counter("hasip_nat_detected_total",
-                                "Requests from clients detected behind NAT", ["method"]))
+NAT_PINGS = Children("hasip_nat_pings_total", "OPTIONS keepalives to NATed contacts",
+                     ["result"])
+NAT_DETECTED = Children("hasip_nat_detected_total",
+                        "Requests from clients detected behind NAT", ["method"])
 
 
 def start_metrics_server(host: str, port: int) -> None:
@@ -198,13 +210,13 @@ def start_metrics_server(host: str, port: int) -> None:
     start_http_server(port, addr=host)
 
 # Dispatcher
-DS_STATE_CHANGES = Children(Counter("hasip_dispatcher_state_changes_total",
-                                    "Destinations entering a state (A, I, T, D)", ["state"]))
+DS_STATE_CHANGES = Children("hasip_dispatcher_state_changes_total",
+                            "Destinations entering a state (A, I, T, D)", ["state"])
 DS_FAILOVERS = Counter("hasip_dispatcher_failovers_total",
                        "Calls moved on to the next destination, by the one they left",
                        ["set", "uri"])
-DS_PROBES = Children(Counter("hasip_dispatcher_probes_total",
-                             "OPTIONS probes to destinations, by outcome", ["result"]))
+DS_PROBES = Children("hasip_dispatcher_probes_total",
+                     "OPTIONS probes to destinations, by outcome", ["result"])
 DS_PROBE_LATENCY = Histogram("hasip_dispatcher_probe_latency_seconds",
                              "Time to an OPTIONS probe's final answer",
                              buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0))
@@ -223,15 +235,15 @@ DS_FAILURES = Counter("hasip_dispatcher_failures_total",
 
 # -- dialogs ---------------------------------------------------------------------
 DIALOGS = Gauge("hasip_dialogs", "INVITE dialogs in progress", ["state"])
-DIALOGS_ENDED = Children(Counter("hasip_dialogs_ended_total",
-                                 "Dialogs ended, by reason (bye, failed, cancelled, timeout)",
-                                 ["reason"]))
+DIALOGS_ENDED = Children("hasip_dialogs_ended_total",
+                         "Dialogs ended, by reason (bye, failed, cancelled, timeout)",
+                         ["reason"])
 
 # Replication (issue 6)
-REPL_RECORDS = Children(Counter(
+REPL_RECORDS = Children(
     "hasip_replication_records_total",
     "Records sent to and received from peers; received ones kept (applied) or older than "
-    "what the node had (stale)", ["peer", "direction"]))
+    "what the node had (stale)", ["peer", "direction"])
 REPL_LAG = Histogram("hasip_replication_lag_seconds",
                      "From a change on its origin to its arrival here, per peer", ["peer"],
                      buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
@@ -255,7 +267,7 @@ CDR_WRITE_ERRORS = Counter("hasip_cdr_write_errors_total", "Failed CDR write bat
                            ["backend"])
 CDR_DROPPED = Counter("hasip_cdrs_dropped_total", "CDRs dropped because the queue was full")
 
-DIALOG_KEEPALIVES = Children(Counter(
+DIALOG_KEEPALIVES = Children(
     "hasip_dialog_keepalives_total",
     "In-dialog OPTIONS keepalives: sent, answered, timeout (no answer within an interval), "
-    "481/408 (the end is gone)", ["result"]))
+    "481/408 (the end is gone)", ["result"])

@@ -35,12 +35,18 @@ EXPIRY = "expiry"
 TOMBSTONE_TIME = 300.0   # an ended dialog's id is remembered this long
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, init=False)
 class Change:
     seq: int
     op: str          # PUT (created or changed) or END (terminated)
     dialog: Dialog
-    source: str = LOCAL
+    source: str
+
+    def __init__(self, seq: int, op: str, dialog: Dialog, source: str = LOCAL) -> None:
+        self.seq = seq
+        self.op = op
+        self.dialog = dialog
+        self.source = source
 
 
 Subscriber = Callable[[Change], None]

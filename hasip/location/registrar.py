@@ -9,7 +9,7 @@ module trusts the AoR it is given.
 from __future__ import annotations
 
 import email.utils
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from hasip.location.binding import FLAG_NAT, Binding, new_ruid
 from hasip.location.store import LocationStore
@@ -28,21 +28,35 @@ class Policy:
     default_q: float = 1.0
 
 
-@dataclass
+# The records below write their __init__ out instead of letting @dataclass
+# generate it: a compiled build (hasip/compiled.py) compiles only what is written.
+@dataclass(init=False)
 class Origin:
     """Where the REGISTER came from, as the registrar records it."""
 
     socket: str                   # our socket, "udp:192.0.2.10:5060"
-    received: str | None = None   # the NATed source, "udp:203.0.113.5:4711"
-    nat: bool = False
+    received: str | None          # the NATed source, "udp:203.0.113.5:4711"
+    nat: bool
+
+    def __init__(self, socket: str, received: str | None = None, nat: bool = False) -> None:
+        self.socket = socket
+        self.received = received
+        self.nat = nat
 
 
-@dataclass
+@dataclass(init=False)
 class Outcome:
     status: int
-    reason: bytes | None = None
-    headers: list[bytes] = field(default_factory=list)
-    result: str = "ok"            # for metrics: ok, unregistered, query, or the failure
+    reason: bytes | None
+    headers: list[bytes]
+    result: str                   # for metrics: ok, unregistered, query, or the failure
+
+    def __init__(self, status: int, reason: bytes | None = None,
+                 headers: list[bytes] | None = None, result: str = "ok") -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = [] if headers is None else headers
+        self.result = result
 
 
 def _int_or_none(text: str | None) -> int | None:
@@ -76,13 +90,21 @@ def contact_key(uri_text: str) -> str:
     return f"{uri.scheme}:{uri.user or ''}@{uri.host.lower()}:{uri.port or 0};{uri.transport}"
 
 
-@dataclass
+@dataclass(init=False)
 class _Wanted:
     contact: str
     expires: int
     q: float
     instance: str | None
     reg_id: int
+
+    def __init__(self, contact: str, expires: int, q: float, instance: str | None,
+                 reg_id: int) -> None:
+        self.contact = contact
+        self.expires = expires
+        self.q = q
+        self.instance = instance
+        self.reg_id = reg_id
 
 
 def _parse_contacts(req: Request, policy: Policy) -> list[_Wanted] | str | Outcome:

@@ -17,12 +17,24 @@ _PRIVATE = [ipaddress.ip_network(n) for n in (
     "fc00::/7", "fe80::/10")]
 
 
+# host -> is_private(host): phones repeat their addresses in every request.
+_PRIVATE_SEEN: dict[str, bool] = {}
+
+
 def is_private(host: str) -> bool:
+    seen = _PRIVATE_SEEN.get(host)
+    if seen is not None:
+        return seen
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:
-        return False
-    return any(addr in net for net in _PRIVATE)
+        private = False
+    else:
+        private = any(addr in net for net in _PRIVATE)
+    if len(_PRIVATE_SEEN) >= 65536:
+        _PRIVATE_SEEN.clear()
+    _PRIVATE_SEEN[host] = private
+    return private
 
 
 def _contact_uri(msg: SipMessage) -> SipUri | None:

@@ -80,7 +80,7 @@ class Router:
 
     def route_within_dialog(self, ctx: RequestContext) -> None:
         req = ctx.request
-        if b";nat=yes" in (req.get(b"route") or b""):
+        if (req.get(b"route") or b"").find(b";nat=yes") >= 0:
             # A dialog we marked NATed at its start (media relay hooks here).
             ctx.nat = True
             if ctx.rc is not None:

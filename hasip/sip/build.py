@@ -41,7 +41,7 @@ def make_response(
     lines += [raw for key, raw in zip(keys, raws, strict=True) if key in _COPIED]
     if b"to" in keys:
         to_line = raws[keys.index(b"to")]
-        if to_tag is not None and b"tag=" not in to_line.lower():
+        if to_tag is not None and to_line.lower().find(b"tag=") < 0:
             to_line = b"%s;tag=%s" % (to_line.rstrip(), to_tag.encode("latin-1"))
         lines.append(to_line)
     if extra:
