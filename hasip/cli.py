@@ -53,11 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     from hasip.clusterctl import add_parsers
 
     add_parsers(sub)
+    comp = sub.add_parser("compile", help="compile the hot path with mypyc (or clean, status)")
+    from hasip import compiled
+
+    compiled.add_arguments(comp)
     demo = sub.add_parser("demo", help="a node with SIPp answering nodes and a caller")
     demo.add_argument("--calls", type=int, default=200, help="calls to place (default 200)")
     demo.add_argument("--rate", type=int, default=50, help="calls per second (default 50)")
     args = parser.parse_args(argv)
 
+    if args.command == "compile":
+        return compiled.run(args)
     try:
         config = _load(args.config if args.command != "demo" else None)
     except ConfigError as exc:

@@ -171,6 +171,8 @@ TCP_CONNECTIONS = Gauge("hasip_tcp_connections", "Open TCP connections")
 TCP_CLOSED_SLOW = Counter("hasip_tcp_closed_slow_peer_total",
                           "TCP connections closed because the peer did not read")
 UP = Gauge("hasip_up", "1 while the node serves SIP, 0 while it drains")
+BUILD = Gauge("hasip_build_info", "1; the labels say which hasip runs and whether its hot path "
+              "is compiled (hasip/compiled.py)", ["version", "compiled"])
 
 # Registrar and location store
 REGISTERED_CONTACTS = Gauge("hasip_registrar_contacts", "Current registered contacts (bindings)")

@@ -9,7 +9,7 @@ import gc
 import os
 import signal
 
-from hasip import metrics
+from hasip import __version__, compiled, metrics
 from hasip.cluster import Cluster
 from hasip.config import Config
 from hasip.control import ControlServer
@@ -69,8 +69,10 @@ class Node:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
         metrics.UP.set(1)
+        metrics.BUILD.labels(__version__, str(compiled.state["compiled"]).lower()).set(1)
         log.info("node_started", node=self.config.node_name, config=self.config.path,
-                 loop=type(loop).__module__)
+                 loop=type(loop).__module__, compiled=compiled.state["compiled"],
+                 interpreted_because=compiled.state["reason"] or None)
         await self._stop.wait()
         if cluster is not None:
             cluster.ready(False)   # the VIPs move to another node now

@@ -10,9 +10,10 @@ cd "$(dirname "$0")/.."
 # own instances of; iptables: the NAT in the namespace test; kamailio: the
 # benchmark's reference; zookeeper: the servers the cluster tests start
 # (a Java program: it brings a JRE); tcpdump: the GARP and answerer checks;
-# openssl: the certificates of the replication-over-TLS test.
+# openssl: the certificates of the replication-over-TLS test; gcc and
+# python3-dev: compiling the hot path (hasip/compiled.py).
 DEBS=(sip-tester kamailio iproute2 iptables tcpdump mariadb-server freeradius freeradius-utils
-      zookeeper openssl python3-venv python3-dev curl)
+      zookeeper openssl python3-venv python3-dev gcc curl)
 missing=()
 for pkg in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -44,4 +45,11 @@ if ! .venv/bin/python -c "import hasip, pytest, hypothesis, uvloop" >/dev/null 2
   .venv/bin/pip install -q -e '.[test]'
   touch .venv/.installed
 fi
-echo "[setup] ready: sipp $(sipp -v 2>/dev/null | grep -o 'v[0-9.]*' | head -1), $(.venv/bin/python --version)"
+# The hot path compiled with mypyc from the same sources, unless it is
+# already built from these very sources (HASIP_PURE_PYTHON=1 skips it and
+# runs the sources alone).
+if [ "${HASIP_PURE_PYTHON:-0}" != "1" ] && ! .venv/bin/hasip compile status | grep -qx compiled; then
+  echo "[setup] compiling the hot path (about a minute)"
+  .venv/bin/hasip compile build
+fi
+echo "[setup] ready: $(.venv/bin/hasip compile status), sipp $(sipp -v 2>/dev/null | grep -o 'v[0-9.]*' | head -1), $(.venv/bin/python --version)"
