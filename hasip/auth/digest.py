@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from random import getrandbits as _random_bits
 
 ALGORITHMS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
 HA1_LENGTHS = {32: "MD5", 64: "SHA-256"}
@@ -91,13 +91,35 @@ def _malformed(rest: str) -> None:
     raise CredentialsError(f"malformed parameter at {rest[pos:pos + 20]!r}")
 
 
-def parse_credentials(value: str) -> Credentials:
-    """Parse ``Digest username="..", realm="..", ...``; raises CredentialsError."""
-    scheme, _, rest = value.strip().partition(" ")
-    if scheme.lower() != "digest":
-        raise CredentialsError(f"scheme {scheme!r} is not Digest")
+# The parameters phones send, for the plain case below.
+_KNOWN = frozenset(("username", "realm", "nonce", "uri", "response", "algorithm", "qop", "nc",
+                    "cnonce", "opaque"))
+
+
+def _plain_params(rest: str) -> dict[str, str] | None:
+    """The common case without the regex: known names, values either quoted
+    without commas, quotes or backslashes inside, or bare without white
+    space. None when anything else shows up (the general parser decides)."""
     params: dict[str, str] = {}
-    rest = rest.strip()
+    for part in rest.split(","):
+        name, eq, raw = part.partition("=")
+        name = name.strip(" \t").lower()
+        if not eq or name not in _KNOWN:
+            return None
+        raw = raw.strip(" \t")
+        if raw[:1] == '"':
+            if len(raw) < 2 or raw[-1] != '"' or raw.count('"') != 2 or "\\" in raw:
+                return None
+            raw = raw[1:-1]
+        elif '"' in raw or " " in raw or "\t" in raw:
+            return None
+        params[name] = raw
+    return params
+
+
+def _general_params(rest: str) -> dict[str, str]:
+    """Any list of auth-params (RFC 7235 2.1); raises CredentialsError."""
+    params: dict[str, str] = {}
     if rest and _PARAMS_RE.fullmatch(rest) is None:
         _malformed(rest)
     for name, raw in _PARAM_RE.findall(rest):
@@ -106,6 +128,16 @@ def parse_credentials(value: str) -> Credentials:
             if "\\" in raw:
                 raw = _ESCAPE_RE.sub(r"\1", raw)
         params[name.lower()] = raw
+    return params
+
+
+def parse_credentials(value: str) -> Credentials:
+    """Parse ``Digest username="..", realm="..", ...``; raises CredentialsError."""
+    scheme, _, rest = value.strip().partition(" ")
+    if scheme.lower() != "digest":
+        raise CredentialsError(f"scheme {scheme!r} is not Digest")
+    rest = rest.strip()
+    params = (_plain_params(rest) if rest else None) or _general_params(rest)
     missing = [k for k in ("username", "realm", "nonce", "uri", "response") if k not in params]
     if missing:
         raise CredentialsError(f"missing {', '.join(missing)}")
@@ -165,7 +197,8 @@ class NonceManager:
 
     def issue(self, now: float | None = None) -> str:
         t = int(time.time() if now is None else now)
-        stamp = f"{t & 0xFFFFFFFF:08x}{os.urandom(4).hex()}"
+        # Uniqueness, not secrecy: the MAC is what makes a nonce ours.
+        stamp = f"{t & 0xFFFFFFFF:08x}{_random_bits(32):08x}"
         return stamp + self._mac(stamp)
 
     def check(self, nonce: str, nc: str | None, now: float | None = None) -> str:

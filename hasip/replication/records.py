@@ -29,11 +29,18 @@ T = TypeVar("T")
 _FIELDS: dict[type, dict[str, bool]] = {}     # class -> {field: is a tuple}
 
 
+def _is_tuple(annotation: object) -> bool:
+    """A field's type is a tuple: the annotation as text (``tuple[str, ...]``)
+    in a class run from source, the class itself (``tuple``) in a compiled one."""
+    if isinstance(annotation, str):
+        return annotation.startswith("tuple")
+    return annotation is tuple or getattr(annotation, "__origin__", None) is tuple
+
+
 def _fields(cls: type) -> dict[str, bool]:
     found = _FIELDS.get(cls)
     if found is None:
-        found = {f.name: str(f.type).startswith("tuple")
-                 for f in dataclasses.fields(cls)}
+        found = {f.name: _is_tuple(f.type) for f in dataclasses.fields(cls)}
         _FIELDS[cls] = found
     return found
 

@@ -321,8 +321,29 @@ def _header_key(name: bytes) -> bytes:
     return key
 
 
-# The name of every header line: after a line end, up to the colon.
-_NAME_RE = re.compile(rb"\r\n([^:\r\n]*):")
+# Request methods as received -> as str, for the methods seen so far
+# (bounded like the name table): a method is checked and decoded once.
+_METHODS: dict[bytes, str] = {}
+
+
+def _crlf_headers(lines: list[bytes]) -> list[bytes] | None:
+    """The keys of header lines split at CRLF, or None when a line needs the
+    general path (a continuation line, a line without a colon)."""
+    keys: list[bytes] = []
+    names = _NAMES
+    for raw in lines:
+        colon = raw.find(b":")
+        if colon <= 0:
+            return None
+        name = raw[:colon]
+        key = names.get(name)
+        if key is None:
+            first = raw[:1]
+            if first == b" " or first == b"\t":
+                return None
+            key = _header_key(name)
+        keys.append(key)
+    return keys
 
 
 def _split_headers(head: bytes) -> tuple[list[bytes], list[bytes]]:
@@ -369,26 +390,16 @@ def parse_message(data: bytes, datagram: bool = True) -> Request | Response:
             raise SipParseError("no blank line after the headers")
         body_start = end + 2
     head = data[:end]
-    keys: list[bytes]
-    raws: list[bytes]
-    if (head.count(b"\n") == head.count(b"\r\n") and head.find(b"\r\n ") < 0
-            and head.find(b"\r\n\t") < 0):
-        # The common case, CRLF and no folding: names are found by one regex
-        # and mapped by the name table, both in C.
-        lines = head.split(b"\r\n")
-        raws = lines[1:]
-        found = _NAME_RE.findall(head)
-        if len(found) != len(raws):
-            raise SipParseError("header line without a name and colon")
-        mapped: list[bytes | None] = list(map(_NAMES.get, found))
-        if None in mapped:
-            keys = [k if k is not None else _header_key(n)
-                    for k, n in zip(mapped, found, strict=True)]
-        else:
-            keys = mapped  # type: ignore[assignment]
-    else:
+    # The common case, CRLF line ends and no folding: split once, and each
+    # name is looked up in the table of spellings seen before.
+    raws = head.split(b"\r\n")
+    start = raws.pop(0)
+    crlf_keys = _crlf_headers(raws) if head.count(b"\n") == len(raws) else None
+    if crlf_keys is None:
         keys, raws = _split_headers(head)
-        lines = [head.split(b"\n", 1)[0].rstrip(b"\r")]
+        start = head.split(b"\n", 1)[0].rstrip(b"\r")
+    else:
+        keys = crlf_keys
 
     body = data[body_start:]
     n_cl = keys.count(b"content-length")
@@ -406,7 +417,6 @@ def parse_message(data: bytes, datagram: bool = True) -> Request | Response:
         elif length != len(body):
             raise SipParseError("Content-Length does not match the framed body")
 
-    start = lines[0]
     if start.startswith(b"SIP/"):
         parts = start.split(b" ", 2)
         if len(parts) < 2 or parts[0] != _SIP20:
@@ -420,13 +430,18 @@ def parse_message(data: bytes, datagram: bool = True) -> Request | Response:
     if len(parts) != 3 or not all(parts):
         raise SipParseError("malformed request line")
     method, uri_raw, version = parts
-    if not is_token(method):
-        raise SipParseError("method is not a token")
+    name = _METHODS.get(method)
+    if name is None:
+        if not is_token(method):
+            raise SipParseError("method is not a token")
+        name = method.decode("latin-1")
+        if len(_METHODS) < 256:
+            _METHODS[method] = name
     if version != _SIP20:
         if version.upper().startswith(b"SIP/"):
             raise SipParseError("unsupported SIP version", 505)
         raise SipParseError("malformed request line")
-    return Request(method.decode("latin-1"), uri_raw, keys, raws, body)
+    return Request(name, uri_raw, keys, raws, body)
 
 
 _SINGLE = (b"from", b"to", b"call-id", b"cseq")

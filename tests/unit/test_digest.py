@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hasip.auth.digest import (
     INVALID,
@@ -12,6 +14,8 @@ from hasip.auth.digest import (
     Credentials,
     CredentialsError,
     NonceManager,
+    _general_params,
+    _plain_params,
     challenge,
     expected_response,
     make_ha1,
@@ -104,3 +108,36 @@ def test_nonce_memory_is_bounded_and_expires() -> None:
 def test_challenge_text() -> None:
     text = challenge("hasip", "abc", "SHA-256", stale=True)
     assert text == 'Digest realm="hasip", nonce="abc", qop="auth", algorithm=SHA-256, stale=true'
+
+
+# -- the plain-case parser agrees with the general one -----------------------
+
+_NAMES = st.sampled_from(["username", "realm", "nonce", "uri", "response", "algorithm", "qop",
+                          "nc", "cnonce", "opaque", "Username", "REALM", "stale", "auth-param"])
+_VALUES = st.text(alphabet=st.sampled_from('ab09:@;.=/ ,"\\\t-'), max_size=12)
+_SPACE = st.sampled_from(["", " ", "  ", "\t"])
+
+
+@st.composite
+def auth_params(draw: st.DrawFn) -> str:
+    parts = []
+    for _ in range(draw(st.integers(1, 10))):
+        name, value = draw(_NAMES), draw(_VALUES)
+        if draw(st.booleans()):
+            value = '"' + value + '"'
+        parts.append(f"{draw(_SPACE)}{name}{draw(_SPACE)}={draw(_SPACE)}{value}{draw(_SPACE)}")
+    return ",".join(parts)
+
+
+@given(auth_params())
+@settings(max_examples=2000, deadline=None)
+def test_the_plain_parser_agrees_with_the_general_one(rest: str) -> None:
+    rest = rest.strip()
+    plain = _plain_params(rest)
+    if plain is None:
+        return   # not the plain case: the general parser alone decides
+    try:
+        general = _general_params(rest)
+    except CredentialsError:
+        pytest.fail(f"plain parser accepted what the general one refuses: {rest!r}")
+    assert plain == general
