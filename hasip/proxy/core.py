@@ -842,7 +842,7 @@ class Proxy:
             if keys[i] == b"via":
                 raw = raws[i]
                 for sent_by in self._sent_by_bytes:
-                    if sent_by in raw:
+                    if raw.find(sent_by) >= 0:
                         return True
         return False
 

@@ -222,7 +222,34 @@ def branch_of(via_value: str) -> str | None:
     return m.group(1) if m else None
 
 
+# Via prefixes ("SIP/2.0/UDP 192.0.2.7:5060", up to the first ";") already
+# parsed -> (protocol, transport, host, port): a client repeats its prefix in
+# every request and only the parameters (the branch) change. Bounded.
+_VIA_PREFIXES: dict[str, tuple[str, str, str, int | None]] = {}
+
+
 def parse_via(text: str) -> Via:
+    semi = text.find(";")
+    prefix = text if semi < 0 else text[:semi]
+    known = _VIA_PREFIXES.get(prefix)
+    if known is not None:
+        protocol, transport, host, port_num = known
+        params = parse_params(text, len(prefix), "Via")
+    else:
+        protocol, transport, host, port_num, end = _parse_via_prefix(text)
+        params = parse_params(text, end, "Via")
+        if end == len(prefix):
+            if len(_VIA_PREFIXES) >= 4096:
+                _VIA_PREFIXES.clear()
+            _VIA_PREFIXES[prefix] = (protocol, transport, host, port_num)
+    for key in ("branch", "received", "maddr", "ttl"):
+        if key in params and not params[key]:
+            raise SipParseError(f"Via parameter {key} without a value")
+    return Via(protocol, transport, host, port_num, params, text.strip())
+
+
+def _parse_via_prefix(text: str) -> tuple[str, str, str, int | None, int]:
+    """sent-protocol and sent-by; and where the parameters start."""
     m = VIA_RE.match(text)
     if m is None:
         raise SipParseError(f"malformed Via {text.strip()!r}")
@@ -232,11 +259,7 @@ def parse_via(text: str) -> Via:
     port_num = int(port) if port else None
     if port_num is not None and port_num > 65535:
         raise SipParseError("Via port out of range")
-    params = parse_params(text, m.end(), "Via")
-    for key in ("branch", "received", "maddr", "ttl"):
-        if key in params and not params[key]:
-            raise SipParseError(f"Via parameter {key} without a value")
-    return Via(f"{name}/{version}", transport.upper(), host, port_num, params, text.strip())
+    return f"{name}/{version}", transport.upper(), host, port_num, m.end()
 
 
 def parse_cseq(text: str) -> tuple[int, str]:
