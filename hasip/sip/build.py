@@ -23,6 +23,8 @@ REASONS: dict[int, bytes] = {
 }
 
 _COPIED = frozenset((b"via", b"from", b"call-id", b"cseq"))
+# (status, reason) -> status line, for the answers a node gives all the time.
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 
 
 def make_response(
@@ -35,18 +37,35 @@ def make_response(
 ) -> bytes:
     """A response to ``request`` as bytes (RFC 3261 8.2.6.2): Via, From,
     Call-ID and CSeq copied, To copied with ``to_tag`` added when it has none."""
-    lines = [b"SIP/2.0 %d %s" % (status, reason or REASONS.get(status, b"Unknown"))]
+    reason = reason or REASONS.get(status, b"Unknown")
+    status_line = _STATUS_LINES.get((status, reason))
+    if status_line is None:
+        status_line = b"SIP/2.0 %d %s" % (status, reason)
+        if len(_STATUS_LINES) < 256:
+            _STATUS_LINES[(status, reason)] = status_line
+    lines = [status_line]
     keys = request.keys
     raws = request.raws
-    lines += [raw for key, raw in zip(keys, raws, strict=True) if key in _COPIED]
-    if b"to" in keys:
-        to_line = raws[keys.index(b"to")]
-        if to_tag is not None and to_line.lower().find(b"tag=") < 0:
-            to_line = b"%s;tag=%s" % (to_line.rstrip(), to_tag.encode("latin-1"))
+    to_at = -1
+    for i in range(len(keys)):
+        key = keys[i]
+        if key in _COPIED:
+            lines.append(raws[i])
+        elif to_at < 0 and key == b"to":
+            to_at = i
+    if to_at >= 0:
+        to_line = raws[to_at]
+        if to_tag is not None:
+            # The parsed To when sanity checks have read it; the line if not.
+            parsed = request._to
+            has_tag = (parsed.tag is not None if parsed is not None
+                       else to_line.lower().find(b"tag=") >= 0)
+            if not has_tag:
+                to_line = b"%s;tag=%s" % (to_line.rstrip(), to_tag.encode("latin-1"))
         lines.append(to_line)
     if extra:
         lines.extend(extra)
-    lines.append(b"Content-Length: %d" % len(body))
+    lines.append(b"Content-Length: %d" % len(body) if body else b"Content-Length: 0")
     lines.append(b"")
     lines.append(body)
     return b"\r\n".join(lines)
