@@ -33,6 +33,19 @@ _FOLD_RE = re.compile(rb"[ \t]*\r?\n[ \t]+")
 _SIP20 = b"SIP/2.0"
 
 
+def _colon(raw: bytes) -> int:
+    """Where the first colon of a header line is, -1 if none. A loop over the
+    name (a few bytes): compiled, cheaper than ``bytes.find``'s argument
+    parsing."""
+    n = len(raw)
+    i = 0
+    while i < n:
+        if raw[i] == 58:
+            return i
+        i += 1
+    return -1
+
+
 def _trimmed(raw: bytes, start: int) -> bytes:
     """``raw[start:]`` without the spaces and tabs around it."""
     end = len(raw)
@@ -90,7 +103,7 @@ class SipMessage:
         raw = self.raws[i]
         if self.folded:
             return self._value_of(raw)
-        return _trimmed(raw, raw.find(b":") + 1)
+        return _trimmed(raw, _colon(raw) + 1)
 
     def get(self, key: bytes) -> bytes | None:
         """Value of the first header line named ``key`` (lowercase, full name)."""
@@ -347,7 +360,7 @@ def _crlf_headers(lines: list[bytes]) -> list[bytes] | None:
     keys: list[bytes] = []
     names = _NAMES
     for raw in lines:
-        colon = raw.find(b":")
+        colon = _colon(raw)
         if colon <= 0:
             return None
         name = raw[:colon]
@@ -463,20 +476,29 @@ def parse_message(data: bytes, datagram: bool = True) -> Request | Response:
     return req
 
 
-_SINGLE = (b"from", b"to", b"call-id", b"cseq")
 # Requests whose Contact is used (registration, dialog target): the others'
 # Contact is not read, so it is not parsed either.
 _CONTACT_METHODS = frozenset(("REGISTER", "INVITE", "SUBSCRIBE", "NOTIFY", "REFER", "UPDATE"))
 
 
 def _validate_common(msg: SipMessage) -> None:
-    keys = msg.keys
-    for key in _SINGLE:
-        n = keys.count(key)
+    # One pass counting the headers that must be there (once, but Via).
+    n_from = n_to = n_call_id = n_cseq = n_via = 0
+    for key in msg.keys:
+        if key == b"via":
+            n_via += 1
+        elif key == b"from":
+            n_from += 1
+        elif key == b"to":
+            n_to += 1
+        elif key == b"call-id":
+            n_call_id += 1
+        elif key == b"cseq":
+            n_cseq += 1
+    for n, name in ((n_from, "from"), (n_to, "to"), (n_call_id, "call-id"), (n_cseq, "cseq")):
         if n != 1:
-            name = key.decode()
             raise SipParseError(f"missing {name}" if n == 0 else f"more than one {name}")
-    if b"via" not in keys:
+    if not n_via:
         raise SipParseError("missing Via")
     # Only the top Via is ours to read (as Kamailio does): the others belong
     # to the elements the responses go back through.
