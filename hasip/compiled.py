@@ -33,6 +33,7 @@ from types import ModuleType
 MODULES = (
     "hasip.ids",
     "hasip.lamport",
+    "hasip.counters",
     "hasip.sip.errors",
     "hasip.sip.grammar",
     "hasip.sip.uri",

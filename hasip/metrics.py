@@ -1,126 +1,70 @@
 """Prometheus metrics of a node, and the HTTP listener that exposes them.
 
-The per-message counters and the latency histogram are plain Python integers
-(:class:`MessageStats`) that a collector turns into Prometheus families when
-scraped: counting a message costs a dict update, not a locked
-``Counter.inc``. Rare events use prometheus-client metrics directly.
+The per-message counters and the latency histogram are plain Python numbers
+(hasip/counters.py, compiled with the hot path) that collectors here turn
+into Prometheus families when scraped: counting a message costs a dict
+update, not a locked ``Counter.inc``. Rare events use prometheus-client
+metrics directly.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterator
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-# Label values come from the network: a method is any token. Past this many
-# distinct values, new ones are counted as "other".
-MAX_LABELS = 64
-LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25)
+from hasip.counters import Counts, LabelledCount, Latency
 
 
-class LabelledCount:
-    """A counter family with one label, as a dict of ints."""
-
-    __slots__ = ("counts", "doc", "label", "name")
-
-    def __init__(self, name: str, doc: str, label: str) -> None:
-        self.name = name
-        self.doc = doc
-        self.label = label
-        self.counts: dict[str, int] = {}
-
-    def inc(self, value: str) -> None:
-        counts = self.counts
-        n = counts.get(value)
-        if n is None:
-            if len(counts) >= MAX_LABELS:
-                value = "other"
-                n = counts.get(value, 0)
-            else:
-                n = 0
-        counts[value] = n + 1
-
-    def family(self) -> CounterMetricFamily:
-        fam = CounterMetricFamily(self.name, self.doc, labels=[self.label])
-        for value, n in sorted(self.counts.items()):
+def counter_family(c: LabelledCount | Counts) -> CounterMetricFamily:
+    if isinstance(c, LabelledCount):
+        fam = CounterMetricFamily(c.name, c.doc, labels=[c.label])
+        for value, n in sorted(c.counts.items()):
             fam.add_metric([value], n)
         return fam
+    fam = CounterMetricFamily(c.name, c.doc, labels=c.labels)
+    for labels, m in sorted(c.counts.items()):
+        fam.add_metric(list(labels), m)
+    return fam
 
 
-class Latency:
-    """A histogram of seconds with one label, as lists of ints."""
-
-    __slots__ = ("buckets", "doc", "label", "name", "series")
-
-    def __init__(self, name: str, doc: str, label: str,
-                 buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self.name = name
-        self.doc = doc
-        self.label = label
-        self.buckets = buckets
-        self.series: dict[str, tuple[list[int], list[float]]] = {}
-
-    def child(self, value: str) -> tuple[list[int], list[float]]:
-        """(bucket counts + [count], [sum]) for one label value."""
-        if value not in self.series:
-            self.series[value] = ([0] * (len(self.buckets) + 1), [0.0])
-        return self.series[value]
-
-    def observe(self, child: tuple[list[int], list[float]], seconds: float) -> None:
-        counts, total = child
-        counts[bisect.bisect_left(self.buckets, seconds)] += 1
-        total[0] += seconds
-
-    def family(self) -> HistogramMetricFamily:
-        fam = HistogramMetricFamily(self.name, self.doc, labels=[self.label])
-        for value, (counts, total) in sorted(self.series.items()):
-            cumulative = 0
-            buckets = []
-            for bound, n in zip(self.buckets, counts, strict=False):
-                cumulative += n
-                buckets.append((repr(bound), cumulative))
-            cumulative += counts[-1]
-            buckets.append(("+Inf", cumulative))
-            fam.add_metric([value], buckets, total[0])
-        return fam
+def latency_family(h: Latency) -> HistogramMetricFamily:
+    fam = HistogramMetricFamily(h.name, h.doc, labels=[h.label])
+    for value, (counts, total) in sorted(h.series.items()):
+        cumulative = 0
+        buckets = []
+        for bound, n in zip(h.buckets, counts, strict=False):
+            cumulative += n
+            buckets.append((repr(bound), cumulative))
+        cumulative += counts[-1]
+        buckets.append(("+Inf", cumulative))
+        fam.add_metric([value], buckets, total[0])
+    return fam
 
 
-class Children(Collector):
-    """A counter family with labels, counted in a dict of label tuples (no
-    lock, no child objects: the hot path calls it) and turned into a
-    Prometheus family when scraped; past MAX_LABELS label sets (label values
-    can come from the network, e.g. a method), new ones count under "other".
-    Incremented from the event loop's thread only."""
+class _CountsCollector(Collector):
+    """Every :class:`Counts` family made by :func:`labelled_counter`."""
 
-    def __init__(self, name: str, doc: str, labels: list[str]) -> None:
-        self.name = name
-        self.doc = doc
-        self.labels = labels
-        self.counts: dict[tuple[str, ...], float] = {}
-        REGISTRY.register(self)
-
-    def inc(self, *labels: str, amount: float = 1.0) -> None:
-        counts = self.counts
-        n = counts.get(labels)
-        if n is None:
-            if len(counts) >= MAX_LABELS:
-                labels = ("other",) * len(labels)
-                n = counts.get(labels, 0.0)
-            else:
-                n = 0.0
-        counts[labels] = n + amount
-
-    def value(self, *labels: str) -> float:
-        return self.counts.get(labels, 0.0)
+    def __init__(self) -> None:
+        self.families: list[Counts] = []
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        fam = CounterMetricFamily(self.name, self.doc, labels=self.labels)
-        for labels, n in sorted(self.counts.items()):
-            fam.add_metric(list(labels), n)
-        yield fam
+        for c in self.families:
+            yield counter_family(c)
+
+
+_COUNTS = _CountsCollector()
+REGISTRY.register(_COUNTS)
+
+
+def labelled_counter(name: str, doc: str, labels: list[str]) -> Counts:
+    """A labelled counter family the hot path can afford (hasip/counters.py),
+    exported with the others."""
+    c = Counts(name, doc, labels)
+    _COUNTS.families.append(c)
+    return c
 
 
 class MessageStats(Collector):
@@ -141,11 +85,11 @@ class MessageStats(Collector):
                                "(proxy processing time)", "kind")
 
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
-        yield self.requests_in.family()
-        yield self.responses_in.family()
-        yield self.responses_out.family()
-        yield self.requests_out.family()
-        yield self.latency.family()
+        yield counter_family(self.requests_in)
+        yield counter_family(self.responses_in)
+        yield counter_family(self.responses_out)
+        yield counter_family(self.requests_out)
+        yield latency_family(self.latency)
 
 
 STATS = MessageStats()
@@ -177,9 +121,9 @@ BUILD = Gauge("hasip_build_info", "1; the labels say which hasip runs and whethe
 # Registrar and location store
 REGISTERED_CONTACTS = Gauge("hasip_registrar_contacts", "Current registered contacts (bindings)")
 REGISTERED_AORS = Gauge("hasip_registrar_aors", "Addresses-of-record with at least one binding")
-REGISTRATIONS = Children("hasip_registrar_requests_total",
-                         "REGISTER requests handled by the registrar, by result",
-                         ["result"])
+REGISTRATIONS = labelled_counter("hasip_registrar_requests_total",
+                                 "REGISTER requests handled by the registrar, by result",
+                                 ["result"])
 LOCATION_QUEUE = Gauge("hasip_location_write_queue",
                        "Binding changes waiting to be written to the durable store")
 LOCATION_WRITES = Counter("hasip_location_writes_total",
@@ -188,12 +132,12 @@ LOCATION_WRITE_ERRORS = Counter("hasip_location_write_errors_total",
                                 "Failed write batches (retried)", ["backend"])
 LOCATION_DROPPED = Counter("hasip_location_writes_dropped_total",
                            "Changes dropped because the write queue was full")
-LOOKUPS = Children("hasip_location_lookups_total",
-                   "Location lookups for requests to our domain", ["result"])
+LOOKUPS = labelled_counter("hasip_location_lookups_total",
+                           "Location lookups for requests to our domain", ["result"])
 
 # Digest authentication
-AUTH_RESULTS = Children("hasip_auth_total", "Digest authentication outcomes",
-                        ["method", "result"])
+AUTH_RESULTS = labelled_counter("hasip_auth_total", "Digest authentication outcomes",
+                                ["method", "result"])
 RADIUS_LATENCY = Histogram("hasip_radius_latency_seconds",
                            "RADIUS Access-Request round trips", ["server"],
                            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
@@ -201,10 +145,10 @@ RADIUS_ERRORS = Counter("hasip_radius_errors_total", "RADIUS timeouts and bad re
                         ["server", "kind"])
 
 # NAT traversal
-NAT_PINGS = Children("hasip_nat_pings_total", "OPTIONS keepalives to NATed contacts",
-                     ["result"])
-NAT_DETECTED = Children("hasip_nat_detected_total",
-                        "Requests from clients detected behind NAT", ["method"])
+NAT_PINGS = labelled_counter("hasip_nat_pings_total", "OPTIONS keepalives to NATed contacts",
+                             ["result"])
+NAT_DETECTED = labelled_counter("hasip_nat_detected_total",
+                                "Requests from clients detected behind NAT", ["method"])
 
 
 def start_metrics_server(host: str, port: int) -> None:
@@ -212,13 +156,13 @@ def start_metrics_server(host: str, port: int) -> None:
     start_http_server(port, addr=host)
 
 # Dispatcher
-DS_STATE_CHANGES = Children("hasip_dispatcher_state_changes_total",
-                            "Destinations entering a state (A, I, T, D)", ["state"])
+DS_STATE_CHANGES = labelled_counter("hasip_dispatcher_state_changes_total",
+                                    "Destinations entering a state (A, I, T, D)", ["state"])
 DS_FAILOVERS = Counter("hasip_dispatcher_failovers_total",
                        "Calls moved on to the next destination, by the one they left",
                        ["set", "uri"])
-DS_PROBES = Children("hasip_dispatcher_probes_total",
-                     "OPTIONS probes to destinations, by outcome", ["result"])
+DS_PROBES = labelled_counter("hasip_dispatcher_probes_total",
+                             "OPTIONS probes to destinations, by outcome", ["result"])
 DS_PROBE_LATENCY = Histogram("hasip_dispatcher_probe_latency_seconds",
                              "Time to an OPTIONS probe's final answer",
                              buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0))
@@ -237,12 +181,12 @@ DS_FAILURES = Counter("hasip_dispatcher_failures_total",
 
 # -- dialogs ---------------------------------------------------------------------
 DIALOGS = Gauge("hasip_dialogs", "INVITE dialogs in progress", ["state"])
-DIALOGS_ENDED = Children("hasip_dialogs_ended_total",
-                         "Dialogs ended, by reason (bye, failed, cancelled, timeout)",
-                         ["reason"])
+DIALOGS_ENDED = labelled_counter("hasip_dialogs_ended_total",
+                                 "Dialogs ended, by reason (bye, failed, cancelled, timeout)",
+                                 ["reason"])
 
 # Replication (issue 6)
-REPL_RECORDS = Children(
+REPL_RECORDS = labelled_counter(
     "hasip_replication_records_total",
     "Records sent to and received from peers; received ones kept (applied) or older than "
     "what the node had (stale)", ["peer", "direction"])
@@ -269,7 +213,7 @@ CDR_WRITE_ERRORS = Counter("hasip_cdr_write_errors_total", "Failed CDR write bat
                            ["backend"])
 CDR_DROPPED = Counter("hasip_cdrs_dropped_total", "CDRs dropped because the queue was full")
 
-DIALOG_KEEPALIVES = Children(
+DIALOG_KEEPALIVES = labelled_counter(
     "hasip_dialog_keepalives_total",
     "In-dialog OPTIONS keepalives: sent, answered, timeout (no answer within an interval), "
     "481/408 (the end is gone)", ["result"])

@@ -157,7 +157,7 @@ class SipMessage:
                     i = self.keys.index(b"via")
                 except ValueError:
                     raise SipParseError("missing Via")
-                first = self._value_of(self.raws[i]).decode("latin-1")
+                first = self._value_at(i).decode("latin-1")
                 via = parse_via(split_list(first)[0] if "," in first else first)
             self._top_via = via
         return via
@@ -185,9 +185,10 @@ class SipMessage:
     def call_id(self) -> str:
         if self._call_id is None:
             value = self.get(b"call-id")
-            if not value or value.find(b" ") >= 0 or value.find(b"\t") >= 0:
+            text = "" if value is None else value.decode("latin-1")
+            if not text or " " in text or "\t" in text:
                 raise SipParseError("missing or malformed Call-ID")
-            self._call_id = value.decode("latin-1")
+            self._call_id = text
         return self._call_id
 
     @property
@@ -434,7 +435,8 @@ def parse_message(data: bytes, datagram: bool = True) -> Request | Response:
     if n_cl:
         if n_cl > 1:
             raise SipParseError("more than one Content-Length")
-        raw_cl = SipMessage._value_of(raws[keys.index(b"content-length")])
+        raw = raws[keys.index(b"content-length")]
+        raw_cl = SipMessage._value_of(raw) if crlf_keys is None else _trimmed(raw, _colon(raw) + 1)
         if not raw_cl.isdigit() or len(raw_cl) > 10:
             raise SipParseError("malformed Content-Length")
         length = int(raw_cl)
