@@ -42,6 +42,7 @@ MODULES = (
     "hasip.sip.build",
     "hasip.sip.framing",
     "hasip.sip.transaction",
+    "hasip.transport.base",
     "hasip.auth.digest",
     "hasip.auth.users",
     "hasip.auth.authenticator",

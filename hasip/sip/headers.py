@@ -130,11 +130,30 @@ def parse_name_addr(text: str, what: str = "header") -> NameAddr:
     """Parse one name-addr or addr-spec with header parameters (RFC 3261 20.10)."""
     na = _NA_CACHE.get(text)
     if na is None:
-        na = _parse_name_addr(text, what)
+        na = _with_new_tag(text, what)
+        if na is None:
+            na = _parse_name_addr(text, what)
         if len(_NA_CACHE) >= 4096:
             _NA_CACHE.clear()
         _NA_CACHE[text] = na
     return na
+
+
+def _with_new_tag(text: str, what: str) -> NameAddr | None:
+    """A From (or To) whose last parameter is a plain ``;tag=``: the rest is
+    what the same phone sent before (parsed once, cached), the tag is new in
+    every request. None when the text is not of that shape."""
+    s = text.strip(" \t")
+    i = s.rfind(";tag=")
+    if i <= 0:
+        return None
+    tag = s[i + 5:]
+    if TOKEN_RE.fullmatch(tag) is None:
+        return None
+    base = parse_name_addr(s[:i], what)
+    params = dict(base.params)
+    params["tag"] = tag
+    return NameAddr(base.display, base.uri_text, params, s)
 
 
 def _parse_name_addr(text: str, what: str) -> NameAddr:

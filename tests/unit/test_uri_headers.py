@@ -1,9 +1,18 @@
 """URIs (RFC 3261 19.1, RFC 3966), name-addr, Via and CSeq."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hasip.sip.errors import SipParseError
-from hasip.sip.headers import parse_cseq, parse_name_addr, parse_via, split_list
+from hasip.sip.headers import (
+    _parse_name_addr,
+    _with_new_tag,
+    parse_cseq,
+    parse_name_addr,
+    parse_via,
+    split_list,
+)
 from hasip.sip.uri import AbsoluteUri, SipUri, TelUri, parse_uri
 
 
@@ -86,3 +95,47 @@ def test_cseq() -> None:
     for bad in ("INVITE", "1 2 3", "-1 INVITE", "2147483648 INVITE"):
         with pytest.raises(SipParseError):
             parse_cseq(bad)
+
+
+# -- a new tag on a known From: the short way agrees with the full parser ----
+
+_PIECES = st.sampled_from(['"Al ice" ', "Bob ", "", "<", ">", "sip:", "1001@", "198.18.0.5",
+                           ":5060", ";user=phone", ";tag=", ";TAG=", ";x", "=y", " ", '"',
+                           ",", "a", "1r2", "~"])
+
+
+_DISPLAY = st.sampled_from(["", '"Al ice" ', "Bob ", '"a\\"b" ', "Bob Smith "])
+_URI = st.sampled_from(["sip:1001@198.18.0.5", "sip:1001@198.18.0.5:5060;user=phone",
+                        "sips:a@[2001:2::1]", "tel:+15551234", "sip:x"])
+_PARAMS = st.lists(st.sampled_from([";x", ";x=y", " ;y=1", ";tag=old", ";Tag=z", ';q="a;tag=b"']),
+                   max_size=3)
+
+
+@st.composite
+def name_addrs(draw: st.DrawFn) -> list[str]:
+    """Mostly well formed: display, <URI> or a bare URI, parameters."""
+    uri = draw(_URI)
+    head = draw(_DISPLAY) + "<" + uri + ">" if draw(st.booleans()) else uri
+    return [head, *draw(_PARAMS)]
+
+
+@given(st.one_of(st.lists(_PIECES, max_size=10), name_addrs()),
+       st.text(alphabet="ab1-.~!%*_+`'\" ;", max_size=6))
+@settings(max_examples=3000, deadline=None)
+def test_a_new_tag_on_a_known_name_addr_parses_as_the_full_parser_does(pieces: list[str],
+                                                                       tag: str) -> None:
+    text = "".join(pieces) + ";tag=" + tag
+    try:
+        full = _parse_name_addr(text, "From")
+    except SipParseError:
+        full = None
+    try:
+        short = _with_new_tag(text, "From")
+    except SipParseError:
+        assert full is None, f"the short way refused what the full parser takes: {text!r}"
+        return
+    if short is None:
+        return   # not of that shape: the full parser alone decides
+    assert full is not None, f"the short way took what the full parser refuses: {text!r}"
+    assert (short.display, short.uri_text, short.params, short.text) == \
+        (full.display, full.uri_text, full.params, full.text)
