@@ -344,8 +344,7 @@ class Proxy:
         raw = req.raws[i]
         values = split_list(req._value_of(raw).decode("latin-1"))
         values[0] = text
-        req.raws[i] = raw[:raw.index(b":") + 1] + b" " + ", ".join(values).encode("latin-1")
-        req._via_changed()
+        req.set_line(i, raw[:raw.index(b":") + 1] + b" " + ", ".join(values).encode("latin-1"))
 
     def _on_request(self, req: Request, src: Source) -> None:
         method = req.method

@@ -90,5 +90,5 @@ def fix_contact(msg: SipMessage, addr: tuple[str, int]) -> bool:
     at = raw.find(old)
     if at < 0:
         return False
-    msg.raws[i] = raw[:at] + fixed.raw + raw[at + len(old):]
+    msg.set_line(i, raw[:at] + fixed.raw + raw[at + len(old):])
     return True

@@ -64,8 +64,8 @@ class SipMessage:
     included, without its line ending.
     """
 
-    __slots__ = ("_call_id", "_cseq", "_from", "_has_cl", "_to", "_top_via", "_vias", "body",
-                 "folded", "keys", "raws")
+    __slots__ = ("_call_id", "_contacts", "_cseq", "_from", "_has_cl", "_to", "_top_via",
+                 "_vias", "body", "folded", "keys", "raws")
 
     def __init__(self, keys: list[bytes], raws: list[bytes], body: bytes = b"") -> None:
         self.keys = keys
@@ -77,6 +77,9 @@ class SipMessage:
         self.folded = True
         self._vias: list[Via] | None = None
         self._top_via: Via | None = None
+        # The Contact values, split once: sanity checks, NAT detection and
+        # the registrar each read them.
+        self._contacts: list[str] | None = None
         self._cseq: tuple[int, str] | None = None
         self._from: NameAddr | None = None
         self._to: NameAddr | None = None
@@ -124,6 +127,13 @@ class SipMessage:
 
     def values(self, key: bytes) -> list[str]:
         """Every comma-separated value of a list header, across its lines."""
+        if key == b"contact":
+            if self._contacts is None:
+                self._contacts = self._values(key)
+            return list(self._contacts)
+        return self._values(key)
+
+    def _values(self, key: bytes) -> list[str]:
         out: list[str] = []
         for value in self.get_all(key):
             out.extend(split_list(value.decode("latin-1")))
@@ -165,6 +175,17 @@ class SipMessage:
     def _via_changed(self) -> None:
         self._vias = None
         self._top_via = None
+
+    def _lines_changed(self) -> None:
+        """Header lines were added, removed or rewritten: forget what was
+        read from them (the single-valued headers are never edited)."""
+        self._via_changed()
+        self._contacts = None
+
+    def set_line(self, i: int, line: bytes) -> None:
+        """Rewrite header line ``i`` (its name stays)."""
+        self.raws[i] = line
+        self._lines_changed()
 
     def _copy_caches(self, other: SipMessage) -> None:
         other._cseq = self._cseq
@@ -220,12 +241,16 @@ class SipMessage:
         i = self.keys.index(key) if key in self.keys else 0
         self.keys.insert(i, key)
         self.raws.insert(i, line)
-        if key == b"via":
-            self._via_changed()
+        self._edited(key)
+
+    def _edited(self, key: bytes) -> None:
+        if key == b"via" or key == b"contact":
+            self._lines_changed()
 
     def append(self, key: bytes, line: bytes) -> None:
         self.keys.append(key)
         self.raws.append(line)
+        self._edited(key)
 
     def replace(self, key: bytes, line: bytes) -> None:
         """Replace the first line named ``key`` (appending when there is none)."""
@@ -233,11 +258,13 @@ class SipMessage:
             self.append(key, line)
             return
         self.raws[self.keys.index(key)] = line
+        self._edited(key)
 
     def remove_all(self, key: bytes) -> None:
         keep = [i for i, k in enumerate(self.keys) if k != key]
         self.keys = [self.keys[i] for i in keep]
         self.raws = [self.raws[i] for i in keep]
+        self._edited(key)
 
     def pop_first_value(self, key: bytes) -> str | None:
         """Remove the first comma-separated value of ``key`` and return it."""
@@ -253,8 +280,7 @@ class SipMessage:
             del self.raws[i]
         else:
             self.raws[i] = raw[:colon + 1] + b" " + ", ".join(values[1:]).encode("latin-1")
-        if key == b"via":
-            self._via_changed()
+        self._edited(key)
         return first
 
     def to_bytes(self) -> bytes:

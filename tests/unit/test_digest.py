@@ -77,6 +77,10 @@ def test_nonce_valid_then_stale_then_forged() -> None:
     forged = nonce[:-1] + ("0" if nonce[-1] != "0" else "1")
     assert nonces.check(forged, None, now=1010) == INVALID
     assert nonces.check("abc", None, now=1010) == INVALID
+    # Any 48 characters a phone can put there: invalid, never an exception.
+    for junk in (nonce[:16] + "\u00e9" * 32, "\u00e9" * 48, "+0x1_" * 9 + "abc",
+                 "g" * 48, nonce[:8] + "zzzzzzzz" + nonce[16:]):
+        assert nonces.check(junk, "00000001", now=1010) == INVALID
 
 
 def test_any_node_with_the_cluster_secret_verifies_a_nonce() -> None:
@@ -114,8 +118,8 @@ def test_challenge_text() -> None:
 
 _NAMES = st.sampled_from(["username", "realm", "nonce", "uri", "response", "algorithm", "qop",
                           "nc", "cnonce", "opaque", "Username", "REALM", "stale", "auth-param"])
-_VALUES = st.text(alphabet=st.sampled_from('ab09:@;.=/ ,"\\\t-'), max_size=12)
-_SPACE = st.sampled_from(["", " ", "  ", "\t"])
+_VALUES = st.text(alphabet=st.sampled_from('ab09:@;.=/ ,"\\\t-\x0b\xa0'), max_size=12)
+_SPACE = st.sampled_from(["", " ", "  ", "\t", "\x0b"])
 
 
 @st.composite
