@@ -22,12 +22,29 @@ async def cancel(task: asyncio.Task[Any] | None) -> None:
         await task
 
 
-async def every(interval: float, round_: Callable[[], object], name: str) -> None:
-    """Run ``round_`` every ``interval`` seconds, for ever; a round that
-    raises is logged (``{name}_round_failed``) and the next one runs."""
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            round_()
-        except Exception:
-            log.error(f"{name}_round_failed", exc_info=True)
+class Periodic:
+    """``round_`` every ``interval`` seconds between :meth:`start` and
+    :meth:`stop` (never when ``interval`` is 0); a round that raises is
+    logged (``{name}_round_failed``) and the next one runs."""
+
+    def __init__(self, interval: float, round_: Callable[[], object], name: str) -> None:
+        self.interval = interval
+        self.round = round_
+        self.name = name
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.interval > 0:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        await cancel(self._task)
+        self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                self.round()
+            except Exception:
+                log.error(f"{self.name}_round_failed", exc_info=True)

@@ -17,7 +17,6 @@ there. Requests are stateless; answers match by branch.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from hasip.log import get_logger
 from hasip.sip.errors import SipParseError
 from hasip.sip.headers import parse_name_addr, split_list
 from hasip.sip.uri import SipUri, parse_sip_uri
-from hasip.tasks import cancel, every
+from hasip.tasks import Periodic
 from hasip.transport.base import Destination, Listener
 
 log = get_logger("hasip.dialog")
@@ -68,15 +67,13 @@ class DialogKeepalive:
         self.missed: dict[tuple[str, str], int] = {}     # unanswered rounds in a row
         self._tag = os.urandom(4).hex()
         self._counter = 0
-        self._task: asyncio.Task[None] | None = None
+        self._rounds = Periodic(interval, self.round, "dialog_keepalive")
 
     def start(self) -> None:
-        if self.interval > 0:
-            self._task = asyncio.get_running_loop().create_task(
-                every(self.interval, self.round, "dialog_keepalive"))
+        self._rounds.start()
 
     async def stop(self) -> None:
-        await cancel(self._task)
+        await self._rounds.stop()
 
     def round(self) -> int:
         """Count last round's unanswered keepalives, send this round's."""

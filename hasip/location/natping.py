@@ -13,7 +13,6 @@ bindings at once (``ping_address``), not an interval later.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Callable
 
@@ -21,7 +20,7 @@ from hasip import metrics
 from hasip.location.binding import Binding, parse_socket
 from hasip.location.store import LocationStore
 from hasip.log import get_logger
-from hasip.tasks import cancel, every
+from hasip.tasks import Periodic
 from hasip.transport.base import Destination, Listener
 
 log = get_logger("hasip.natping")
@@ -41,15 +40,13 @@ class NatPinger:
         self.outstanding: set[str] = set()
         self._tag = os.urandom(4).hex()
         self._counter = 0
-        self._task: asyncio.Task[None] | None = None
+        self._rounds = Periodic(interval, self.ping_all, "nat_ping")
 
     def start(self) -> None:
-        if self.interval > 0:
-            self._task = asyncio.get_running_loop().create_task(
-                every(self.interval, self.ping_all, "nat_ping"))
+        self._rounds.start()
 
     async def stop(self) -> None:
-        await cancel(self._task)
+        await self._rounds.stop()
 
     def ping_all(self) -> int:
         """One round: count the unanswered pings of the last one, send new ones."""
