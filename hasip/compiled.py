@@ -34,6 +34,7 @@ MODULES = (
     "hasip.ids",
     "hasip.lamport",
     "hasip.counters",
+    "hasip.memo",
     "hasip.sip.errors",
     "hasip.sip.grammar",
     "hasip.sip.uri",
@@ -161,13 +162,6 @@ def clean() -> int:
                 removed += 1
     print(f"[compile] removed {removed} extension modules", flush=True)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hasip compile",
-                                     description="compile hasip's hot path with mypyc")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

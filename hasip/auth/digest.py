@@ -26,12 +26,8 @@ HA1_LENGTHS = {32: "MD5", 64: "SHA-256"}
 # auth-param = token "=" ( token / quoted-string )   (RFC 7235 2.1)
 # (the quoted-string alternative unrolled: "[^"\\]*(\\.[^"\\]*)*", which Python's
 # regex engine runs several times faster than a per-character alternation)
-_PARAM = (r'\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)\s*=\s*'
-          r'("[^"\\]*(?:\\.[^"\\]*)*"|[^\s,]*)\s*(?:,|$)')
-_PARAM_RE = re.compile(_PARAM)
-# The whole list at once: one fullmatch says it is well formed, one findall
-# takes the pairs (instead of a match call per parameter).
-_PARAMS_RE = re.compile(f"(?:{_PARAM.replace('(', '(?:').replace('(?:?:', '(?:')})+")
+_PARAM_RE = re.compile(r'\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)\s*=\s*'
+                       r'("[^"\\]*(?:\\.[^"\\]*)*"|[^\s,]*)\s*(?:,|$)')
 _ESCAPE_RE = re.compile(r"\\(.)")
 
 
@@ -79,17 +75,6 @@ class CredentialsError(ValueError):
     """Credentials that cannot be checked at all (answered with 400)."""
 
 
-def _malformed(rest: str) -> None:
-    """Raise naming the first parameter that does not parse."""
-    pos = 0
-    while pos < len(rest):
-        m = _PARAM_RE.match(rest, pos)
-        if m is None or m.end() == pos:
-            break
-        pos = m.end()
-    raise CredentialsError(f"malformed parameter at {rest[pos:pos + 20]!r}")
-
-
 # The parameters phones send, for the plain case below.
 _KNOWN = frozenset(("username", "realm", "nonce", "uri", "response", "algorithm", "qop", "nc",
                     "cnonce", "opaque"))
@@ -124,14 +109,18 @@ def _plain_params(rest: str) -> dict[str, str] | None:
 def _general_params(rest: str) -> dict[str, str]:
     """Any list of auth-params (RFC 7235 2.1); raises CredentialsError."""
     params: dict[str, str] = {}
-    if rest and _PARAMS_RE.fullmatch(rest) is None:
-        _malformed(rest)
-    for name, raw in _PARAM_RE.findall(rest):
+    pos = 0
+    while pos < len(rest):
+        m = _PARAM_RE.match(rest, pos)
+        if m is None or m.end() == pos:
+            raise CredentialsError(f"malformed parameter at {rest[pos:pos + 20]!r}")
+        name, raw = m.groups()
         if raw[:1] == '"':
             raw = raw[1:-1]
             if "\\" in raw:
                 raw = _ESCAPE_RE.sub(r"\1", raw)
         params[name.lower()] = raw
+        pos = m.end()
     return params
 
 

@@ -342,7 +342,7 @@ class Proxy:
             text += f";received={ip}"
         i = req.keys.index(b"via")
         raw = req.raws[i]
-        values = split_list(req._value_of(raw).decode("latin-1"))
+        values = split_list(req.value_at(i).decode("latin-1"))
         values[0] = text
         req.set_line(i, raw[:raw.index(b":") + 1] + b" " + ", ".join(values).encode("latin-1"))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from hasip.memo import remember
 from hasip.sip.errors import SipParseError
 from hasip.sip.headers import parse_name_addr
 from hasip.sip.message import SipMessage
@@ -31,10 +32,7 @@ def is_private(host: str) -> bool:
         private = False
     else:
         private = any(addr in net for net in _PRIVATE)
-    if len(_PRIVATE_SEEN) >= 65536:
-        _PRIVATE_SEEN.clear()
-    _PRIVATE_SEEN[host] = private
-    return private
+    return remember(_PRIVATE_SEEN, host, private)
 
 
 def _contact_uri(msg: SipMessage) -> SipUri | None:

@@ -55,13 +55,8 @@ def make_response(
             to_at = i
     if to_at >= 0:
         to_line = raws[to_at]
-        if to_tag is not None:
-            # The parsed To when sanity checks have read it; the line if not.
-            parsed = request._to
-            has_tag = (parsed.tag is not None if parsed is not None
-                       else to_line.lower().find(b"tag=") >= 0)
-            if not has_tag:
-                to_line = b"%s;tag=%s" % (to_line.rstrip(), to_tag.encode("latin-1"))
+        if to_tag is not None and to_line.lower().find(b"tag=") < 0:
+            to_line = b"%s;tag=%s" % (to_line.rstrip(), to_tag.encode("latin-1"))
         lines.append(to_line)
     if extra:
         lines.extend(extra)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from hasip.memo import remember
 from hasip.sip.errors import SipParseError
 from hasip.sip.grammar import ABSOLUTE_URI_RE, PARAM_RE, QUOTED_RE, TOKEN_RE, VIA_RE
 from hasip.sip.uri import Uri, parse_uri
@@ -130,12 +131,8 @@ def parse_name_addr(text: str, what: str = "header") -> NameAddr:
     """Parse one name-addr or addr-spec with header parameters (RFC 3261 20.10)."""
     na = _NA_CACHE.get(text)
     if na is None:
-        na = _with_new_tag(text, what)
-        if na is None:
-            na = _parse_name_addr(text, what)
-        if len(_NA_CACHE) >= 4096:
-            _NA_CACHE.clear()
-        _NA_CACHE[text] = na
+        na = remember(_NA_CACHE, text,
+                      _with_new_tag(text, what) or _parse_name_addr(text, what))
     return na
 
 
@@ -258,9 +255,7 @@ def parse_via(text: str) -> Via:
         protocol, transport, host, port_num, end = _parse_via_prefix(text)
         params = parse_params(text, end, "Via")
         if end == len(prefix):
-            if len(_VIA_PREFIXES) >= 4096:
-                _VIA_PREFIXES.clear()
-            _VIA_PREFIXES[prefix] = (protocol, transport, host, port_num)
+            remember(_VIA_PREFIXES, prefix, (protocol, transport, host, port_num))
     for key in ("branch", "received", "maddr", "ttl"):
         if key in params and not params[key]:
             raise SipParseError(f"Via parameter {key} without a value")

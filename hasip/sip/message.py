@@ -46,8 +46,17 @@ def _colon(raw: bytes) -> int:
     return -1
 
 
-def _trimmed(raw: bytes, start: int) -> bytes:
-    """``raw[start:]`` without the spaces and tabs around it."""
+def _line_value(raw: bytes, folded: bool) -> bytes:
+    """The value of header line ``raw``: after the colon, without the spaces
+    and tabs around it, unfolded when the message may hold folded lines.
+    (Hot: trimmed by index, one slice; compiled, a loop over the bytes is
+    cheaper than bytes methods, whose arguments CPython parses each call.)"""
+    start = _colon(raw) + 1
+    if folded:
+        value = raw[start:]
+        if value.find(b"\n") >= 0:
+            value = _FOLD_RE.sub(b" ", value)
+        return value.strip(b" \t")
     end = len(raw)
     while start < end and (raw[start] == 32 or raw[start] == 9):
         start += 1
@@ -64,7 +73,7 @@ class SipMessage:
     included, without its line ending.
     """
 
-    __slots__ = ("_call_id", "_contacts", "_cseq", "_from", "_has_cl", "_to", "_top_via",
+    __slots__ = ("_call_id", "_cseq", "_from", "_has_cl", "_split", "_to", "_top_via",
                  "_vias", "body", "folded", "keys", "raws")
 
     def __init__(self, keys: list[bytes], raws: list[bytes], body: bytes = b"") -> None:
@@ -77,9 +86,9 @@ class SipMessage:
         self.folded = True
         self._vias: list[Via] | None = None
         self._top_via: Via | None = None
-        # The Contact values, split once: sanity checks, NAT detection and
-        # the registrar each read them.
-        self._contacts: list[str] | None = None
+        # List headers split once (Contact is read by the sanity checks, NAT
+        # detection and the registrar); an edit of a header forgets its entry.
+        self._split: dict[bytes, list[str]] = {}
         self._cseq: tuple[int, str] | None = None
         self._from: NameAddr | None = None
         self._to: NameAddr | None = None
@@ -90,30 +99,19 @@ class SipMessage:
     def start_line(self) -> bytes:
         raise NotImplementedError
 
-    # Hot: ``bytes.find`` rather than ``in`` (on CPython 3.11 ``b"x" in data``
-    # first tries the needle as an integer and formats the TypeError), no
-    # ``list.index`` that can fail (a ValueError formats its message), and
-    # the value trimmed by index (one slice; compiled, a loop over bytes is
-    # cheaper than method calls).
-    @staticmethod
-    def _value_of(raw: bytes) -> bytes:
-        value = raw[raw.find(b":") + 1:]
-        if value.find(b"\n") >= 0:
-            value = _FOLD_RE.sub(b" ", value)
-        return value.strip(b" \t")
-
-    def _value_at(self, i: int) -> bytes:
-        raw = self.raws[i]
-        if self.folded:
-            return self._value_of(raw)
-        return _trimmed(raw, _colon(raw) + 1)
+    # Hot: no ``list.index`` that can fail (a ValueError formats its message)
+    # and no ``b"x" in data`` (on CPython 3.11 it first tries the needle as an
+    # integer and formats a TypeError): loops and ``bytes.find`` instead.
+    def value_at(self, i: int) -> bytes:
+        """The value of header line ``i``."""
+        return _line_value(self.raws[i], self.folded)
 
     def get(self, key: bytes) -> bytes | None:
         """Value of the first header line named ``key`` (lowercase, full name)."""
         keys = self.keys
         for i in range(len(keys)):
             if keys[i] == key:
-                return self._value_at(i)
+                return self.value_at(i)
         return None
 
     def get_str(self, key: bytes) -> str | None:
@@ -123,21 +121,17 @@ class SipMessage:
     def get_all(self, key: bytes) -> list[bytes]:
         """Values of every header line named ``key``, unsplit."""
         keys = self.keys
-        return [self._value_at(i) for i in range(len(keys)) if keys[i] == key]
+        return [self.value_at(i) for i in range(len(keys)) if keys[i] == key]
 
     def values(self, key: bytes) -> list[str]:
         """Every comma-separated value of a list header, across its lines."""
-        if key == b"contact":
-            if self._contacts is None:
-                self._contacts = self._values(key)
-            return list(self._contacts)
-        return self._values(key)
-
-    def _values(self, key: bytes) -> list[str]:
-        out: list[str] = []
-        for value in self.get_all(key):
-            out.extend(split_list(value.decode("latin-1")))
-        return out
+        split = self._split.get(key)
+        if split is None:
+            split = []
+            for value in self.get_all(key):
+                split.extend(split_list(value.decode("latin-1")))
+            self._split[key] = split
+        return list(split)
 
     def count(self, key: bytes) -> int:
         return self.keys.count(key)
@@ -167,25 +161,23 @@ class SipMessage:
                     i = self.keys.index(b"via")
                 except ValueError:
                     raise SipParseError("missing Via")
-                first = self._value_at(i).decode("latin-1")
+                first = self.value_at(i).decode("latin-1")
                 via = parse_via(split_list(first)[0] if "," in first else first)
             self._top_via = via
         return via
 
-    def _via_changed(self) -> None:
-        self._vias = None
-        self._top_via = None
-
-    def _lines_changed(self) -> None:
-        """Header lines were added, removed or rewritten: forget what was
-        read from them (the single-valued headers are never edited)."""
-        self._via_changed()
-        self._contacts = None
+    def _edited(self, key: bytes) -> None:
+        """Lines named ``key`` were added, removed or rewritten: forget what
+        was read from them (the single-valued headers are never edited)."""
+        self._split.pop(key, None)
+        if key == b"via":
+            self._vias = None
+            self._top_via = None
 
     def set_line(self, i: int, line: bytes) -> None:
         """Rewrite header line ``i`` (its name stays)."""
         self.raws[i] = line
-        self._lines_changed()
+        self._edited(self.keys[i])
 
     def _copy_caches(self, other: SipMessage) -> None:
         other._cseq = self._cseq
@@ -243,10 +235,6 @@ class SipMessage:
         self.raws.insert(i, line)
         self._edited(key)
 
-    def _edited(self, key: bytes) -> None:
-        if key == b"via" or key == b"contact":
-            self._lines_changed()
-
     def append(self, key: bytes, line: bytes) -> None:
         self.keys.append(key)
         self.raws.append(line)
@@ -273,7 +261,7 @@ class SipMessage:
         i = self.keys.index(key)
         raw = self.raws[i]
         colon = raw.index(b":")
-        values = split_list(self._value_of(raw).decode("latin-1"))
+        values = split_list(self.value_at(i).decode("latin-1"))
         first = values[0]
         if len(values) == 1:
             del self.keys[i]
@@ -461,8 +449,7 @@ def parse_message(data: bytes, datagram: bool = True) -> Request | Response:
     if n_cl:
         if n_cl > 1:
             raise SipParseError("more than one Content-Length")
-        raw = raws[keys.index(b"content-length")]
-        raw_cl = SipMessage._value_of(raw) if crlf_keys is None else _trimmed(raw, _colon(raw) + 1)
+        raw_cl = _line_value(raws[keys.index(b"content-length")], crlf_keys is None)
         if not raw_cl.isdigit() or len(raw_cl) > 10:
             raise SipParseError("malformed Content-Length")
         length = int(raw_cl)

@@ -11,6 +11,7 @@ import ipaddress
 import re
 from urllib.parse import unquote
 
+from hasip.memo import remember
 from hasip.sip.errors import SipParseError
 from hasip.sip.grammar import ABSOLUTE_URI_RE, SIP_URI_RE
 
@@ -153,17 +154,13 @@ Uri = SipUri | TelUri | AbsoluteUri
 # Record-Route, the Request-URIs of a service, a phone's Contact), so a
 # bounded cache saves most of the parsing. Parsed URIs are never mutated.
 _CACHE: dict[str, Uri] = {}
-_CACHE_MAX = 4096
 
 
 def parse_uri(text: str) -> Uri:
     """Parse a URI; raises :class:`SipParseError` (400) when malformed."""
     uri = _CACHE.get(text)
     if uri is None:
-        uri = _parse_uri(text)
-        if len(_CACHE) >= _CACHE_MAX:
-            _CACHE.clear()
-        _CACHE[text] = uri
+        uri = remember(_CACHE, text, _parse_uri(text))
     return uri
 
 
