@@ -384,9 +384,9 @@ class Proxy:
             return
         reliable = src.conn is not None
         if method == "INVITE":
-            txn = InviteServerTransaction(key, req, reliable, self.timers)
+            txn = InviteServerTransaction(key, reliable, self.timers)
         else:
-            txn = NonInviteServerTransaction(key, req, reliable, self.timers)
+            txn = NonInviteServerTransaction(key, reliable, self.timers)
         rc = ResponseContext(txn, req, src, self.reply_destination(src, req.top_via))
         txn.owner = rc
         self.server_txns[key] = txn
@@ -423,7 +423,7 @@ class Proxy:
         if invite is None:
             self.router.route_unmatched_cancel(RequestContext(self, req, src, None))
             return
-        txn = NonInviteServerTransaction(key, req, src.conn is not None, self.timers)
+        txn = NonInviteServerTransaction(key, src.conn is not None, self.timers)
         txn.owner = ResponseContext(txn, req, src, self.reply_destination(src, req.top_via))
         self.server_txns[key] = txn
         # RFC 3261 16.10: answer the CANCEL, then cancel every pending branch.
@@ -956,18 +956,32 @@ class Proxy:
         self._run_client(txn, txn.transport_error(), self.loop.time())
 
     def _run_server(self, txn: ServerTransaction, actions: list[Action]) -> None:
-        rc = txn.owner
-        assert isinstance(rc, ResponseContext)
+        owner = txn.owner
+        if isinstance(owner, ResponseContext):
+            rc: ResponseContext | None = owner
+            dest = owner.reply_dest
+        else:
+            assert isinstance(owner, Destination)
+            rc = None
+            dest = owner
         for kind, data in actions:
             if kind == SEND:
                 assert isinstance(data, bytes)
-                self.transports.send(data, rc.reply_dest)
+                self.transports.send(data, dest)
             elif kind == TERMINATED:
                 self.server_txns.pop(txn.key, None)
-                rc.server = None
-                rc.branches = []
+                if rc is not None:
+                    rc.server = None
+                    rc.branches = []
                 txn.owner = None
                 return
+        if rc is not None and rc.final_sent and not rc.branches:
+            # Answered here (a challenge, a registration, a refusal): for the
+            # retransmissions of its answer the transaction needs only where
+            # to send them. The request and its context go now, not after
+            # Timer J's 32 s, and the garbage collector does not walk them
+            # meanwhile (they were most of its work under registration load).
+            txn.owner = dest
         self.timerq.schedule(txn)
 
     def _on_timer(self, txn: Transaction, now: float) -> None:

@@ -276,14 +276,14 @@ class NonInviteClientTransaction(ClientTransaction):
 
 
 class ServerTransaction(Transaction):
-    """Shared parts of the server transactions: the request and the last response."""
+    """Shared parts of the server transactions: the last response. The request
+    is the TU's: a transaction that lives on for retransmissions after its
+    final answer (32 s on UDP) keeps only the answer's bytes."""
 
-    __slots__ = ("_interval", "last_response", "last_status", "request")
+    __slots__ = ("_interval", "last_response", "last_status")
 
-    def __init__(self, key: tuple[str, ...], request: Request, reliable: bool,
-                 timers: Timers) -> None:
+    def __init__(self, key: tuple[str, ...], reliable: bool, timers: Timers) -> None:
         super().__init__(key, reliable, timers)
-        self.request = request
         self.last_response: bytes | None = None
         self.last_status = 0
         self._interval = timers.t1
@@ -300,9 +300,8 @@ class ServerTransaction(Transaction):
 class InviteServerTransaction(ServerTransaction):
     __slots__ = ()
 
-    def __init__(self, key: tuple[str, ...], request: Request, reliable: bool,
-                 timers: Timers) -> None:
-        super().__init__(key, request, reliable, timers)
+    def __init__(self, key: tuple[str, ...], reliable: bool, timers: Timers) -> None:
+        super().__init__(key, reliable, timers)
         self.state = PROCEEDING
 
     def receive_request(self, request: Request, now: float) -> list[Action]:
@@ -350,9 +349,8 @@ class InviteServerTransaction(ServerTransaction):
 class NonInviteServerTransaction(ServerTransaction):
     __slots__ = ()
 
-    def __init__(self, key: tuple[str, ...], request: Request, reliable: bool,
-                 timers: Timers) -> None:
-        super().__init__(key, request, reliable, timers)
+    def __init__(self, key: tuple[str, ...], reliable: bool, timers: Timers) -> None:
+        super().__init__(key, reliable, timers)
         self.state = TRYING
 
     def receive_request(self, request: Request, now: float) -> list[Action]:
@@ -369,7 +367,6 @@ class NonInviteServerTransaction(ServerTransaction):
             self.state = PROCEEDING
             return [(SEND, data)]
         self.state = COMPLETED
-        # Only the response is needed now; drop the request to save memory.
         wait = 0 if self.reliable else 64 * self.timers.t1
         return [(SEND, data), *self._wait("J", now, wait)]
 

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from hasip.auth.digest import (
     INVALID,
+    MAX_NONCE_COUNT,
     REPLAYED,
     STALE,
     VALID,
@@ -98,6 +99,27 @@ def test_nonce_count_is_accepted_once() -> None:
     assert nonces.check(nonce, "00000002") == VALID
     assert nonces.check(nonce, "00000002") == REPLAYED  # ...a repeat is not
     assert nonces.check(nonce, "zz") == INVALID
+    assert nonces.check(nonce, "00000000") == REPLAYED
+
+
+def test_nonce_counts_out_of_order_within_a_window_of_64() -> None:
+    nonces = NonceManager(b"s")
+    nonce = nonces.issue()
+    assert nonces.check(nonce, f"{200:08x}") == VALID
+    for count in range(199, 136, -1):          # the 63 counts below, once each
+        assert nonces.check(nonce, f"{count:08x}") == VALID
+        assert nonces.check(nonce, f"{count:08x}") == REPLAYED
+    assert nonces.check(nonce, f"{136:08x}") == REPLAYED   # older than the window
+    assert nonces.check(nonce, f"{300:08x}") == VALID       # a jump forward...
+    assert nonces.check(nonce, f"{250:08x}") == VALID       # ...keeps the window below it
+    assert nonces.check(nonce, f"{200:08x}") == REPLAYED
+
+
+def test_a_nonce_used_past_its_count_limit_is_stale() -> None:
+    nonces = NonceManager(b"s")
+    nonce = nonces.issue()
+    assert nonces.check(nonce, f"{MAX_NONCE_COUNT:08x}") == VALID
+    assert nonces.check(nonce, f"{MAX_NONCE_COUNT + 1:08x}") == STALE
 
 
 def test_nonce_memory_is_bounded_and_expires() -> None:

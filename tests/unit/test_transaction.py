@@ -129,7 +129,7 @@ def test_non_invite_client_provisional_then_final() -> None:
 
 def test_invite_server_resends_final_with_timer_g_until_ack() -> None:
     req = request()
-    txn = InviteServerTransaction(server_key(req), req, False, TIMERS)
+    txn = InviteServerTransaction(server_key(req), False, TIMERS)
     assert kinds(txn.send_response(100, b"100", 0.0)) == [SEND]
     assert txn.receive_request(req, 0.1) == [(SEND, b"100")]  # retransmission absorbed
     txn.send_response(486, b"486", 1.0)
@@ -144,14 +144,14 @@ def test_invite_server_resends_final_with_timer_g_until_ack() -> None:
 
 def test_invite_server_timer_h_without_ack() -> None:
     req = request()
-    txn = InviteServerTransaction(server_key(req), req, True, TIMERS)
+    txn = InviteServerTransaction(server_key(req), True, TIMERS)
     txn.send_response(500, b"500", 0.0)
     assert run_until(txn, 100.0) == [(32.0, TERMINATED)]
 
 
 def test_invite_server_accepted_absorbs_invite_and_passes_2xx() -> None:
     req = request()
-    txn = InviteServerTransaction(server_key(req), req, False, TIMERS)
+    txn = InviteServerTransaction(server_key(req), False, TIMERS)
     txn.send_response(200, b"200", 0.0)
     assert txn.state == ACCEPTED
     assert txn.receive_request(req, 0.5) == []
@@ -161,7 +161,7 @@ def test_invite_server_accepted_absorbs_invite_and_passes_2xx() -> None:
 
 def test_non_invite_server_absorbs_and_replays() -> None:
     req = request("BYE")
-    txn = NonInviteServerTransaction(server_key(req), req, False, TIMERS)
+    txn = NonInviteServerTransaction(server_key(req), False, TIMERS)
     assert txn.receive_request(req, 0.1) == []  # trying: nothing to resend yet
     txn.send_response(200, b"200", 0.2)
     assert txn.receive_request(req, 0.3) == [(SEND, b"200")]
