@@ -16,6 +16,7 @@ from typing import Any
 from hasip.dispatcher.destinations import Destination, ListFileError, parse_list
 from hasip.dispatcher.select import algorithm_name
 from hasip.sip.errors import SipParseError
+from hasip.sip.grammar import is_digits
 from hasip.sip.message import MAX_MESSAGE_SIZE
 from hasip.sip.transaction import Timers
 from hasip.sip.uri import SipUri, parse_sip_uri
@@ -269,7 +270,7 @@ def parse_listen(text: str, where: str) -> ListenAddress:
     bad = ConfigError(f"{where}: {text!r} is not TRANSPORT:HOST:PORT (e.g. udp:127.0.0.1:5060)")
     if transport.lower() not in TRANSPORTS:
         raise ConfigError(f"{where}: transport {transport!r} is not one of {', '.join(TRANSPORTS)}")
-    if not host or not port_text.isdigit():
+    if not host or not is_digits(port_text):
         raise bad
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -288,7 +289,7 @@ def parse_host_port(text: str, where: str) -> tuple[str, int]:
     host, _, port_text = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not host or not is_digits(port_text) or not 1 <= int(port_text) <= 65535:
         raise ConfigError(f"{where}: {text!r} is not HOST:PORT (e.g. 127.0.0.1:9060)")
     return host, int(port_text)
 
@@ -591,7 +592,7 @@ def _radius_section(cfg: Config, sec: _Section) -> None:
     servers = sec.str_list("servers", [])
     r.servers = []
     for i, text in enumerate(servers):
-        if text.rpartition(":")[2].isdigit():
+        if is_digits(text.rpartition(":")[2]):
             r.servers.append(parse_host_port(text, f"{sec.where('servers')}[{i}]"))
         else:
             r.servers.append((text, 1812))

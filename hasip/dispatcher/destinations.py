@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hasip.sip.errors import SipParseError
+from hasip.sip.grammar import is_digits
 from hasip.sip.uri import SipUri, parse_sip_uri
 
 ACTIVE = "A"
@@ -137,7 +138,7 @@ def parse_list(text: str, where: str = "<list>") -> list[Destination]:
             continue
         parts = line.split()
         here = f"{where}:{number}"
-        if len(parts) < 2 or not parts[0].isdigit():
+        if len(parts) < 2 or not is_digits(parts[0]):
             raise ListFileError(f"{here}: expected SETID URI [FLAGS [PRIORITY [ATTRS]]]")
         try:
             uri = parse_sip_uri(parts[1])
@@ -145,7 +146,7 @@ def parse_list(text: str, where: str = "<list>") -> list[Destination]:
             raise ListFileError(f"{here}: {exc.reason}") from None
         dest = Destination(uri, int(parts[0]))
         if len(parts) > 3:
-            if not parts[3].lstrip("-").isdigit():
+            if not is_digits(parts[3].lstrip("-")):
                 raise ListFileError(f"{here}: priority {parts[3]!r} is not a number")
             dest.priority = int(parts[3])
         if len(parts) > 4:
@@ -156,7 +157,7 @@ def parse_list(text: str, where: str = "<list>") -> list[Destination]:
                     raise ListFileError(f"{here}: unknown attribute {name!r} "
                                         f"(known: {', '.join(_ATTRS)})")
                 if _ATTRS[name] is int:
-                    if not value.strip().isdigit():
+                    if not is_digits(value.strip()):
                         raise ListFileError(f"{here}: {name} {value!r} is not a number")
                     setattr(dest, "max_calls" if name == "maxload" else name, int(value))
                 else:

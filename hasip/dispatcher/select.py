@@ -15,6 +15,7 @@ import math
 import random
 
 from hasip.dispatcher.destinations import Destination, DestinationSet
+from hasip.sip.grammar import is_digits
 
 # Kamailio dispatcher algorithm numbers -> our names
 ALGORITHM_NUMBERS = {
@@ -27,7 +28,7 @@ HASHED = ("hash_callid", "hash_from", "hash_to", "hash_ruri")
 
 def algorithm_name(value: str | int) -> str:
     """An algorithm by name or Kamailio number; ValueError when unknown."""
-    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+    if isinstance(value, int) or (isinstance(value, str) and is_digits(value)):
         name = ALGORITHM_NUMBERS.get(int(value))
         if name is None:
             raise ValueError(f"algorithm {value} is not one of "

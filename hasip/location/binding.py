@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hasip.ids import id_maker
+from hasip.sip.grammar import is_digits
 
 # Contact flags (the table's ``flags`` column).
 FLAG_NAT = 1
@@ -75,7 +76,7 @@ def parse_socket(text: str) -> tuple[str, str, int] | None:
     """``udp:1.2.3.4:5060`` / ``tcp:[::1]:5060`` -> (transport, host, port)."""
     transport, _, rest = text.partition(":")
     host, _, port = rest.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not is_digits(port):
         return None
     if host.startswith("["):
         host = host[1:-1]

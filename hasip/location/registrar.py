@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from hasip.location.binding import FLAG_NAT, Binding, new_ruid
 from hasip.location.store import LocationStore
 from hasip.sip.errors import SipParseError
+from hasip.sip.grammar import is_digits
 from hasip.sip.headers import NameAddr, parse_name_addr
 from hasip.sip.message import Request
 from hasip.sip.uri import SipUri, parse_uri
@@ -63,7 +64,7 @@ def _int_or_none(text: str | None) -> int | None:
     if text is None:
         return None
     text = text.strip()
-    if not text.isdigit() or len(text) > 10:
+    if not is_digits(text) or len(text) > 10:
         return None
     return int(text)
 

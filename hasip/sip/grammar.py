@@ -86,6 +86,12 @@ DATE_RE = re.compile(
 )
 
 
+def is_digits(text: str) -> bool:
+    """One or more ASCII digits. ``str.isdigit`` alone also takes ``"\u00b2"``
+    (superscript two, in Latin-1), which ``int()`` then refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def is_token(value: bytes) -> bool:
     """True when every byte of a non-empty ``value`` is a token character."""
     return bool(value) and not value.translate(None, _TOKEN_DELETE)

@@ -11,7 +11,7 @@ import re
 
 from hasip.memo import remember
 from hasip.sip.errors import SipParseError
-from hasip.sip.grammar import ABSOLUTE_URI_RE, PARAM_RE, QUOTED_RE, TOKEN_RE, VIA_RE
+from hasip.sip.grammar import ABSOLUTE_URI_RE, PARAM_RE, QUOTED_RE, TOKEN_RE, VIA_RE, is_digits
 from hasip.sip.uri import Uri, parse_uri
 
 # Compact forms (RFC 3261 section 7.3.3 and later RFCs) -> canonical lowercase names.
@@ -279,7 +279,7 @@ def _parse_via_prefix(text: str) -> tuple[str, str, str, int | None, int]:
 def parse_cseq(text: str) -> tuple[int, str]:
     """``CSeq = 1*DIGIT LWS Method``; the number is below 2**31 (RFC 3261 8.1.1.5)."""
     parts = text.split()
-    if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 10:
+    if len(parts) != 2 or not is_digits(parts[0]) or len(parts[0]) > 10:
         raise SipParseError(f"malformed CSeq {text.strip()!r}")
     number = int(parts[0])
     if number >= 2**31:

@@ -35,6 +35,7 @@ def test_examples_are_valid() -> None:
         ('[sip]\nlisten = ["sctp:127.0.0.1:5060"]', "sip.listen[0]: transport 'sctp'"),
         ('[sip]\nlisten = ["udp:example.com:5060"]', "is not an IP address"),
         ('[sip]\nlisten = ["udp:127.0.0.1:70000"]', "port 70000 is outside"),
+        ('[sip]\nlisten = ["udp:127.0.0.1:\u00b2"]', "'udp:127.0.0.1:\u00b2' is not"),
         ("[sip]\nmax_message_size = 100", "sip.max_message_size: 100 is outside"),
         ('[sip]\nmax_forwards = "70"', "sip.max_forwards: expected an integer, got str"),
         ("[sip]\nlisten = []", "sip.listen: needs at least one address"),

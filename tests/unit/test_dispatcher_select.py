@@ -38,7 +38,10 @@ def test_seed_list_file_and_attributes() -> None:
     assert (third.priority, third.weight, third.max_calls, third.socket, third.description) == \
         (5, 50, 100, "udp:192.0.2.10:5060", "ast3")
     for bad, fault in (("x sip:a", "expected SETID URI"), ("1 http://a", ":1:"),
-                       ("1 sip:a 0 0 colour=red", "unknown attribute 'colour'")):
+                       ("1 sip:a 0 0 colour=red", "unknown attribute 'colour'"),
+                       ("\u00b2 sip:a", "expected SETID URI"),
+                       ("1 sip:a 0 \u00b2", "priority '\u00b2' is not a number"),
+                       ("1 sip:a 0 0 weight=\u00b2", "weight '\u00b2' is not a number")):
         with pytest.raises(ListFileError, match=fault):
             parse_list(bad, "ds.list")
 

@@ -92,7 +92,8 @@ def test_via() -> None:
 
 def test_cseq() -> None:
     assert parse_cseq("0009  INVITE") == (9, "INVITE")
-    for bad in ("INVITE", "1 2 3", "-1 INVITE", "2147483648 INVITE"):
+    # "\u00b2" (superscript two) is a digit to str.isdigit, not to int().
+    for bad in ("INVITE", "1 2 3", "-1 INVITE", "2147483648 INVITE", "\u00b2 INVITE"):
         with pytest.raises(SipParseError):
             parse_cseq(bad)
 
