@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from random import getrandbits as _random_bits
 from typing import Final
 
+from hasip.ids import hex8
+
 ALGORITHMS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
 HA1_LENGTHS = {32: "MD5", 64: "SHA-256"}
 
@@ -33,7 +35,12 @@ _ESCAPE_RE = re.compile(r"\\(.)")
 
 
 def hash_hex(algorithm: str, text: str) -> str:
-    return ALGORITHMS[algorithm](text.encode("utf-8", "surrogateescape")).hexdigest()
+    try:
+        data = text.encode()   # the compiled fast path
+    except UnicodeEncodeError:
+        # Octets that were not UTF-8, kept as surrogates when decoded.
+        data = text.encode("utf-8", "surrogateescape")
+    return ALGORITHMS[algorithm](data).hexdigest()
 
 
 def make_ha1(algorithm: str, user: str, realm: str, password: str) -> str:
@@ -208,7 +215,7 @@ class NonceManager:
     def issue(self, now: float | None = None) -> str:
         t = int(time.time() if now is None else now)
         # Uniqueness, not secrecy: the MAC is what makes a nonce ours.
-        stamp = f"{t & 0xFFFFFFFF:08x}{_random_bits(32):08x}"
+        stamp = hex8(t & 0xFFFFFFFF) + hex8(_random_bits(32))
         return stamp + self._mac(stamp)
 
     def check(self, nonce: str, nc: str | None, now: float | None = None) -> str:

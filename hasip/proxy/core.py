@@ -22,6 +22,7 @@ from hasip.dialog.keepalive import DialogKeepalive
 from hasip.dispatcher.destinations import Destination as Node
 from hasip.dispatcher.probe import BRANCH_PREFIX as PROBE_BRANCH
 from hasip.dispatcher.probe import Prober
+from hasip.ids import hex8
 from hasip.location.natping import BRANCH_PREFIX as NAT_PING_BRANCH
 from hasip.location.natping import NatPinger
 from hasip.log import get_logger
@@ -57,13 +58,19 @@ from hasip.sip.transaction import (
     server_key,
 )
 from hasip.sip.uri import SipUri, Uri
-from hasip.transport.base import Destination, Listener, Source
+from hasip.transport.base import Destination, Listener, Source, send_datagram
 from hasip.transport.manager import Transports
 from hasip.transport.tcp import TcpConnection
 
 log = get_logger("hasip.proxy")
 
 T = TypeVar("T")
+
+
+def _tag_of(data: bytes) -> str:
+    """A To tag from a hash of what identifies the transaction (decimal: a
+    format spec costs a microsecond in compiled code)."""
+    return "hs" + str(zlib.crc32(data))
 
 # Branches we generate: magic cookie, our marker, an 8-hex loop-detection hash
 # (RFC 3261 16.6 step 8), then a per-process unique part.
@@ -309,9 +316,17 @@ class Proxy:
             self._send_to_source(out, src)
             self._resp_out.inc(str(status))
 
+    def send(self, data: bytes, dest: Destination) -> None:
+        """Send a message: a datagram straight to the socket (compiled), the
+        rest (TCP, or a datagram that could not go: counted there) through
+        the transports."""
+        if dest.transport == "udp" and send_datagram(data, dest):
+            return
+        self.transports.send(data, dest)
+
     def _send_to_source(self, data: bytes, src: Source) -> None:
         dest = Destination("tcp" if src.conn else "udp", src.addr, src.listener, src.conn)
-        self.transports.send(data, dest)
+        self.send(data, dest)
 
     def reply_destination(self, src: Source, via: Via) -> Destination:
         """Where responses to a request go (RFC 3261 18.2.2, RFC 3581 4)."""
@@ -355,7 +370,7 @@ class Proxy:
             metrics.PARSE_ERRORS.labels("sanity").inc()
             log.debug("bad_request", peer=f"{src.addr[0]}:{src.addr[1]}", reason=exc.reason)
             if method != "ACK":
-                to_tag = f"hs{zlib.crc32(req.raws[0] if req.raws else b''):08x}"
+                to_tag = _tag_of(req.raws[0] if req.raws else b"")
                 data = make_response(req, exc.status, exc.reason.encode("latin-1", "replace"),
                                      to_tag)
                 self._send_to_source(data, src)
@@ -495,7 +510,7 @@ class Proxy:
         if dest is None:
             return False
         resp.pop_first_value(b"via")
-        self.transports.send(resp.to_bytes(), dest)
+        self.send(resp.to_bytes(), dest)
         self._resp_out.inc(str(resp.status))
         return True
 
@@ -605,7 +620,7 @@ class Proxy:
         server = rc.server
         data = resp.to_bytes()
         if server is None:
-            self.transports.send(data, rc.reply_dest)
+            self.send(data, rc.reply_dest)
         else:
             self._run_server(server, server.send_response(status, data, received_at))
         self._resp_out.inc(str(status))
@@ -617,12 +632,12 @@ class Proxy:
         to_tag = None
         if status > 100:
             to_tag = (self._to_tag(server) if server is not None else
-                      f"hs{zlib.crc32(rc.request.call_id.encode('latin-1')):08x}")
+                      _tag_of(rc.request.call_id.encode("latin-1")))
         data = make_response(rc.request, status, reason, to_tag, extra)
         if status >= 200:
             self._final(rc, status)
         if server is None:
-            self.transports.send(data, rc.reply_dest)
+            self.send(data, rc.reply_dest)
         else:
             self._run_server(server, server.send_response(status, data, self.loop.time()))
         self._resp_out.inc(str(status))
@@ -634,7 +649,9 @@ class Proxy:
         all their matching fields)."""
         key = txn.key
         text = key[0] if key[0] != "2543" else "|".join(key)
-        return f"hs{zlib.crc32(text.encode('latin-1', 'replace')):08x}"
+        # The key's text was decoded from latin-1, so UTF-8 encodes it (and
+        # is the cheaper primitive).
+        return _tag_of(text.encode())
 
     # -- operations for the routing script -----------------------------------
 
@@ -650,9 +667,9 @@ class Proxy:
             return
         to_tag = None
         if status > 100:
-            to_tag = f"hs{zlib.crc32(req.call_id.encode('latin-1')):08x}"
+            to_tag = _tag_of(req.call_id.encode("latin-1"))
         data = make_response(req, status, reason, to_tag, extra)
-        self.transports.send(data, self.reply_destination(ctx.source, req.top_via))
+        self.send(data, self.reply_destination(ctx.source, req.top_via))
         self._resp_out.inc(str(status))
 
     def _prepare(self, ctx: RequestContext, request_uri: SipUri | None,
@@ -818,7 +835,7 @@ class Proxy:
         fields = (req.uri_raw, (req.to.tag or "").encode("latin-1"),
                   (req.from_.tag or "").encode("latin-1"), req.call_id.encode("latin-1"),
                   b"%d" % req.cseq[0], req.get(b"proxy-require") or b"")
-        return "{:08x}".format(zlib.crc32(b"|".join(fields)))
+        return hex8(zlib.crc32(b"|".join(fields)))
 
     def is_loop(self, req: Request) -> bool:
         """RFC 3261 16.3 step 4: our own Via with the branch we would compute
@@ -859,7 +876,8 @@ class Proxy:
                                in_listener.rr_line_nat if marked else in_listener.rr_line)
             out.insert_top(b"record-route",
                            dest.listener.rr_line_nat if marked else dest.listener.rr_line)
-        branch_id = f"{_BRANCH_MARK}{self._loop_hash(req)}{self._unique}{next(self._counter):x}"
+        branch_id = (_BRANCH_MARK + self._loop_hash(req) + self._unique
+                     + hex(next(self._counter))[2:])
         out.insert_top(b"via", dest.listener.via_prefix + branch_id.encode())
         data = out.to_bytes()
         branch = Branch(rc, out, dest)
@@ -892,9 +910,9 @@ class Proxy:
             return False
         req = ctx.request
         seed = (req.top_via.branch or req.top_via.text) + req.call_id
-        branch_id = "z9hG4bKsl{:08x}".format(zlib.crc32(seed.encode("latin-1")))
+        branch_id = "z9hG4bKsl" + hex8(zlib.crc32(seed.encode("latin-1")))
         out.insert_top(b"via", dest.listener.via_prefix + branch_id.encode())
-        self.transports.send(out.to_bytes(), dest)
+        self.send(out.to_bytes(), dest)
         self._req_out.inc(out.method)
         self._latency.observe(self._lat_request, self.loop.time() - ctx.source.received_at)
         return True
@@ -967,7 +985,7 @@ class Proxy:
         for kind, data in actions:
             if kind == SEND:
                 assert isinstance(data, bytes)
-                self.transports.send(data, dest)
+                self.send(data, dest)
             elif kind == TERMINATED:
                 self.server_txns.pop(txn.key, None)
                 if rc is not None:

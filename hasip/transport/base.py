@@ -91,6 +91,23 @@ class Destination:
         return f"<Destination {self.transport}:{self.addr[0]}:{self.addr[1]}>"
 
 
+def send_datagram(data: bytes, dest: Destination) -> bool:
+    """Send over UDP from ``dest``'s listener: the common case of
+    :meth:`Transports.send <hasip.transport.manager.Transports.send>`, here
+    so that the compiled proxy reaches the socket without an interpreted
+    call. False when the listener has no socket, is not ours now, or the
+    kernel refused the datagram."""
+    listener = dest.listener
+    udp = listener.udp
+    if udp is None or not listener.active:
+        return False
+    try:
+        udp.sendto(data, dest.addr)
+    except OSError:
+        return False
+    return True
+
+
 # Sink signature: (data, listener, remote address, TCP connection or None)
 Sink = Callable[[bytes, Listener, tuple[str, int], "TcpConnection | None"], None]
 ErrorCallback = Callable[[], None]

@@ -10,7 +10,7 @@ import socket
 from hasip import metrics
 from hasip.config import Config
 from hasip.log import get_logger
-from hasip.transport.base import Destination, ErrorCallback, Listener, Sink
+from hasip.transport.base import Destination, ErrorCallback, Listener, Sink, send_datagram
 from hasip.transport.tcp import TcpConnection
 from hasip.transport.udp import UdpProtocol
 
@@ -162,14 +162,7 @@ class Transports:
     def send(self, data: bytes, dest: Destination, on_error: ErrorCallback | None = None) -> bool:
         """Send ``data``; ``on_error`` runs (perhaps later, for TCP) if it cannot be sent."""
         if dest.transport == "udp":
-            udp = dest.listener.udp
-            if udp is None or not dest.listener.active:
-                return self._failed("udp", on_error)
-            try:
-                udp.sendto(data, dest.addr)
-            except OSError:
-                return self._failed("udp", on_error)
-            return True
+            return send_datagram(data, dest) or self._failed("udp", on_error)
         if not dest.listener.active:
             return self._failed("tcp", on_error)
         conn = dest.conn

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +21,7 @@ from hasip.auth.digest import (
     _plain_params,
     challenge,
     expected_response,
+    hash_hex,
     make_ha1,
     parse_credentials,
     response_matches,
@@ -167,3 +170,10 @@ def test_the_plain_parser_agrees_with_the_general_one(rest: str) -> None:
     except CredentialsError:
         pytest.fail(f"plain parser accepted what the general one refuses: {rest!r}")
     assert plain == general
+
+
+def test_hashes_text_as_the_octets_it_came_from() -> None:
+    # A user name in UTF-8, and one in Latin-1 kept as surrogates when decoded.
+    for raw in ("jos\u00e9".encode(), b"jos\xe9"):
+        text = raw.decode("utf-8", "surrogateescape")
+        assert hash_hex("MD5", f"{text}:hasip") == hashlib.md5(raw + b":hasip").hexdigest()

@@ -3,6 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hasip.ids import hex8
 from hasip.sip.errors import SipParseError
 from hasip.sip.framing import StreamFramer
 from hasip.sip.message import Request, parse_message, validate_request
@@ -103,3 +104,8 @@ def test_framer_any_bytes_frame_or_raise(data: bytes, cuts: list[int]) -> None:
         framer.feed(data[pos:])
     except SipParseError:
         pass
+
+
+@given(st.integers(min_value=0, max_value=0xFFFFFFFF))
+def test_hex8_is_eight_hex_digits(n: int) -> None:
+    assert hex8(n) == f"{n:08x}"
