@@ -224,6 +224,17 @@ def summary(steps: list[Step]) -> tuple[Step | None, Step | None]:
 
 
 
+def build_line() -> str:
+    """Whether the hasip under test runs its compiled hot path: figures from
+    the interpreted one are about half as good and not the ones to compare."""
+    from hasip import compiled
+
+    if compiled.state["compiled"]:
+        return "hasip build: compiled hot path"
+    return (f"hasip build: INTERPRETED ({compiled.state['reason']}); "
+            "run `hasip compile build` for comparable figures")
+
+
 def report(results: dict[str, list[Step]], unit: str) -> None:
     """Per balancer: highest good and clean rate, CPU and ``unit`` per CPU-second
     there; then each hasip variant's ratio to Kamailio."""

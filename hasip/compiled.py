@@ -44,6 +44,7 @@ MODULES = (
     "hasip.sip.framing",
     "hasip.sip.transaction",
     "hasip.transport.base",
+    "hasip.transport.udp",
     "hasip.auth.digest",
     "hasip.auth.users",
     "hasip.auth.authenticator",

@@ -70,6 +70,8 @@ PARAM_RE = re.compile(
     f"{WS};{WS}({TOKEN})(?:{WS}={WS}({TOKEN}|{IPV6REF}|{QUOTED}))?"
 )
 QUOTED_RE = re.compile(QUOTED)
+# The common case of a parameter list: tokens only, no white space.
+PLAIN_PARAMS_RE = re.compile(f"(?:;{TOKEN}(?:={TOKEN})?)*")
 
 # Via: sent-protocol LWS sent-by *( SEMI via-params )
 # sent-protocol = protocol-name SLASH protocol-version SLASH transport

@@ -8,10 +8,19 @@ on malformed input.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from hasip.memo import remember
 from hasip.sip.errors import SipParseError
-from hasip.sip.grammar import ABSOLUTE_URI_RE, PARAM_RE, QUOTED_RE, TOKEN_RE, VIA_RE, is_digits
+from hasip.sip.grammar import (
+    ABSOLUTE_URI_RE,
+    PARAM_RE,
+    PLAIN_PARAMS_RE,
+    QUOTED_RE,
+    TOKEN_RE,
+    VIA_RE,
+    is_digits,
+)
 from hasip.sip.uri import Uri, parse_uri
 
 # Compact forms (RFC 3261 section 7.3.3 and later RFCs) -> canonical lowercase names.
@@ -77,6 +86,20 @@ def split_list(value: str) -> list[str]:
 
 def parse_params(text: str, pos: int, what: str) -> dict[str, str | None]:
     """Parse ``*( SEMI generic-param )`` from ``pos`` to the end of ``text``."""
+    rest = text[pos:]
+    if PLAIN_PARAMS_RE.fullmatch(rest) is None:
+        return general_params(text, pos, what)
+    # Tokens only: one match for the whole list instead of one per parameter
+    # (and a method call for each of its groups).
+    params: dict[str, str | None] = {}
+    for piece in rest.split(";")[1:]:
+        name, eq, value = piece.partition("=")
+        params[name.lower()] = value if eq else None
+    return params
+
+
+def general_params(text: str, pos: int, what: str) -> dict[str, str | None]:
+    """Any parameter list: quoted values, IPv6 references, white space."""
     params: dict[str, str | None] = {}
     n = len(text)
     while pos < n:
@@ -276,6 +299,12 @@ def _parse_via_prefix(text: str) -> tuple[str, str, str, int | None, int]:
     return f"{name}/{version}", transport.upper(), host, port_num, m.end()
 
 
+# Methods known to be tokens, so their CSeq need not be matched.
+_METHOD_TOKENS: Final = frozenset(("REGISTER", "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS",
+                                   "PRACK", "UPDATE", "INFO", "SUBSCRIBE", "NOTIFY", "REFER",
+                                   "MESSAGE", "PUBLISH"))
+
+
 def parse_cseq(text: str) -> tuple[int, str]:
     """``CSeq = 1*DIGIT LWS Method``; the number is below 2**31 (RFC 3261 8.1.1.5)."""
     parts = text.split()
@@ -284,6 +313,6 @@ def parse_cseq(text: str) -> tuple[int, str]:
     number = int(parts[0])
     if number >= 2**31:
         raise SipParseError("CSeq number out of range")
-    if TOKEN_RE.fullmatch(parts[1]) is None:
+    if parts[1] not in _METHOD_TOKENS and TOKEN_RE.fullmatch(parts[1]) is None:
         raise SipParseError("CSeq method is not a token")
     return number, parts[1]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import socket
+from typing import cast
 
 from hasip import metrics
 from hasip.config import Config
@@ -73,17 +74,21 @@ class Transports:
         self._conns: dict[tuple[str, int], TcpConnection] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
+    def _udp_protocol(self, listener: Listener) -> asyncio.DatagramProtocol:
+        # A protocol by its methods (compiled, so not an asyncio subclass).
+        return cast(asyncio.DatagramProtocol, UdpProtocol(listener, self.sink))
+
     async def start(self) -> None:
         for listener in self.listeners:
             sock = _freebind_socket(listener) if listener.vip else None
             if listener.transport == "udp":
                 if sock is not None:
                     await self.loop.create_datagram_endpoint(
-                        lambda lst=listener: UdpProtocol(lst, self.sink),  # type: ignore[misc]
+                        functools.partial(self._udp_protocol, listener),
                         sock=sock)
                 else:
                     await self.loop.create_datagram_endpoint(
-                        lambda lst=listener: UdpProtocol(lst, self.sink),  # type: ignore[misc]
+                        functools.partial(self._udp_protocol, listener),
                         local_addr=(listener.host, listener.port), family=listener.family)
             else:
                 factory = functools.partial(self._new_connection, listener)

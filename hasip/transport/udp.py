@@ -16,7 +16,13 @@ log = get_logger("hasip.transport.udp")
 SOCKET_BUFFER = 4 << 20
 
 
-class UdpProtocol(asyncio.DatagramProtocol):
+class UdpProtocol:
+    """An asyncio datagram protocol by its methods, not by inheritance: a
+    compiled class cannot derive from asyncio's, and the event loop calls
+    ``datagram_received`` for every datagram."""
+
+    __slots__ = ("listener", "sink")
+
     def __init__(self, listener: Listener, sink: Sink) -> None:
         self.listener = listener
         self.sink = sink

@@ -8,8 +8,10 @@ from hasip.sip.errors import SipParseError
 from hasip.sip.headers import (
     _parse_name_addr,
     _with_new_tag,
+    general_params,
     parse_cseq,
     parse_name_addr,
+    parse_params,
     parse_via,
     split_list,
 )
@@ -140,3 +142,22 @@ def test_a_new_tag_on_a_known_name_addr_parses_as_the_full_parser_does(pieces: l
     assert full is not None, f"the short way took what the full parser refuses: {text!r}"
     assert (short.display, short.uri_text, short.params, short.text) == \
         (full.display, full.uri_text, full.params, full.text)
+
+
+# -- a plain parameter list: the one-match way agrees with the general parser --
+
+@given(st.lists(st.sampled_from([";", "=", "a", "B", "1", ".", "-", "~", "!", "%", "*", "_",
+                                 "+", "`", "'", " ", "\t", '"', "[", "]", ":", ",", "\u00e9"]),
+                max_size=16))
+@settings(max_examples=3000, deadline=None)
+def test_plain_parameters_parse_as_the_general_parser_does(pieces: list[str]) -> None:
+    text = "x" + "".join(pieces)
+    try:
+        general: dict[str, str | None] | None = general_params(text, 1, "Via")
+    except SipParseError:
+        general = None
+    try:
+        plain: dict[str, str | None] | None = parse_params(text, 1, "Via")
+    except SipParseError:
+        plain = None
+    assert plain == general, text
