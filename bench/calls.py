@@ -25,15 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ladder import (  # noqa: E402
-    Balancer,
-    HasipBalancer,
-    KamailioBalancer,
-    bench,
-    build_line,
-    free_port,
-    report,
-)
+from ladder import Balancer, HasipBalancer, KamailioBalancer, bench, free_port, report  # noqa: E402
 
 from hasip.demo.sipp import Sipp, wait_for_stats  # noqa: E402
 
@@ -67,7 +59,6 @@ def main() -> int:
         return 2
     work = Path(tempfile.mkdtemp(prefix="hasip-bench-"))
     print(f"call benchmark, {args.duration:.0f} s per step, work dir {work}")
-    print(build_line())
     uas = [Sipp("uas.xml", free_port(), work).start() for _ in range(2)]
     for u in uas:
         wait_for_stats(u)

@@ -224,7 +224,7 @@ def summary(steps: list[Step]) -> tuple[Step | None, Step | None]:
 
 
 
-def build_line() -> str:
+def _build_line() -> str:
     """Whether the hasip under test runs its compiled hot path: figures from
     the interpreted one are about half as good and not the ones to compare."""
     from hasip import compiled
@@ -239,6 +239,7 @@ def report(results: dict[str, list[Step]], unit: str) -> None:
     """Per balancer: highest good and clean rate, CPU and ``unit`` per CPU-second
     there; then each hasip variant's ratio to Kamailio."""
     print()
+    print(_build_line())
     print(f"{'balancer':<16} {'max rate >=99.9%':>17} {'max clean rate':>15} {'cpu %':>7} "
           f"{unit + '/cpu-s':>12}")
     best: dict[str, float] = {}

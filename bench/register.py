@@ -24,15 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ladder import (  # noqa: E402
-    Balancer,
-    HasipBalancer,
-    KamailioBalancer,
-    bench,
-    build_line,
-    free_port,
-    report,
-)
+from ladder import Balancer, HasipBalancer, KamailioBalancer, bench, free_port, report  # noqa: E402
 
 from hasip.demo.sipp import Sipp  # noqa: E402
 
@@ -78,7 +70,6 @@ def main() -> int:
         return 2
     work = Path(tempfile.mkdtemp(prefix="hasip-bench-reg-"))
     print(f"registration benchmark, {args.duration:.0f} s per step, work dir {work}")
-    print(build_line())
     radius = None
     balancers: list[Balancer] = [hasip(work)]
     if args.radius:

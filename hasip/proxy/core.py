@@ -72,6 +72,7 @@ def _tag_of(data: bytes) -> str:
     format spec costs a microsecond in compiled code)."""
     return "hs" + str(zlib.crc32(data))
 
+
 # Branches we generate: magic cookie, our marker, an 8-hex loop-detection hash
 # (RFC 3261 16.6 step 8), then a per-process unique part.
 _BRANCH_MARK = "z9hG4bKhs"
