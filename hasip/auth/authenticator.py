@@ -9,7 +9,7 @@ awaitable of one; the routing script resumes the request when it is ready.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from hasip import metrics
@@ -17,6 +17,7 @@ from hasip.auth.digest import (
     INVALID,
     REPLAYED,
     STALE,
+    VALID,
     Credentials,
     CredentialsError,
     NonceManager,
@@ -25,7 +26,10 @@ from hasip.auth.digest import (
 )
 from hasip.auth.radius import RadiusClient, RadiusUnavailable
 from hasip.auth.users import OK, LocalUsers
+from hasip.security.authfail import AuthFailures
+from hasip.sip.errors import SipParseError
 from hasip.sip.message import Request
+from hasip.sip.uri import SipUri, parse_uri
 
 # Verdict kinds
 AUTHENTICATED = "ok"
@@ -33,6 +37,27 @@ CHALLENGE = "challenge"
 FORBIDDEN = "forbidden"
 BAD = "bad"
 UNAVAILABLE = "unavailable"
+
+# Outcomes that count as a failed guess (hasip.security.authfail).
+FAILURES = frozenset(("wrong_password", "unknown_user", "rejected"))
+# Stronger algorithms win when a request carries credentials for several.
+_STRENGTH = {"SHA-256": 2, "MD5": 1}
+
+
+def same_resource(digest_uri: str, request_uri: bytes) -> bool:
+    """RFC 2617 3.2.2.5: the digest ``uri`` names the Request-URI's resource:
+    the same text, or the same scheme, user, host and port (parameters
+    aside: some phones drop ``;user=phone`` there). Raises SipParseError
+    when the digest ``uri`` is not a URI."""
+    text = request_uri.decode("latin-1")
+    if digest_uri == text:
+        return True
+    a = parse_uri(digest_uri)
+    b = parse_uri(text)
+    if not isinstance(a, SipUri) or not isinstance(b, SipUri):
+        return str(a) == str(b)
+    return (a.scheme == b.scheme and a.user_unescaped() == b.user_unescaped()
+            and a.host_ip == b.host_ip and a.port == b.port)
 
 
 @dataclass(init=False)
@@ -59,12 +84,18 @@ class Verdict:
 class Authenticator:
     def __init__(self, nonces: NonceManager, source: LocalUsers | RadiusClient,
                  algorithms: list[str], allow_no_qop: bool = False,
-                 retry_after: int = 30) -> None:
+                 retry_after: int = 30, failures: AuthFailures | None = None,
+                 on_source_limit: Callable[[str, float], None] | None = None) -> None:
         self.nonces = nonces
         self.source = source
         self.algorithms = algorithms
         self.allow_no_qop = allow_no_qop
         self.retry_after = retry_after
+        # Failed guesses per source and user: a user past its limit is
+        # refused unchecked for a while; a source past its limit is handed
+        # to ``on_source_limit`` (the node bans it).
+        self.failures = failures if failures is not None else AuthFailures()
+        self.on_source_limit = on_source_limit
 
     def _challenge(self, proxy: bool, realm: str, stale: bool, result: str,
                    method: str) -> Verdict:
@@ -78,7 +109,9 @@ class Authenticator:
         key = b"proxy-authorization" if proxy else b"authorization"
         if not req.has(key):
             return None
-        # Credentials hold commas: one per header line, never split.
+        # Credentials hold commas: one per header line, never split. Of
+        # several for our realm, the strongest algorithm we offer wins.
+        best: Credentials | None = None
         for raw in req.get_all(key):
             value = raw.decode("latin-1")
             try:
@@ -86,14 +119,20 @@ class Authenticator:
             except CredentialsError as exc:
                 metrics.AUTH_RESULTS.inc(req.method, "malformed")
                 return Verdict(BAD, 400, f"Bad Request ({exc})".encode(), result="malformed")
-            if creds.realm == realm:
-                return creds
-        return None
+            if creds.realm != realm:
+                continue
+            if best is None or (creds.algorithm in self.algorithms and (
+                    best.algorithm not in self.algorithms
+                    or _STRENGTH.get(creds.algorithm, 0) > _STRENGTH.get(best.algorithm, 0))):
+                best = creds
+        return best
 
-    def check(self, req: Request, proxy: bool, realm: str,
-              identity: str | None) -> Verdict | Awaitable[Verdict]:
+    def check(self, req: Request, proxy: bool, realm: str, identity: str | None,
+              source: str = "", now: float = 0.0) -> Verdict | Awaitable[Verdict]:
         """Authenticate ``req`` for ``realm``; ``identity`` is the user part
-        the authenticated user must own (To for REGISTER, From otherwise)."""
+        the authenticated user must own (To for REGISTER, From otherwise);
+        ``source`` (the sender's address) and ``now`` (a monotonic clock)
+        count failed guesses."""
         method = req.method
         found = self._find(req, proxy, realm)
         if isinstance(found, Verdict):
@@ -101,6 +140,16 @@ class Authenticator:
         if found is None:
             return self._challenge(proxy, realm, False, "challenged", method)
         creds = found
+        try:
+            matches = same_resource(creds.uri, req.uri_raw)
+        except SipParseError:
+            matches = False
+        if not matches:
+            # A credential computed for another resource (RFC 2617 3.2.2.5):
+            # one captured for a call to one number never places another.
+            metrics.AUTH_RESULTS.inc(method, "wrong_uri")
+            return Verdict(BAD, 400, b"Bad Request (digest uri is not the Request-URI)",
+                           result="wrong_uri")
         if creds.algorithm not in self.algorithms:
             return self._challenge(proxy, realm, False, "bad_algorithm", method)
         if creds.qop is None and not self.allow_no_qop:
@@ -114,15 +163,23 @@ class Authenticator:
             return self._challenge(proxy, realm, False, "bad_nonce", method)
         if state == REPLAYED:
             return self._challenge(proxy, realm, False, "replayed", method)
+        wait = self.failures.user_wait(creds.username, now)
+        if wait > 0.0:
+            # Too many wrong guesses for this user in a row: not checked now.
+            metrics.AUTH_RESULTS.inc(method, "backoff")
+            return Verdict(FORBIDDEN, 403, b"Forbidden (too many failed attempts)",
+                           [b"Retry-After: %d" % (int(wait) + 1)], result="backoff")
         if isinstance(self.source, LocalUsers):
             outcome = self.source.verify(creds, method)
             if outcome != OK:
-                return self._challenge(proxy, realm, False, outcome, method)
-            return self._identity(creds, identity, method)
-        return self._check_remote(self.source, creds, proxy, realm, identity, method)
+                return self._failed(creds, proxy, realm, outcome, method, source, now)
+            return self._accepted(creds, proxy, realm, identity, method)
+        return self._check_remote(self.source, creds, proxy, realm, identity, method, source,
+                                  now)
 
     async def _check_remote(self, client: RadiusClient, creds: Credentials, proxy: bool,
-                            realm: str, identity: str | None, method: str) -> Verdict:
+                            realm: str, identity: str | None, method: str, source: str,
+                            now: float) -> Verdict:
         try:
             accepted = await client.verify(creds, method)
         except RadiusUnavailable:
@@ -130,7 +187,25 @@ class Authenticator:
             return Verdict(UNAVAILABLE, 503, b"Service Unavailable (authentication server down)",
                            [b"Retry-After: %d" % self.retry_after], result="unavailable")
         if not accepted:
-            return self._challenge(proxy, realm, False, "rejected", method)
+            return self._failed(creds, proxy, realm, "rejected", method, source, now)
+        return self._accepted(creds, proxy, realm, identity, method)
+
+    def _failed(self, creds: Credentials, proxy: bool, realm: str, outcome: str, method: str,
+                source: str, now: float) -> Verdict:
+        """A wrong guess: counted for the user and the source (which the
+        node bans past its limit), then a new challenge."""
+        if outcome in FAILURES and self.failures.failed(source, creds.username, now) and (
+                self.on_source_limit is not None):
+            self.on_source_limit(source, now)
+        return self._challenge(proxy, realm, False, outcome, method)
+
+    def _accepted(self, creds: Credentials, proxy: bool, realm: str, identity: str | None,
+                  method: str) -> Verdict:
+        """The password is proven: the count is used up now (a concurrent
+        copy of the same credentials loses), the user's failures forgiven."""
+        if self.nonces.use(creds.nonce, creds.nc) != VALID:
+            return self._challenge(proxy, realm, False, "replayed", method)
+        self.failures.succeeded(creds.username)
         return self._identity(creds, identity, method)
 
     @staticmethod

@@ -2,11 +2,11 @@
 
 Three jobs live here and nothing else:
 
-* nonces the node can verify itself: ``hex(time) . hex(random) . HMAC`` over
-  both with a secret shared by the cluster, so any node checks any node's
-  nonce without shared state; an old nonce is *stale* (RFC 2617 3.2.1), a
-  forged one is simply invalid;
-* nonce-count replay protection: every (nonce, nc) pair is accepted once;
+* nonces the node can verify itself: ``hex(time) . epoch . index . MAC``
+  with a secret shared by the cluster; an old nonce, or one another node
+  issued, is *stale* (RFC 2617 3.2.1), a forged one is simply invalid;
+* nonce-count replay protection in fixed memory: every (nonce, nc) pair is
+  accepted once, and never again;
 * parsing credentials and computing the expected ``response``.
 """
 
@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import re
 import time
-from collections import OrderedDict
+from array import array
 from dataclasses import dataclass
 from random import getrandbits as _random_bits
 from typing import Final
@@ -179,32 +179,50 @@ MAX_NONCE_COUNT: Final = 1024
 # Counts below the highest that may still arrive (out of order) once each.
 _WINDOW: Final = 64
 _WINDOW_MASK: Final = (1 << _WINDOW) - 1
+# Nonces whose counts are tracked: the last this many issued. Each takes 14
+# bytes of fixed memory (14 MiB for the default), which covers a nonce
+# lifetime of 300 s at 3,500 challenges a second; older nonces are stale.
+SLOTS: Final = 1 << 20
+_INDEX_MASK: Final = 0xFFFFFFFF
 
 
 class NonceManager:
     """Issues and checks nonces; remembers the nonce-counts used.
 
-    A nonce is ``tttttttt rrrrrrrr hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh``: issue
-    time, 32 random bits, and a 128-bit keyed BLAKE2b MAC of both (key:
-    SHA-256 of the secret). Nodes sharing ``secret`` verify each other's nonces.
+    A nonce is ``tttttttt eeeeeeee iiiiiiii`` + a 128-bit keyed BLAKE2b MAC
+    of those 24 hex digits (key: SHA-256 of the secret): issue time, this
+    process's epoch (random at start) and an issue index. Every node of a
+    cluster shares the secret, so each knows a cluster nonce from a forged
+    one; a nonce of another node or of an earlier run of this one is
+    *stale*: the client takes a fresh nonce without asking its user
+    (RFC 2617 3.2.1), and no count it used elsewhere can be replayed here.
+
+    Counts live in fixed arrays indexed by the issue index modulo the
+    number of slots: the highest count seen and a 64-count window below it
+    (Kamailio's auth module keeps its nonce-counts the same way, in an array
+    indexed by nonce id). A nonce more than ``slots`` issues old is stale, so
+    a slot is reused only by a newer nonce: a used (nonce, nc) never becomes
+    valid again, however many nonces an attacker asks for, and nothing is
+    kept per challenge. :meth:`check` only looks; :meth:`use` records a
+    count, after the password was proven (a wrong guess records nothing).
     """
 
-    def __init__(self, secret: bytes, lifetime: float = 300.0,
-                 max_tracked: int = 200_000) -> None:
+    def __init__(self, secret: bytes, lifetime: float = 300.0, slots: int = SLOTS) -> None:
+        if slots & (slots - 1) or slots < 2:
+            raise ValueError("slots must be a power of two")
         self.secret = secret
         self._key = hashlib.sha256(secret).digest()
         # The MAC's state after the key block, copied for each nonce.
         self._keyed = hashlib.blake2b(key=self._key, digest_size=16)
         self.lifetime = lifetime
-        self.max_tracked = max_tracked
-        # nonce -> the nonce-counts seen, as one int: the highest count above
-        # a 64-bit window of the counts below it (bit d: count highest-d seen).
-        # An int is not tracked by the garbage collector; a set per nonce
-        # was, and 200,000 of them made full collections a tenth of the CPU
-        # under registration load. Oldest nonces are forgotten first, and a
-        # forgotten nonce is past its lifetime (or the table was full: then
-        # its counts restart, bounded memory wins over a perfect replay check).
-        self._seen: OrderedDict[str, int] = OrderedDict()
+        self.slots = slots
+        self._mask = slots - 1
+        self.epoch = hex8(_random_bits(32))
+        self._issued = 0           # the last index issued (1 .. 2**32-1, then round)
+        # Per slot: the index that holds it, its highest count, the window.
+        self._owner = array("I", bytes(4 * slots))
+        self._high = array("H", bytes(2 * slots))
+        self._window = array("Q", bytes(8 * slots))
 
     def _mac(self, stamp: str) -> str:
         # Keyed BLAKE2b is a MAC (RFC 7693 section 2.9) and cheaper than HMAC.
@@ -214,18 +232,19 @@ class NonceManager:
 
     def issue(self, now: float | None = None) -> str:
         t = int(time.time() if now is None else now)
-        # Uniqueness, not secrecy: the MAC is what makes a nonce ours.
-        stamp = hex8(t & 0xFFFFFFFF) + hex8(_random_bits(32))
+        index = self._issued % _INDEX_MASK + 1
+        self._issued = index
+        stamp = hex8(t & 0xFFFFFFFF) + self.epoch + hex8(index)
         return stamp + self._mac(stamp)
 
-    def check(self, nonce: str, nc: str | None, now: float | None = None) -> str:
-        """VALID, STALE (ours but too old), INVALID (not ours) or REPLAYED."""
+    def _state(self, nonce: str, nc: str | None, now: float | None,
+               record: bool) -> str:
         # compare_digest refuses non-ASCII text (TypeError): such a nonce is
         # simply not ours. A MAC that matches proves the stamp is ours, hex.
-        if len(nonce) != 48 or not nonce.isascii():
+        if len(nonce) != 56 or not nonce.isascii():
             return INVALID
-        stamp = nonce[:16]
-        if not hmac.compare_digest(self._mac(stamp), nonce[16:]):
+        stamp = nonce[:24]
+        if not hmac.compare_digest(self._mac(stamp), nonce[24:]):
             return INVALID
         t = time.time() if now is None else now
         age = (int(t) - int(stamp[:8], 16)) & 0xFFFFFFFF
@@ -233,6 +252,11 @@ class NonceManager:
             return STALE
         if age >= 0x80000000 and (0x100000000 - age) > 5:
             return INVALID  # from the future: a clock far off, or forged
+        if stamp[8:16] != self.epoch:
+            return STALE    # another node's, or from before a restart
+        index = int(stamp[16:24], 16)
+        if (self._issued - index) & _INDEX_MASK >= self.slots:
+            return STALE    # its slot may serve a newer nonce now
         if nc is None:
             return VALID
         try:
@@ -243,14 +267,15 @@ class NonceManager:
             return REPLAYED
         if count > MAX_NONCE_COUNT:
             return STALE  # a nonce used a thousand times: make the client take a new one
-        seen = self._seen.get(nonce)
-        if seen is None:
-            self._seen[nonce] = count << _WINDOW | 1
-            while len(self._seen) > self.max_tracked:
-                self._seen.popitem(last=False)
+        slot = index & self._mask
+        if self._owner[slot] != index:
+            if record:
+                self._owner[slot] = index
+                self._high[slot] = count
+                self._window[slot] = 1
             return VALID
-        highest = seen >> _WINDOW
-        window = seen & _WINDOW_MASK
+        highest = self._high[slot]
+        window = self._window[slot]
         if count > highest:
             window = (window << (count - highest) | 1) & _WINDOW_MASK
             highest = count
@@ -260,21 +285,19 @@ class NonceManager:
             if highest - count >= _WINDOW or window & bit:
                 return REPLAYED
             window |= bit
-        self._seen[nonce] = highest << _WINDOW | window
+        if record:
+            self._high[slot] = highest
+            self._window[slot] = window
         return VALID
 
-    def tracked(self) -> int:
-        return len(self._seen)
+    def check(self, nonce: str, nc: str | None, now: float | None = None) -> str:
+        """VALID, STALE (ours but too old, or another node's), INVALID (not
+        the cluster's) or REPLAYED; records nothing."""
+        return self._state(nonce, nc, now, False)
 
-    def expire(self, now: float | None = None) -> None:
-        """Forget nonces past their lifetime (they are stale anyway)."""
-        t = int(time.time() if now is None else now)
-        while self._seen:
-            nonce = next(iter(self._seen))
-            age = (t - int(nonce[:8], 16)) & 0xFFFFFFFF
-            if age <= self.lifetime or age >= 0x80000000:
-                break
-            self._seen.popitem(last=False)
+    def use(self, nonce: str, nc: str | None, now: float | None = None) -> str:
+        """As :meth:`check`, and a VALID count is recorded as used."""
+        return self._state(nonce, nc, now, True)
 
 
 def challenge(realm: str, nonce: str, algorithm: str, stale: bool = False,

@@ -74,64 +74,88 @@ def test_malformed_credentials_are_rejected(value: str) -> None:
 
 
 def test_nonce_valid_then_stale_then_forged() -> None:
-    nonces = NonceManager(b"k" * 32, lifetime=30)
+    nonces = NonceManager(b"k" * 32, lifetime=30, slots=1024)
     nonce = nonces.issue(now=1000)
     assert nonces.check(nonce, None, now=1010) == VALID
     assert nonces.check(nonce, None, now=1031) == STALE
     forged = nonce[:-1] + ("0" if nonce[-1] != "0" else "1")
     assert nonces.check(forged, None, now=1010) == INVALID
     assert nonces.check("abc", None, now=1010) == INVALID
-    # Any 48 characters a phone can put there: invalid, never an exception.
-    for junk in (nonce[:16] + "\u00e9" * 32, "\u00e9" * 48, "+0x1_" * 9 + "abc",
-                 "g" * 48, nonce[:8] + "zzzzzzzz" + nonce[16:]):
+    # Any 56 characters a phone can put there: invalid, never an exception.
+    for junk in (nonce[:24] + "\u00e9" * 32, "\u00e9" * 56, "+0x1_" * 11 + "a",
+                 "g" * 56, nonce[:8] + "zzzzzzzz" + nonce[16:]):
         assert nonces.check(junk, "00000001", now=1010) == INVALID
 
 
-def test_any_node_with_the_cluster_secret_verifies_a_nonce() -> None:
-    issued = NonceManager(b"cluster-secret").issue()
-    assert NonceManager(b"cluster-secret").check(issued, "00000001") == VALID
-    assert NonceManager(b"other-secret").check(issued, "00000001") == INVALID
+def test_another_node_s_nonce_is_stale_not_forged() -> None:
+    """Nodes share the secret: a nonce of another node (or of this node
+    before a restart) is the cluster's, so the client is told stale=true
+    and takes a fresh one silently; a count it used there cannot be
+    replayed here. Another secret's nonce is forged."""
+    issued = NonceManager(b"cluster-secret", slots=1024).issue()
+    assert NonceManager(b"cluster-secret", slots=1024).check(issued, "00000001") == STALE
+    assert NonceManager(b"other-secret", slots=1024).check(issued, "00000001") == INVALID
 
 
 def test_nonce_count_is_accepted_once() -> None:
-    nonces = NonceManager(b"s")
+    nonces = NonceManager(b"s", slots=1024)
     nonce = nonces.issue()
+    assert nonces.check(nonce, "00000001") == VALID   # looking records nothing...
     assert nonces.check(nonce, "00000001") == VALID
+    assert nonces.use(nonce, "00000001") == VALID     # ...using does
+    assert nonces.use(nonce, "00000001") == REPLAYED
     assert nonces.check(nonce, "00000001") == REPLAYED
-    assert nonces.check(nonce, "00000003") == VALID   # out of order is fine...
-    assert nonces.check(nonce, "00000002") == VALID
-    assert nonces.check(nonce, "00000002") == REPLAYED  # ...a repeat is not
-    assert nonces.check(nonce, "zz") == INVALID
-    assert nonces.check(nonce, "00000000") == REPLAYED
+    assert nonces.use(nonce, "00000003") == VALID   # out of order is fine...
+    assert nonces.use(nonce, "00000002") == VALID
+    assert nonces.use(nonce, "00000002") == REPLAYED  # ...a repeat is not
+    assert nonces.use(nonce, "zz") == INVALID
+    assert nonces.use(nonce, "00000000") == REPLAYED
 
 
 def test_nonce_counts_out_of_order_within_a_window_of_64() -> None:
-    nonces = NonceManager(b"s")
+    nonces = NonceManager(b"s", slots=1024)
     nonce = nonces.issue()
-    assert nonces.check(nonce, f"{200:08x}") == VALID
+    assert nonces.use(nonce, f"{200:08x}") == VALID
     for count in range(199, 136, -1):          # the 63 counts below, once each
-        assert nonces.check(nonce, f"{count:08x}") == VALID
-        assert nonces.check(nonce, f"{count:08x}") == REPLAYED
-    assert nonces.check(nonce, f"{136:08x}") == REPLAYED   # older than the window
-    assert nonces.check(nonce, f"{300:08x}") == VALID       # a jump forward...
-    assert nonces.check(nonce, f"{250:08x}") == VALID       # ...keeps the window below it
-    assert nonces.check(nonce, f"{200:08x}") == REPLAYED
+        assert nonces.use(nonce, f"{count:08x}") == VALID
+        assert nonces.use(nonce, f"{count:08x}") == REPLAYED
+    assert nonces.use(nonce, f"{136:08x}") == REPLAYED   # older than the window
+    assert nonces.use(nonce, f"{300:08x}") == VALID       # a jump forward...
+    assert nonces.use(nonce, f"{250:08x}") == VALID       # ...keeps the window below it
+    assert nonces.use(nonce, f"{200:08x}") == REPLAYED
 
 
 def test_a_nonce_used_past_its_count_limit_is_stale() -> None:
-    nonces = NonceManager(b"s")
+    nonces = NonceManager(b"s", slots=1024)
     nonce = nonces.issue()
-    assert nonces.check(nonce, f"{MAX_NONCE_COUNT:08x}") == VALID
-    assert nonces.check(nonce, f"{MAX_NONCE_COUNT + 1:08x}") == STALE
+    assert nonces.use(nonce, f"{MAX_NONCE_COUNT:08x}") == VALID
+    assert nonces.use(nonce, f"{MAX_NONCE_COUNT + 1:08x}") == STALE
 
 
-def test_nonce_memory_is_bounded_and_expires() -> None:
-    nonces = NonceManager(b"s", lifetime=10, max_tracked=5)
-    for i in range(20):
-        nonces.check(nonces.issue(now=100 + i), "1", now=100 + i)
-    assert nonces.tracked() == 5
-    nonces.expire(now=200)
-    assert nonces.tracked() == 0
+def test_a_used_count_never_becomes_valid_again() -> None:
+    """The old table forgot its oldest nonces when full (200,000 entries,
+    filled before the password was checked), so an attacker could flush it
+    and replay a captured (nonce, nc). Now counts sit in fixed slots; asking
+    for any number of new nonces makes an old one stale, never fresh."""
+    nonces = NonceManager(b"s", slots=64)
+    captured = nonces.issue()
+    assert nonces.use(captured, "00000001") == VALID
+    for _ in range(10 * 64):                 # the attacker asks for nonces and uses them
+        nonces.use(nonces.issue(), "00000001")
+        assert nonces.use(captured, "00000001") in (REPLAYED, STALE)
+    assert nonces.use(captured, "00000001") == STALE
+    assert nonces.use(captured, "00000002") == STALE
+
+
+def test_looking_at_a_count_does_not_use_it() -> None:
+    """Authenticator checks the nonce before the password and uses the count
+    only after the password was proven: a guess records nothing."""
+    nonces = NonceManager(b"s", slots=64)
+    issued = [nonces.issue() for _ in range(10)]
+    for nonce in issued:
+        assert nonces.check(nonce, "00000001") == VALID     # the guesses
+    for nonce in issued:
+        assert nonces.use(nonce, "00000001") == VALID       # still unused
 
 
 def test_challenge_text() -> None:
