@@ -36,7 +36,7 @@ def hasip(work: Path, hops: list[int], loop: str) -> Balancer:
                          f'[node]\nevent_loop = "{loop}"\n[routing]\nnext_hop = [{hop_list}]\n'
                          # SIPp plays a PSTN gateway: a trusted peer, as Kamailio's
                          # reference config routes without authentication.
-                         '[auth]\ntrusted = ["127.0.0.1/32"]\n')
+                         '[auth]\ntrusted = ["127.0.0.1/32"]\ndemo_users = true\n')
 
 
 def kamailio(work: Path, hops: list[int]) -> Balancer:

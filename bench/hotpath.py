@@ -131,6 +131,8 @@ def main() -> int:
     args = parser.parse_args()
     loop = asyncio.new_event_loop()
     config = Config(next_hop=[parse_sip_uri("sip:127.0.0.1:5071")], metrics_listen=None)
+    config.auth.demo_users = True
+    config.security.exempt = ["127.0.0.0/8"]   # one source sends everything
     config.auth.trusted = ["127.0.0.1/32"] if not args.register else []
     proxy = Proxy(config, loop)
     rec = Recorder()

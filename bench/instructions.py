@@ -27,6 +27,8 @@ from hasip.config import Config
 from hasip.proxy.core import Proxy
 from hasip.sip.uri import parse_sip_uri
 config = Config(next_hop=[parse_sip_uri("sip:127.0.0.1:5071")], metrics_listen=None)
+config.auth.demo_users = True
+config.security.exempt = ["127.0.0.0/8"]   # one source sends everything
 register = sys.argv[2] == "register"
 config.auth.trusted = [] if register else ["127.0.0.1/32"]
 proxy = Proxy(config, asyncio.new_event_loop())

@@ -33,7 +33,7 @@ USER, PASSWORD, REALM = "1001", "demo1001", "hasip"
 
 def hasip(work: Path, radius_port: int | None = None, radius_secret: str = "") -> Balancer:
     if not radius_port:
-        return HasipBalancer(work, "hasip (file)", "")
+        return HasipBalancer(work, "hasip (file)", '[auth]\ndemo_users = true\n')
     return HasipBalancer(work, "hasip (radius)",
                          f'[auth]\nsource = "radius"\n[radius]\n'
                          f'servers = ["127.0.0.1:{radius_port}"]\nsecret = "{radius_secret}"\n')

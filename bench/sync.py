@@ -60,6 +60,7 @@ def node_config(work: Path, name: str, zk: str, sip: int, metrics: int, control:
         "metrics": {"listen": f"127.0.0.1:{metrics}"},
         "control": {"listen": f"127.0.0.1:{control}"},
         "location": {"backend": "sqlite", "sqlite_path": str(work / f"{name}.sqlite")},
+        "auth": {"demo_users": True, "secret": "bench-nonce-secret-of-the-cluster"},
         "cluster": {"zookeeper": zk},
         "replication": {"listen": f"127.0.0.1:{repl}",
                         "secret": "bench-replication-secret"},

@@ -54,6 +54,9 @@ class Config:
     domains: list[str] = field(default_factory=list)
     max_message_size: int = 16384
     max_forwards: int = 70
+    # Server transactions held at most; past it new requests get 503 +
+    # Retry-After (memory stays bounded whatever arrives).
+    max_transactions: int = 100_000
     timers: Timers = field(default_factory=Timers)
     next_hop: list[SipUri] = field(default_factory=lambda: [
         parse_sip_uri("sip:127.0.0.1:5071"), parse_sip_uri("sip:127.0.0.1:5072")])
@@ -74,6 +77,26 @@ class Config:
     dialog: DialogConfig = field(default_factory=lambda: DialogConfig())
     cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig())
     replication: ReplicationConfig = field(default_factory=lambda: ReplicationConfig())
+    security: SecurityConfig = field(default_factory=lambda: SecurityConfig())
+
+
+@dataclass
+class SecurityConfig:
+    """Per-source rate limits, bans and failed-authentication limits
+    (hasip.security). Trusted sources and ``exempt`` networks are never
+    limited nor banned."""
+
+    rate: float = 50.0           # requests a second from one address, sustained; 0: no limit
+    burst: int = 200             # requests at once from one address
+    ban_time: float = 60.0       # the first ban of an address; each next one doubles...
+    max_ban_time: float = 3600.0  # ...up to this
+    auth_failures: int = 10      # failed authentications from one address in failure_window: ban
+    failure_window: float = 600.0
+    user_failures: int = 5       # failed authentications in a row for one user: back-off
+    user_backoff: float = 2.0    # the first back-off, doubled per further failure...
+    max_user_backoff: float = 300.0   # ...up to this
+    exempt: list[str] = field(default_factory=list)    # networks never banned (still authenticated)
+    max_sources: int = 100_000   # addresses tracked (bounded memory)
 
 
 @dataclass
@@ -162,7 +185,8 @@ class LocationConfig:
 @dataclass
 class AuthConfig:
     source: str = "file"               # file or radius
-    users_file: str = ""               # empty: the demo users shipped with hasip
+    users_file: str = ""               # user:realm:HA1 lines (required with source = file...)
+    demo_users: bool = False           # ...unless this: the demo accounts 1001-1010 (demo<user>)
     realm: str = "hasip"               # empty: the To (REGISTER) / From host
     secret: str = ""                   # empty: random per process (single node)
     nonce_lifetime: float = 300.0
@@ -170,6 +194,9 @@ class AuthConfig:
     allow_no_qop: bool = False
     trusted: list[str] = field(default_factory=list)
     retry_after: int = 30
+    # Add P-Asserted-Identity with the authenticated user to requests from
+    # phones (RFC 3325; theirs are always removed).
+    assert_identity: bool = False
 
 
 @dataclass
@@ -296,7 +323,7 @@ def parse_host_port(text: str, where: str) -> tuple[str, int]:
 
 _SECTIONS = ("node", "sip", "timers", "routing", "tcp", "metrics", "control", "log",
              "shutdown", "registrar", "location", "auth", "radius", "nat", "dispatcher",
-             "dialog", "cluster", "replication")
+             "dialog", "cluster", "replication", "security")
 NAT_TESTS = ("private_contact", "via_address", "via_port")
 
 
@@ -348,6 +375,8 @@ def config_from_dict(raw: dict[str, Any], path: str = "<dict>") -> Config:
     cfg.max_message_size = sip.integer("max_message_size", cfg.max_message_size, 1024,
                                        MAX_MESSAGE_SIZE)
     cfg.max_forwards = sip.integer("max_forwards", cfg.max_forwards, 1, 255)
+    cfg.max_transactions = sip.integer("max_transactions", cfg.max_transactions, 100,
+                                       10_000_000)
     sip.finish()
 
     tm = _Section(path, "timers", raw.get("timers", {}))
@@ -413,7 +442,50 @@ def config_from_dict(raw: dict[str, Any], path: str = "<dict>") -> Config:
     dialog.finish()
     _cluster_section(cfg, _Section(path, "cluster", raw.get("cluster", {})))
     _replication_section(cfg, _Section(path, "replication", raw.get("replication", {})))
+    _security_section(cfg, _Section(path, "security", raw.get("security", {})))
     return cfg
+
+
+def check_auth(cfg: Config) -> None:
+    """Rules between sections, checked where the node's parts are built
+    (``hasip run`` and ``check-config``, the embedded defaults included): no
+    default passwords, and a cluster shares one secret for nonces and
+    Record-Route tokens."""
+    a = cfg.auth
+    if a.source == "file" and not a.users_file and not a.demo_users:
+        raise ConfigError(f"{cfg.path}: auth.users_file: give the users file (user:realm:HA1 "
+                          "lines, as htdigest writes them); demo_users = true accepts the "
+                          "demo accounts 1001-1010 instead (never in production)")
+    if a.users_file and a.demo_users:
+        raise ConfigError(f"{cfg.path}: auth.demo_users: give users_file or demo_users, "
+                          "not both")
+    if cfg.cluster.zookeeper and len(a.secret) < 16:
+        raise ConfigError(f"{cfg.path}: auth.secret: a cluster needs a shared secret of 16 "
+                          "characters or more on every node (nonces and Record-Route tokens "
+                          "that any node checks, the one that takes a VIP over too)")
+
+
+def _security_section(cfg: Config, sec: _Section) -> None:
+    s = cfg.security
+    s.rate = sec.number("rate", s.rate, 0.0, 1_000_000.0)
+    s.burst = sec.integer("burst", s.burst, 1, 10_000_000)
+    s.ban_time = sec.number("ban_time", s.ban_time, 1.0, 30 * 86400.0)
+    s.max_ban_time = sec.number("max_ban_time", s.max_ban_time, s.ban_time, 365 * 86400.0)
+    s.auth_failures = sec.integer("auth_failures", s.auth_failures, 0, 1_000_000)
+    s.failure_window = sec.number("failure_window", s.failure_window, 1.0, 30 * 86400.0)
+    s.user_failures = sec.integer("user_failures", s.user_failures, 1, 1_000_000)
+    s.user_backoff = sec.number("user_backoff", s.user_backoff, 0.0, 86400.0)
+    s.max_user_backoff = sec.number("max_user_backoff", s.max_user_backoff, s.user_backoff,
+                                    30 * 86400.0)
+    s.exempt = sec.str_list("exempt", s.exempt)
+    for i, net in enumerate(s.exempt):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"{sec.where('exempt')}[{i}]: {net!r} is not an address or "
+                              "network (e.g. 198.51.100.0/24)") from None
+    s.max_sources = sec.integer("max_sources", s.max_sources, 100, 10_000_000)
+    sec.finish()
 
 
 def _replication_section(cfg: Config, sec: _Section) -> None:
@@ -566,6 +638,8 @@ def _auth_section(cfg: Config, sec: _Section) -> None:
     a = cfg.auth
     a.source = sec.choice("source", a.source, ("file", "radius"))
     a.users_file = sec.get("users_file", str, a.users_file)
+    a.demo_users = sec.get("demo_users", bool, a.demo_users)
+    a.assert_identity = sec.get("assert_identity", bool, a.assert_identity)
     a.realm = sec.get("realm", str, a.realm)
     a.secret = sec.get("secret", str, a.secret)
     a.nonce_lifetime = sec.number("nonce_lifetime", a.nonce_lifetime, 1.0, 86400.0)

@@ -9,7 +9,7 @@ metrics directly.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
@@ -217,3 +217,35 @@ DIALOG_KEEPALIVES = labelled_counter(
     "hasip_dialog_keepalives_total",
     "In-dialog OPTIONS keepalives: sent, answered, timeout (no answer within an interval), "
     "481/408 (the end is gone)", ["result"])
+
+# Defences (hasip.security): bans, drops, refusals.
+BANS = Gauge("hasip_security_bans", "Source addresses banned now")
+BANNED = labelled_counter("hasip_security_banned_total",
+                          "Source addresses banned, by why (rate, auth, manual) and where "
+                          "the ban was decided (local, peer)", ["reason", "origin"])
+
+
+class FunctionCounter(Collector):
+    """A counter whose value a function reads at scrape time (a plain int
+    kept by sans-IO code)."""
+
+    def __init__(self, name: str, doc: str) -> None:
+        self.name = name
+        self.doc = doc
+        self.read: Callable[[], float] = lambda: 0.0
+        REGISTRY.register(self)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.doc, value=self.read())
+
+
+DROPPED = FunctionCounter("hasip_security_dropped_messages",
+                          "Messages dropped unanswered: from banned sources")
+SOURCES_TRACKED = Gauge("hasip_security_sources_tracked", "Source addresses whose rate is tracked")
+REFUSED = labelled_counter("hasip_security_refused_total",
+                           "Requests refused by a defence: not_our_dialog (a To tag or Route "
+                           "without our token), unmatched_ack, unmatched_cancel, overload "
+                           "(transaction cap), routing_error (answered 500)", ["reason"])
+SCREENED = labelled_counter("hasip_security_screened_headers_total",
+                            "Header lines removed before relaying: credentials for our realm, "
+                            "identities from untrusted sources", ["header"])

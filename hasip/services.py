@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -17,7 +18,7 @@ from hasip.auth.authenticator import Authenticator
 from hasip.auth.digest import NonceManager
 from hasip.auth.radius import RadiusClient
 from hasip.auth.users import LocalUsers, UsersFileError
-from hasip.config import Config, ConfigError
+from hasip.config import Config, ConfigError, check_auth
 from hasip.dialog.cdr import CdrWriter
 from hasip.dialog.store import END, Change, DialogStore
 from hasip.dispatcher.dispatcher import Dispatcher
@@ -26,6 +27,9 @@ from hasip.location.persist import WriteBehind, load_into
 from hasip.location.registrar import Policy
 from hasip.location.store import LocationStore
 from hasip.log import get_logger
+from hasip.security.authfail import AuthFailures
+from hasip.security.guard import AUTH, BANNED, Ban, SourceGuard
+from hasip.security.routetoken import RouteSigner
 
 log = get_logger("hasip.services")
 
@@ -43,7 +47,9 @@ class Services:
     policy: Policy
     dispatcher: Dispatcher
     trusted: list[Network]
-    trusted_peers: set[tuple[str, int]] = field(default_factory=set)
+    guard: SourceGuard
+    signer: RouteSigner
+    exempt: list[Network] = field(default_factory=list)
     dialogs: DialogStore = field(default_factory=DialogStore)
     backend: Backend | None = None
     writer: WriteBehind | None = None
@@ -58,22 +64,30 @@ class Services:
         return build(config, durable=False)
 
     def is_trusted(self, ip: str, port: int) -> bool:
-        """From a trusted network, or from a next hop's own address and port
-        (an Asterisk node sends from the port it listens on)."""
-        if (ip, port) in self.trusted_peers:
+        """From a trusted network, or from one of the dispatcher's nodes as
+        they are now (its own address and port: an Asterisk node sends from
+        the port it listens on; one added live is trusted at once, one
+        removed is not)."""
+        if (ip, port) in self.dispatcher.by_address:
             return True
         cache = self._trusted_ips
         known = cache.get(ip)
         if known is None:
-            try:
-                addr = ipaddress.ip_address(ip)
-            except ValueError:
-                return False
-            known = any(addr in net for net in self.trusted)
+            known = _in_networks(ip, self.trusted)
             if len(cache) >= 65536:
                 cache.clear()
             cache[ip] = known
         return known
+
+    def is_exempt(self, ip: str) -> bool:
+        """Never rate-limited nor banned: trusted networks, the dispatcher's
+        nodes (any port), ``security.exempt``."""
+        return (_in_networks(ip, self.trusted) or _in_networks(ip, self.exempt)
+                or ip in self.dispatcher.addresses())
+
+    def ban_source(self, ip: str, now: float) -> None:
+        """Too many failed authentications from ``ip``."""
+        self.guard.ban(ip, now, AUTH)
 
     async def start(self) -> None:
         """Load bindings from the durable store (retried in the background
@@ -93,9 +107,16 @@ class Services:
             log.warning("location_load_pending", backend=self.backend.name)
 
     async def _expire(self) -> None:
+        loop = asyncio.get_running_loop()
+        rounds = 0
         while True:
             await asyncio.sleep(1.0)
             self.location.expire()
+            rounds += 1
+            if rounds % 10 == 0:
+                now = loop.time()
+                self.guard.sweep(now)
+                self.authenticator.failures.sweep(now)
             for d in self.dialogs.expire():
                 log.info("dialog_timeout", call_id=d.call_id, dialog=d.id, state_was="confirmed"
                          if d.answered else "early")
@@ -117,8 +138,19 @@ class Services:
             self.radius.close()
 
 
+def _in_networks(ip: str, networks: list[Network]) -> bool:
+    if not networks:
+        return False
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(addr in net for net in networks)
+
+
 def build(config: Config, durable: bool = True) -> Services:
     """Services from ``config``; ConfigError names the field and file on trouble."""
+    check_auth(config)
     store = LocationStore(config.node_name)
     metrics.REGISTERED_CONTACTS.set_function(lambda: len(store))
     metrics.REGISTERED_AORS.set_function(store.aor_count)
@@ -133,7 +165,10 @@ def build(config: Config, durable: bool = True) -> Services:
                               r.attributes, r.nas_identifier, r.service_type)
         source = radius
     else:
-        path = a.users_file or demo_users_file()
+        path = demo_users_file() if a.demo_users else a.users_file
+        if a.demo_users:
+            log.warning("demo_users_accepted", note="accounts 1001-1010 with passwords "
+                        "demo<user>: for the demo only")
         try:
             source = LocalUsers(path)
         except UsersFileError as exc:
@@ -141,14 +176,16 @@ def build(config: Config, durable: bool = True) -> Services:
         missing = [alg for alg in a.algorithms if alg not in source.algorithms()]
         if missing and source.ha1:
             log.warning("users_file_lacks_algorithm", file=path, algorithms=",".join(missing))
-    authenticator = Authenticator(nonces, source, a.algorithms, a.allow_no_qop, a.retry_after)
+    sc = config.security
+    failures = AuthFailures(sc.auth_failures, sc.failure_window, sc.user_failures,
+                            sc.user_backoff, sc.max_user_backoff, sc.max_sources)
+    authenticator = Authenticator(nonces, source, a.algorithms, a.allow_no_qop, a.retry_after,
+                                  failures)
     reg = config.registrar
     policy = Policy(reg.default_expires, reg.min_expires, reg.max_expires, reg.max_contacts)
     trusted: list[Network] = [ipaddress.ip_network(n, strict=False) for n in a.trusted]
+    exempt: list[Network] = [ipaddress.ip_network(n, strict=False) for n in sc.exempt]
     dispatcher = Dispatcher(config)
-    # The Asterisk nodes (by address and port: they send from the port they
-    # listen on) are trusted peers.
-    peers = set(dispatcher.by_address)
     backend: Backend | None = None
     writer: WriteBehind | None = None
     if durable and config.location.backend != "memory":
@@ -173,8 +210,32 @@ def build(config: Config, durable: bool = True) -> Services:
         dialogs.subscribe(cdrs.on_dialog)
     for state in dialogs.counts:
         metrics.DIALOGS.labels(state).set_function(_counter_of(dialogs.counts, state))
-    return Services(store, authenticator, policy, dispatcher, trusted, peers, dialogs, backend,
-                    writer, radius, cdrs)
+    guard = SourceGuard(config.node_name, sc.rate, sc.burst, sc.ban_time, sc.max_ban_time,
+                        lambda ip: False, sc.max_sources)
+    # Record-Route tokens under the cluster's secret (hasip.security.routetoken).
+    services = Services(store, authenticator, policy, dispatcher, trusted, guard,
+                        RouteSigner(secret), exempt, dialogs, backend, writer, radius, cdrs)
+    guard.exempt = services.is_exempt
+    guard.subscribers.append(_log_ban)
+    dispatcher.changed.append(guard.exempt_changed)
+    authenticator.on_source_limit = services.ban_source
+    # The guard's clock is the event loop's, monotonic: time.monotonic()
+    # reads the same clock from the metrics thread.
+    metrics.BANS.set_function(lambda: len(guard.active(time.monotonic())))
+    metrics.DROPPED.read = lambda: guard.dropped
+    metrics.SOURCES_TRACKED.set_function(guard.tracked)
+    return services
+
+
+def _log_ban(op: str, ban: Ban, local: bool) -> None:
+    """One line per ban that fail2ban can read (docs/security.md), and metrics."""
+    if op == BANNED:
+        metrics.BANNED.inc(ban.reason, "local" if local else "peer")
+        log.warning("source_banned", ip=ban.ip, reason=ban.reason,
+                    seconds=round(ban.until - time.monotonic()), strikes=ban.strikes,
+                    by=ban.node)
+    else:
+        log.info("source_ban_lifted", ip=ban.ip, by=ban.node)
 
 
 def _counter_of(counts: dict[str, int], key: str) -> Callable[[], float]:

@@ -43,6 +43,7 @@ listen = "127.0.0.1:{9170 + i}"
 [location]
 sqlite_path = "{work / name}.sqlite"
 [auth]
+demo_users = true
 secret = "the demo cluster's nonce secret"
 [dispatcher]
 destinations = ["1 sip:127.0.0.1:5073", "1 sip:127.0.0.1:5074"]

@@ -1,5 +1,5 @@
 """``hasip demo``: one node on its embedded defaults (UDP and TCP on
-127.0.0.1:5060, next hops 127.0.0.1:5071 and :5072, the demo users file,
+127.0.0.1:5060, next hops 127.0.0.1:5071 and :5072, the demo accounts (``auth.demo_users``),
 bindings in SQLite), with SIPp playing everyone else:
 
 * two Asterisk nodes answering on :5071 and :5072;
@@ -63,13 +63,18 @@ def run_demo(calls: int = 200, rate: int = 50) -> int:
     _say(f"working directory {work}")
     asterisks = [Sipp("uas.xml", port, work).start() for port in (5071, 5072)]
     agent = Sipp("uas.xml", 5081, work).start()
-    node = NodeProcess(None, work)
+    # The embedded defaults, and the demo accounts, which a node accepts
+    # only when its configuration asks for them.
+    config = work / "demo.toml"
+    config.write_text("[auth]\ndemo_users = true\n")
+    node = NodeProcess(config, work)
     started: list[Sipp] = []
     try:
         _say("starting two SIPp Asterisk nodes (:5071, :5072) and agent 1002's phone (:5081)")
         for s in (*asterisks, agent):
             wait_for_stats(s)
-        _say("starting hasip on its embedded defaults (udp+tcp 127.0.0.1:5060, metrics :9060)")
+        _say("starting hasip on its embedded defaults and the demo accounts (udp+tcp "
+             "127.0.0.1:5060, metrics :9060)")
         node.start()
         _say("agent 1002 registers (REGISTER, 401, REGISTER with credentials, 200)")
         reg = Sipp("register.xml", 5082, work, remote=NODE, calls=1, service="1002",

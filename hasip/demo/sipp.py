@@ -50,6 +50,12 @@ class Sipp:
         if rate is not None:
             cmd += ["-r", str(rate)]
         cmd += list(extra)
+        if "-au" in extra and "-auth_uri" not in extra and remote and "register" not in path:
+            # SIPp puts sip:remote_ip:remote_port in the digest uri unless
+            # told otherwise; a phone puts the Request-URI there, and hasip
+            # checks that it does (RFC 2617 3.2.2.5). The INVITE scenarios'
+            # Request-URI is sip:[service]@[remote_ip]:[remote_port].
+            cmd += ["-auth_uri", f"{service}@{remote}"]
         self.cmd = cmd
         self.proc: subprocess.Popen[bytes] | None = None
 

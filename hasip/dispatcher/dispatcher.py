@@ -78,6 +78,8 @@ class Dispatcher:
         # Whether this node probes a destination (replication: one prober
         # per destination among the live nodes; alone: every one).
         self.probes_mine: Callable[[Destination], bool] = lambda _dest: True
+        # Called after the sets changed (trust and ban exemptions follow them).
+        self.changed: list[Callable[[], None]] = []
         self._index()
 
     def _state_changed(self, dest: Destination) -> None:
@@ -114,6 +116,8 @@ class Dispatcher:
                 self.by_address[(d.uri.host_ip, d.uri.default_port())] = d
                 self.by_key[(d.set_id, d.key)] = d
                 self._export(d)
+        for callback in self.changed:
+            callback()
 
     # -- live changes (the control API) -----------------------------------------
 
@@ -302,3 +306,7 @@ class Dispatcher:
     def is_destination(self, addr: tuple[str, int]) -> bool:
         """A request from one of our Asterisk nodes (its own address and port)."""
         return addr in self.by_address
+
+    def addresses(self) -> set[str]:
+        """The IP addresses of the nodes in the sets now."""
+        return {ip for ip, _port in self.by_address}

@@ -95,6 +95,9 @@ class NodeFactory:
         }
         for name, values in sections.items():
             cfg.setdefault(name, {}).update(values)
+        auth = cfg["auth"]
+        if "users_file" not in auth and auth.get("source", "file") == "file":
+            auth.setdefault("demo_users", True)   # the demo accounts, as the demo uses
         # Listen addresses may name the node's port: "udp:198.19.0.1:{port}".
         cfg["sip"]["listen"] = [a.format(port=port) for a in cfg["sip"]["listen"]]
         if "destinations" in cfg["dispatcher"]:

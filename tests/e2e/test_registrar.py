@@ -173,7 +173,10 @@ def test_nobody_calls_without_credentials_or_a_trusted_address(make_node, sipp,
     assert first.status == 407
     challenge = first.get_str(b"proxy-authenticate") or ""
     assert final(b'Proxy-Authorization: Digest username="1001", realm="hasip", nonce="x", '
-                 b'uri="sip:x", response="00"').status == 407
+                 b'uri="' + target.encode() + b'", response="00"').status == 407
+    # Credentials computed for another Request-URI: refused (RFC 2617 3.2.2.5).
+    assert final(b'Proxy-Authorization: Digest username="1001", realm="hasip", nonce="x", '
+                 b'uri="sip:x", response="00"').status == 400
     good = digest_header(challenge, "1002", pw("1002"), "INVITE", target, True)
     assert final(good.encode(), from_user="1001").status == 403  # 1002's password, 1001's From
     asterisk.stop()

@@ -63,6 +63,8 @@ class Cluster:
         auth["secret"] = "nonces-of-the-whole-cluster"     # any node checks any node's nonce
         if self.users_file is not None:
             auth["users_file"] = str(self.users_file)
+        else:
+            auth["demo_users"] = True
         if self.replication:
             # Each node's own SQLite store (bindings and CDRs).
             cfg["location"] = {"backend": "sqlite",

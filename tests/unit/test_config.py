@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hasip.config import ConfigError, load_config
+from hasip.config import ConfigError, check_auth, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,8 +89,14 @@ def test_missing_file() -> None:
 
 
 def test_check_config_command(tmp_path: Path) -> None:
-    ok = subprocess.run([sys.executable, "-m", "hasip", "check-config", "-c",
-                         str(ROOT / "examples" / "single-node.toml")],
+    # The example as an operator uses it: with a users file of their own.
+    users = tmp_path / "users"
+    users.write_text("1001:hasip:" + "0" * 32 + "\n")
+    example = (ROOT / "examples" / "single-node.toml").read_text()
+    assert 'users_file = "/etc/hasip/users"' in example
+    mine = tmp_path / "node.toml"
+    mine.write_text(example.replace("/etc/hasip/users", str(users)))
+    ok = subprocess.run([sys.executable, "-m", "hasip", "check-config", "-c", str(mine)],
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "OK" in ok.stdout
     bad = write(tmp_path, "[timers]\nt1 = -1\n")
@@ -108,6 +114,40 @@ def test_check_config_reads_the_users_file(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert f"{cfg}: auth.users_file: {users}:1: HA1 must be" in res.stderr
+
+
+def test_no_default_passwords(tmp_path: Path) -> None:
+    """A file auth source without a users file is an error that names the
+    key, in a file and on the embedded defaults (``hasip run`` without -c):
+    the demo accounts only when asked for by name."""
+    for args in (["-c", str(write(tmp_path, '[auth]\nsource = "file"\n'))], []):
+        res = subprocess.run([sys.executable, "-m", "hasip", "check-config", *args],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2, res.stdout
+        assert "auth.users_file: give the users file" in res.stderr
+    demo = write(tmp_path, "[auth]\ndemo_users = true\n")
+    res = subprocess.run([sys.executable, "-m", "hasip", "check-config", "-c", str(demo)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "OK" in res.stdout
+    both = write(tmp_path, f'[auth]\ndemo_users = true\nusers_file = "{tmp_path}"\n')
+    with pytest.raises(ConfigError, match=r"auth\.demo_users: give users_file or demo_users"):
+        check_auth(load_config(both))
+
+
+def test_a_cluster_needs_the_shared_secret(tmp_path: Path) -> None:
+    cfg = write(tmp_path, '[auth]\ndemo_users = true\n[cluster]\nzookeeper = "127.0.0.1:2181"\n')
+    with pytest.raises(ConfigError, match=r"auth\.secret: a cluster needs a shared secret"):
+        check_auth(load_config(cfg))
+
+
+def test_security_section(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, '[auth]\ndemo_users = true\n[security]\nrate = 5\n'
+                                      'exempt = ["198.51.100.0/24"]\n'))
+    assert cfg.security.rate == 5.0 and cfg.security.exempt == ["198.51.100.0/24"]
+    with pytest.raises(ConfigError, match=r"security.exempt\[0\]: 'nope' is not an address"):
+        load_config(write(tmp_path, '[auth]\ndemo_users = true\n[security]\nexempt = ["nope"]\n'))
+    with pytest.raises(ConfigError, match=r"security\.max_ban_time: 1\.0 is outside"):
+        load_config(write(tmp_path, '[auth]\ndemo_users = true\n[security]\nmax_ban_time = 1\n'))
 
 
 def test_dispatcher_sets_from_config_and_list_file(tmp_path: Path) -> None:
