@@ -29,6 +29,7 @@ from hasip.log import get_logger
 from hasip.proxy.nat import fix_contact
 from hasip.proxy.routing import Router
 from hasip.proxy.timers import TimerQueue
+from hasip.security.routetoken import PARAM_BYTES
 from hasip.services import Services
 from hasip.sip.build import REASONS, make_cancel_for, make_response, make_response_from_raw
 from hasip.sip.errors import SipParseError
@@ -78,6 +79,13 @@ def _tag_of(data: bytes) -> str:
 _BRANCH_MARK = "z9hG4bKhs"
 
 
+def _rr_line(listener: Listener, token: bytes, nat: bool) -> bytes:
+    """Our Record-Route for ``listener``, with the dialog's token and, for a
+    dialog with a NATed party, the seed's ``;nat=yes``."""
+    return (b"Record-Route: <" + listener.rr_uri + PARAM_BYTES + token
+            + (b";nat=yes>" if nat else b">"))
+
+
 class Branch:
     """One client transaction of a response context (RFC 3261 16.6)."""
 
@@ -101,15 +109,19 @@ class Branch:
 class ResponseContext:
     """A server transaction and the branches forwarded for it (RFC 3261 16.7)."""
 
-    __slots__ = ("branches", "cancelled", "data", "final_sent", "reply_dest", "request", "server",
-                 "source")
+    __slots__ = ("branches", "cancelled", "data", "final_sent", "key", "reply_dest", "request",
+                 "server", "source")
 
     def __init__(self, server: ServerTransaction | None, request: Request, source: Source,
-                 reply_dest: Destination) -> None:
+                 reply_dest: Destination, key: tuple[str, ...] | None = None) -> None:
         self.server = server
         self.request = request
         self.source = source
         self.reply_dest = reply_dest
+        # The server transaction's key (RFC 3261 17.2.3): the transaction is
+        # made only when the request needs one (Proxy.stateful); until then
+        # answers go out statelessly, as Kamailio's sl does.
+        self.key = key if key is not None else (server.key if server is not None else None)
         self.branches: list[Branch] = []
         self.final_sent = False
         self.cancelled = False
@@ -124,7 +136,8 @@ class RequestContext:
     """What the routing script gets for one request: the message, where it came
     from, and the operations it may apply (reply, record-route, forward)."""
 
-    __slots__ = ("nat", "proxy", "rc", "record_route", "request", "send_socket", "source", "user")
+    __slots__ = ("nat", "proxy", "rc", "record_route", "request", "rr_token", "send_socket",
+                 "source", "user")
 
     def __init__(self, proxy: Proxy, request: Request, source: Source,
                  rc: ResponseContext | None) -> None:
@@ -139,6 +152,8 @@ class RequestContext:
         self.user: str | None = None
         # Our socket named by a double Record-Route: in-dialog requests leave from it.
         self.send_socket: Listener | None = None
+        # The dialog token our Record-Route carries (hasip.security.routetoken).
+        self.rr_token = b""
 
     def reply(self, status: int, reason: bytes | None = None,
               extra: list[bytes] | None = None) -> None:
@@ -165,6 +180,14 @@ class RequestContext:
     def forward_stateless(self) -> bool:
         return self.proxy.forward_stateless(self)
 
+    def stateful(self) -> None:
+        """Keep a server transaction from now on (Kamailio's t_newtran):
+        retransmissions are absorbed and answers retransmitted. Forwarding
+        and suspending make one themselves; the registrar asks for one
+        before it changes a binding."""
+        if self.rc is not None:
+            self.proxy.stateful(self.rc)
+
 
 class Proxy:
     """A stateful proxy bound to a node's transports."""
@@ -188,6 +211,9 @@ class Proxy:
         self.my_ports = {a.port for a in config.listen}
         self.my_domains = set(config.domains)
         self.my_sent_by = {lst.sent_by for lst in self.transports.listeners}
+        self.guard = self.services.guard
+        self.signer = self.services.signer
+        self.max_transactions = config.max_transactions
         self._sent_by_bytes = [s.encode() for s in self.my_sent_by]
         self.capabilities = [
             b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, REFER, NOTIFY, SUBSCRIBE, "
@@ -246,6 +272,9 @@ class Proxy:
 
     def suspend(self, ctx: RequestContext, pending: Awaitable[T],
                 resume: Callable[[T], None]) -> None:
+        if ctx.rc is not None:
+            self.stateful(ctx.rc)   # retransmissions are absorbed while it waits
+
         async def wait() -> None:
             try:
                 result = await pending
@@ -255,10 +284,7 @@ class Proxy:
                 return
             if ctx.rc is not None and ctx.rc.final_sent:
                 return
-            try:
-                resume(result)
-            except Exception:
-                log.error("message_handling_failed", exc_info=True, call_id=ctx.request.call_id)
+            self.run_script(ctx, resume, result)
 
         task = self.loop.create_task(wait())
         self._tasks.add(task)
@@ -286,7 +312,14 @@ class Proxy:
     def receive(self, data: bytes, listener: Listener, addr: tuple[str, int],
                 conn: TcpConnection | None) -> None:
         """Transport sink: one datagram or one framed stream message."""
-        src = Source(listener, addr, conn, self.loop.time())
+        now = self.loop.time()
+        if not self.guard.allow(addr[0], now):
+            # A banned source (hasip.security.guard): dropped unanswered;
+            # its TCP connection goes too.
+            if conn is not None:
+                conn.abort()
+            return
+        src = Source(listener, addr, conn, now)
         try:
             if len(data) > self.config.max_message_size:
                 metrics.PARSE_ERRORS.labels("too_large").inc()
@@ -367,6 +400,8 @@ class Proxy:
         self._req_in.inc(method)
         try:
             validate_request(req)
+            if self._has_our_via(req):
+                req.vias  # noqa: B018 - loop detection reads every Via
         except SipParseError as exc:
             metrics.PARSE_ERRORS.labels("sanity").inc()
             log.debug("bad_request", peer=f"{src.addr[0]}:{src.addr[1]}", reason=exc.reason)
@@ -384,49 +419,85 @@ class Proxy:
         if method == "CANCEL":
             self._on_cancel(req, src)
             return
-        if (method == "REGISTER" and b"authorization" not in req.keys
-                and b"route" not in req.keys and not self.draining and self.is_myself(req.uri)):
-            # Its answer is a 401 challenge (or an error) computed at once:
-            # statelessly, as Kamailio's sl does, so a flood of unauthenticated
-            # REGISTERs leaves no state; a retransmission gets a new challenge.
-            rc = ResponseContext(None, req, src, self.reply_destination(src, req.top_via))
-            self.router.route(RequestContext(self, req, src, rc))
-            return
         key = server_key(req)
         txn = self.server_txns.get(key)
         if txn is not None:
             metrics.RETRANSMISSIONS.labels(method).inc()
             self._run_server(txn, txn.receive_request(req, src.received_at))
             return
-        reliable = src.conn is not None
-        if method == "INVITE":
-            txn = InviteServerTransaction(key, reliable, self.timers)
-        else:
-            txn = NonInviteServerTransaction(key, reliable, self.timers)
-        rc = ResponseContext(txn, req, src, self.reply_destination(src, req.top_via))
-        txn.owner = rc
-        self.server_txns[key] = txn
+        # No transaction yet: the script's answer goes out statelessly
+        # unless it forwards, suspends or saves (``stateful``). A challenge,
+        # a refusal or an answer to a keepalive OPTIONS leaves no state, and
+        # a source that never ACKs gets one answer per request it sends.
+        rc = ResponseContext(None, req, src, self.reply_destination(src, req.top_via), key)
         ctx = RequestContext(self, req, src, rc)
-        if method == "INVITE":
-            # RFC 3261 16.2: a stateful proxy answers INVITE with 100 at once.
-            data = make_response(req, 100)
-            self._run_server(txn, txn.send_response(100, data, src.received_at))
-            self._resp_out.inc("100")
         if self.draining and req.to.tag is None:
             ctx.reply(503, b"Service Unavailable (shutting down)", [b"Retry-After: 5"])
             return
-        self.router.route(ctx)
+        if len(self.server_txns) >= self.max_transactions:
+            # Memory stays bounded whatever arrives.
+            metrics.REFUSED.inc("overload")
+            ctx.reply(503, b"Service Unavailable (overloaded)", [b"Retry-After: 5"])
+            return
+        self.run_script(ctx, self.router.route, ctx)
+
+    def run_script(self, ctx: RequestContext, step: Callable[[T], None], arg: T) -> None:
+        """Run a step of the routing script; an exception there (a bug) still
+        gets the request a final answer (500) and cancels what it forwarded."""
+        try:
+            step(arg)
+        except Exception:
+            log.error("routing_failed", exc_info=True, call_id=ctx.request.call_id,
+                      method=ctx.request.method)
+            metrics.REFUSED.inc("routing_error")
+            rc = ctx.rc
+            if rc is None or rc.final_sent or ctx.request.method == "ACK":
+                return
+            for branch in rc.branches:
+                if branch.final_status == 0:
+                    self._cancel_branch(branch)
+            try:
+                self._reply_rc(rc, 500, b"Server Internal Error")
+            except Exception:
+                log.error("routing_failed_reply", exc_info=True, call_id=ctx.request.call_id)
+
+    def stateful(self, rc: ResponseContext) -> None:
+        """The server transaction of ``rc``, made now if it has none yet."""
+        key = rc.key
+        if rc.server is not None or rc.final_sent or key is None:
+            return
+        req = rc.request
+        src = rc.source
+        reliable = src.conn is not None
+        txn: ServerTransaction
+        if req.method == "INVITE":
+            txn = InviteServerTransaction(key, reliable, self.timers)
+        else:
+            txn = NonInviteServerTransaction(key, reliable, self.timers)
+        txn.owner = rc
+        rc.server = txn
+        self.server_txns[key] = txn
+        if req.method == "INVITE":
+            # RFC 3261 16.2: a stateful proxy answers INVITE with 100 at once.
+            data = make_response(req, 100)
+            now = self.loop.time()
+            self._run_server(txn, txn.send_response(100, data, now))
+            self._resp_out.inc("100")
 
     def _on_ack(self, req: Request, src: Source) -> None:
-        txn = self.server_txns.get(server_key(req))
+        key = server_key(req)
+        txn = self.server_txns.get(key)
         if txn is not None and txn.state in (COMPLETED, CONFIRMED):
             # ACK for a non-2xx final response: hop by hop, absorbed here.
             self._run_server(txn, txn.receive_request(req, src.received_at))
             return
         if txn is not None and txn.state == PROCEEDING:
             return
+        if txn is None and req.to.tag == self._tag_for_key(key):
+            return   # the ACK of a failure we answered statelessly (a challenge)
         # ACK for a 2xx: its own transaction, forwarded statelessly (16.11).
-        self.router.route(RequestContext(self, req, src, None))
+        ctx = RequestContext(self, req, src, None)
+        self.run_script(ctx, self.router.route, ctx)
 
     def _on_cancel(self, req: Request, src: Source) -> None:
         key = server_key(req)
@@ -437,7 +508,8 @@ class Proxy:
             return
         invite = self.server_txns.get(cancel_target_key(req))
         if invite is None:
-            self.router.route_unmatched_cancel(RequestContext(self, req, src, None))
+            ctx = RequestContext(self, req, src, None)
+            self.run_script(ctx, self.router.route_unmatched_cancel, ctx)
             return
         txn = NonInviteServerTransaction(key, src.conn is not None, self.timers)
         txn.owner = ResponseContext(txn, req, src, self.reply_destination(src, req.top_via))
@@ -534,6 +606,10 @@ class Proxy:
             return
         if branch.nat and status < 300:
             fix_contact(resp, branch.dest.addr)
+        keys = resp.keys
+        if (b"p-asserted-identity" in keys or b"remote-party-id" in keys) and not (
+                self.services.is_trusted(*branch.dest.addr)):
+            self.router.screen_identity(resp)
         if status < 200:
             self._relay_upstream(rc, resp, received_at)
         elif status < 300:
@@ -632,7 +708,8 @@ class Proxy:
         server = rc.server
         to_tag = None
         if status > 100:
-            to_tag = (self._to_tag(server) if server is not None else
+            key = rc.key
+            to_tag = (self._tag_for_key(key) if key is not None else
                       _tag_of(rc.request.call_id.encode("latin-1")))
         data = make_response(rc.request, status, reason, to_tag, extra)
         if status >= 200:
@@ -645,10 +722,14 @@ class Proxy:
 
     @staticmethod
     def _to_tag(txn: Transaction) -> str:
-        """Our To tag for a transaction's answers: the same for every answer
-        and retransmission of it; from the branch (RFC 2543 requests: from
-        all their matching fields)."""
-        key = txn.key
+        return Proxy._tag_for_key(txn.key)
+
+    @staticmethod
+    def _tag_for_key(key: tuple[str, ...]) -> str:
+        """Our To tag for a transaction's answers, stateful or not: the same
+        for every answer and retransmission of it, and computable again
+        from its ACK; from the branch (RFC 2543 requests: from all their
+        matching fields)."""
         text = key[0] if key[0] != "2543" else "|".join(key)
         # The key's text was decoded from latin-1, so UTF-8 encodes it (and
         # is the cheaper primitive).
@@ -715,6 +796,8 @@ class Proxy:
         response context, to ``dest`` when given (a registered contact's
         recorded source), else to where the target resolves. False when the
         next hop cannot be used; the script then replies."""
+        if ctx.rc is not None:
+            self.stateful(ctx.rc)
         prepared = self._prepare(ctx, request_uri, next_hop, routes)
         if prepared is None:
             return False
@@ -870,13 +953,16 @@ class Proxy:
         if ctx.record_route:
             in_listener = ctx.source.listener
             marked = ctx.nat or nat
+            token = ctx.rr_token
+            if not token:
+                # The dialog's proof for its in-dialog requests (routetoken).
+                token = ctx.rr_token = self.signer.token(
+                    req.call_id, req.from_.tag or "").encode()
             if in_listener is not dest.listener:
                 # Two sockets: record both so each side routes to the one it
                 # can reach (Kamailio's double Record-Route).
-                out.insert_top(b"record-route",
-                               in_listener.rr_line_nat if marked else in_listener.rr_line)
-            out.insert_top(b"record-route",
-                           dest.listener.rr_line_nat if marked else dest.listener.rr_line)
+                out.insert_top(b"record-route", _rr_line(in_listener, token, marked))
+            out.insert_top(b"record-route", _rr_line(dest.listener, token, marked))
         branch_id = (_BRANCH_MARK + self._loop_hash(req) + self._unique
                      + hex(next(self._counter))[2:])
         out.insert_top(b"via", dest.listener.via_prefix + branch_id.encode())

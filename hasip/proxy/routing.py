@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from hasip import metrics
 from hasip.auth.authenticator import AUTHENTICATED, Verdict
+from hasip.auth.digest import CredentialsError, parse_credentials
 from hasip.dialog.dialog import ENDED_BYE, ENDED_CANCELLED, ENDED_FAILED, Dialog
 from hasip.dispatcher.destinations import ACTIVE
 from hasip.dispatcher.destinations import Destination as Node
@@ -19,6 +20,7 @@ from hasip.location.binding import Binding, format_socket, parse_socket
 from hasip.location.registrar import Origin, register
 from hasip.log import get_logger
 from hasip.proxy.nat import behind_nat, fix_contact
+from hasip.security.routetoken import PARAM
 from hasip.sip.errors import SipParseError
 from hasip.sip.headers import parse_name_addr
 from hasip.sip.message import Request, Response
@@ -29,6 +31,25 @@ if TYPE_CHECKING:
     from hasip.proxy.core import Branch, Proxy, RequestContext, ResponseContext
 
 log = get_logger("hasip.routing")
+
+
+def _realm_of(value: bytes) -> str | None:
+    """The realm of one (Proxy-)Authorization value; None when it does not
+    parse (a value we cannot read is not passed on either)."""
+    try:
+        return parse_credentials(value.decode("latin-1")).realm
+    except CredentialsError:
+        return None
+
+
+_USER_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                       "-_.!~*'()&=+$,;?/")
+
+
+def _escape_user(user: str) -> str:
+    """A user name as the user part of a SIP URI (RFC 3261 25.1 escapes)."""
+    return "".join(c if c in _USER_SAFE else "".join(f"%{b:02X}" for b in c.encode())
+                   for c in user)
 
 # Requests that create a dialog and must not be sent along a preloaded Route
 # to somewhere else (the seed's 403 rule).
@@ -80,6 +101,19 @@ class Router:
 
     def route_within_dialog(self, ctx: RequestContext) -> None:
         req = ctx.request
+        trusted = self.services.is_trusted(*ctx.source.addr)
+        if not trusted and not self.in_our_dialog(req):
+            # A To tag proves nothing: only the token of a Record-Route we
+            # wrote does (hasip.security.routetoken). Never relayed.
+            metrics.REFUSED.inc("not_our_dialog")
+            log.info("in_dialog_refused", peer=f"{ctx.source.addr[0]}:{ctx.source.addr[1]}",
+                     method=req.method, call_id=req.call_id)
+            if req.method != "ACK":
+                ctx.reply(403, b"Forbidden (not a dialog of ours)")
+            return
+        if not trusted:
+            self.screen(ctx)
+        self.consume_credentials(req)
         if (req.get(b"route") or b"").find(b";nat=yes") >= 0:
             # A dialog we marked NATed at its start (media relay hooks here).
             ctx.nat = True
@@ -101,6 +135,24 @@ class Router:
         if req.method == "ACK":
             return  # an ACK for a dialog we do not route: nothing to do
         ctx.reply(404, b"Not Here")
+
+    def in_our_dialog(self, req: Request) -> bool:
+        """Whether an in-dialog request follows a route set we recorded: our
+        Route entry on top (or, after a strict router, our URI as the
+        Request-URI) carries this dialog's token; or the dialog store knows
+        the dialog (dialogs set up before tokens existed)."""
+        uri: Uri | None = None
+        if b"route" in req.keys:
+            first = parse_name_addr(req.values(b"route")[0], "Route").uri
+            if self.proxy.is_myself(first):
+                uri = first
+        if uri is None and self.proxy.is_myself(req.uri):
+            uri = req.uri     # a strict router put our Record-Route URI here
+        token = uri.params.get(PARAM) if isinstance(uri, SipUri) else None
+        from_tag, to_tag = req.from_.tag, req.to.tag
+        if token and self.services.signer.verify(req.call_id, from_tag or "", to_tag, token):
+            return True
+        return self.services.dialogs.find(req.call_id, from_tag, to_tag) is not None
 
     def loose_route(self, ctx: RequestContext) -> bool:
         """RFC 3261 16.4: undo a strict router's rewrite, drop our own Route
@@ -153,8 +205,9 @@ class Router:
                     return
                 foreign_route = True
         if method == "ACK":
-            if foreign_route or not self.proxy.is_myself(req.uri):
-                ctx.forward_stateless()
+            # An ACK without a To tag matched no transaction of ours: it
+            # acknowledges nothing we sent, and is never relayed.
+            metrics.REFUSED.inc("unmatched_ack")
             return
         self.handle_nat(ctx)
         if method == "REGISTER" and not foreign_route and self.proxy.is_myself(req.uri):
@@ -172,6 +225,9 @@ class Router:
     def route_request(self, ctx: RequestContext) -> None:
         """An initial request allowed through: relay, or look up our users."""
         req = ctx.request
+        self.consume_credentials(req)
+        if not self.services.is_trusted(*ctx.source.addr):
+            self.screen(ctx)
         if req.method == "INVITE":
             self.start_dialog(ctx)
         if b"route" in req.keys or not self.proxy.is_myself(req.uri):
@@ -236,6 +292,51 @@ class Router:
             # (fix_nated_register); other requests get a reachable Contact.
             fix_contact(req, src.addr)
 
+    # -- credentials and identities (RFC 3261 22.3, RFC 3325) ------------------------
+
+    def consume_credentials(self, req: Request) -> None:
+        """Our realm's credentials end here (RFC 3261 22.3): relayed, they
+        would hand every next hop material for an offline password attack.
+        Credentials for other realms (Asterisk's) go on."""
+        keys = req.keys
+        if b"proxy-authorization" not in keys and b"authorization" not in keys:
+            return
+        realm = self._realm(req, True)
+        for key in (b"proxy-authorization", b"authorization"):
+            if key in keys:
+                before = req.count(key)
+                req.keep_lines(key, lambda value: _realm_of(value) not in (realm, None))
+                removed = before - req.count(key)
+                if removed:
+                    metrics.SCREENED.inc(key.decode())
+
+    def screen(self, ctx: RequestContext) -> None:
+        """A request from an untrusted source: the identities it asserts are
+        not believed (RFC 3325 5: only trusted peers keep theirs); with
+        ``auth.assert_identity`` the authenticated user is asserted instead."""
+        req = ctx.request
+        keys = req.keys
+        if b"p-asserted-identity" in keys or b"remote-party-id" in keys or (
+                b"p-preferred-identity" in keys):
+            self.screen_identity(req)
+            if b"p-preferred-identity" in keys:
+                req.remove_all(b"p-preferred-identity")
+                metrics.SCREENED.inc("p-preferred-identity")
+        if ctx.user and self.config.auth.assert_identity and req.to.tag is None:
+            uri = req.from_.uri
+            host = uri.host if isinstance(uri, SipUri) else self.config.auth.realm
+            req.append(b"p-asserted-identity",
+                       b"P-Asserted-Identity: <sip:" + _escape_user(ctx.user).encode("latin-1")
+                       + b"@" + host.encode("latin-1") + b">")
+
+    @staticmethod
+    def screen_identity(msg: Request | Response) -> None:
+        """Remove P-Asserted-Identity and Remote-Party-ID."""
+        for key in (b"p-asserted-identity", b"remote-party-id"):
+            if key in msg.keys:
+                msg.remove_all(key)
+                metrics.SCREENED.inc(key.decode())
+
     # -- authentication ---------------------------------------------------------
 
     def _user_of(self, uri: Uri) -> str | None:
@@ -252,7 +353,8 @@ class Router:
         """Digest-authenticate ``ctx`` (401 for REGISTER, 407 otherwise), then
         call ``then``; an answer from RADIUS resumes the request later."""
         verdict = self.services.authenticator.check(ctx.request, proxy,
-                                                    self._realm(ctx.request, proxy), identity)
+                                                    self._realm(ctx.request, proxy), identity,
+                                                    ctx.source.addr[0], ctx.source.received_at)
         if isinstance(verdict, Verdict):
             self._authenticated(ctx, verdict, then)
         else:
@@ -288,6 +390,9 @@ class Router:
         req = ctx.request
         aor = self.aor_of(req.to.uri)
         assert aor is not None
+        # A retransmission must get this answer again, not a second try
+        # (whose CSeq and nonce-count would be refused).
+        ctx.stateful()
         src = ctx.source
         transport = src.listener.transport
         received = None
@@ -458,13 +563,10 @@ class Router:
             ctx.reply(503, b"Service Unavailable (next hop unusable)")
 
     def route_unmatched_cancel(self, ctx: RequestContext) -> None:
-        """A CANCEL for no INVITE we know: relayed statelessly if it is not for
-        us (RFC 3261 16.10), else 481."""
-        req = ctx.request
-        if b"route" in req.keys or not self.proxy.is_myself(req.uri):
-            self.loose_route(ctx)
-            if ctx.forward_stateless():
-                return
+        """A CANCEL for no INVITE we know: 481. RFC 3261 16.10 lets a proxy
+        relay it statelessly, but a CANCEL from anyone to anywhere is a free
+        relay; the INVITEs we forward are ours to cancel."""
+        metrics.REFUSED.inc("unmatched_cancel")
         ctx.reply(481)
 
     # -- failure handling --------------------------------------------------------

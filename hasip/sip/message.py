@@ -9,6 +9,7 @@ not understand unchanged.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from hasip.sip.errors import SipParseError
 from hasip.sip.grammar import DATE_RE, TOKEN_RE, is_token
@@ -252,6 +253,20 @@ class SipMessage:
         keep = [i for i, k in enumerate(self.keys) if k != key]
         self.keys = [self.keys[i] for i in keep]
         self.raws = [self.raws[i] for i in keep]
+        self._edited(key)
+
+    def keep_lines(self, key: bytes, keep: Callable[[bytes], bool]) -> None:
+        """Remove the lines named ``key`` whose value ``keep`` refuses."""
+        if key not in self.keys:
+            return
+        keys: list[bytes] = []
+        raws: list[bytes] = []
+        for i in range(len(self.keys)):
+            if self.keys[i] != key or keep(self.value_at(i)):
+                keys.append(self.keys[i])
+                raws.append(self.raws[i])
+        self.keys = keys
+        self.raws = raws
         self._edited(key)
 
     def pop_first_value(self, key: bytes) -> str | None:
@@ -527,7 +542,8 @@ def _validate_common(msg: SipMessage) -> None:
 def validate_request(req: Request) -> None:
     """The proxy's sanity checks (Kamailio's sanity module, RFC 4475 3.1.2):
     required headers once each, CSeq method equal to the request method, the
-    Request-URI well formed and without headers, scalar fields in range."""
+    Request-URI, From, To and Route URIs well formed, no headers in the
+    Request-URI, scalar fields in range."""
     uri = req.uri
     if getattr(uri, "headers", None):
         raise SipParseError("headers are not allowed in a Request-URI")
@@ -542,6 +558,14 @@ def validate_request(req: Request) -> None:
         if not mf.isdigit() or int(mf) > 255:
             raise SipParseError("Max-Forwards is not a number 0-255")
         req.max_forwards = int(mf)
+    # What routing reads, checked before it runs (a header that fails to
+    # parse halfway through the routing script would leave the request
+    # unanswered): the URIs of From and To, every Route entry.
+    req.from_.uri  # noqa: B018
+    req.to.uri  # noqa: B018
+    if b"route" in keys:
+        for value in req.values(b"route"):
+            parse_name_addr(value, "Route").uri  # noqa: B018
     if b"contact" in keys and req.method in _CONTACT_METHODS:
         for value in req.values(b"contact"):
             if value != "*":

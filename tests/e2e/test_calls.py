@@ -126,7 +126,7 @@ def test_2xx_retransmissions_are_forwarded_and_ack_passes_statelessly(make_node,
     caller = udp_peer()
     node = make_node(next_hop=[f"sip:127.0.0.1:{callee.port}"])
     forwarded = start_invite(caller, node, callee)
-    assert f"Record-Route: <sip:127.0.0.1:{node.sip_port};lr>".encode() in forwarded
+    assert f"Record-Route: <sip:127.0.0.1:{node.sip_port};lr;hsd=".encode() in forwarded
     ok = reply_to(forwarded, 200, "OK", extra=f"Contact: <sip:agent@127.0.0.1:{callee.port}>\r\n")
     callee.send(ok, node.sip_port)
     callee.send(ok, node.sip_port)
@@ -197,7 +197,7 @@ def test_loop_is_detected(make_node, udp_peer) -> None:
         "routing": {"next_hop": [f"sip:127.0.0.1:{port}"]},
         "metrics": {"listen": "off"},
         "control": {"listen": "off"},
-        "auth": {"trusted": ["127.0.0.0/8"]},
+        "auth": {"trusted": ["127.0.0.0/8"], "demo_users": True},
         "location": {"backend": "memory"},
     })
     node = NodeProcess(path, make_node.tmp_path, "127.0.0.1", port)
@@ -270,7 +270,7 @@ def test_request_for_another_domain_is_relayed(make_node, udp_peer) -> None:
     assert status_of(caller.recv()) == 100
     got = other.recv()
     assert got is not None and got.startswith(f"INVITE sip:someone@127.0.0.2:{other.port}".encode())
-    assert f"Record-Route: <sip:127.0.0.1:{node.sip_port};lr>".encode() in got
+    assert f"Record-Route: <sip:127.0.0.1:{node.sip_port};lr;hsd=".encode() in got
     other.send(reply_to(got, 404, "Not Found"), node.sip_port, "127.0.0.1")
     assert status_of(caller.recv()) == 404
 
@@ -330,7 +330,7 @@ def test_tcp_connection_to_a_next_hop_is_reused(make_node, udp_peer) -> None:
     while len(received) < 3 and time.monotonic() < deadline:
         received += framer.feed(conn.recv(65535))
     assert len(received) == 3 and all(m.startswith(b"INVITE ") for m in received)
-    assert b";transport=tcp;lr>" in received[0]  # double Record-Route: UDP in, TCP out
+    assert b";transport=tcp;lr;hsd=" in received[0]  # double Record-Route: UDP in, TCP out
     server.settimeout(0.5)
     try:
         server.accept()

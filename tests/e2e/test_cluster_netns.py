@@ -99,7 +99,7 @@ def test_calls_leave_from_the_vip_and_probes_from_the_node_address(cluster, tmp_
     assert len(invites) == 5
     for invite in invites:
         assert invite.count("Record-Route:") == 1, invite
-        assert f"Record-Route: <sip:{VIP_A}:5060;lr>" in invite, invite
+        assert f"Record-Route: <sip:{VIP_A}:5060;lr;hsd=" in invite, invite
         assert f"Via: SIP/2.0/UDP {VIP_A}:5060;" in invite, invite
 
 

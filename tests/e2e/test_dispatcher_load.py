@@ -162,8 +162,8 @@ def test_node_socket_attribute_sends_from_that_address(make_node, udp_peer) -> N
         assert addr == ("127.0.0.3", node.sip_port), method
         assert f"Via: SIP/2.0/UDP 127.0.0.3:{node.sip_port}".encode() in data, method
     invite_data = seen["INVITE"][0]
-    assert f"<sip:127.0.0.3:{node.sip_port};lr>".encode() in invite_data
-    assert f"<sip:127.0.0.1:{node.sip_port};lr>".encode() in invite_data   # double RR
+    assert f"<sip:127.0.0.3:{node.sip_port};lr;hsd=".encode() in invite_data
+    assert f"<sip:127.0.0.1:{node.sip_port};lr;hsd=".encode() in invite_data   # double RR
 
 
 def test_dialog_without_bye_times_out_and_frees_its_node(make_node, sipp) -> None:
