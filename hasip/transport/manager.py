@@ -25,6 +25,10 @@ def _is_loopback(ip: str) -> bool:
 
 IP_FREEBIND = 15
 
+# Closes over a peer's fault (malformed or oversize stream, a peer that does
+# not read) are warnings; the timeouts of quiet or slow peers are info.
+_PEER_FAULTS = frozenset({"framing_error", "slow_reader"})
+
 
 def _freebind_socket(listener: Listener) -> socket.socket:
     """A socket bound to a VIP this host may not hold yet (IP_FREEBIND):
@@ -163,7 +167,8 @@ class Transports:
     def _new_connection(self, listener: Listener) -> TcpConnection:
         return TcpConnection(listener, self.sink, self.config.max_message_size,
                              self.config.tcp_max_write_buffer, self._forget, self.loop,
-                             on_open=self._admit, on_partial=self._suspects.add)
+                             on_open=self._admit, on_partial=self._suspects.add,
+                             on_fault=self._fault)
 
     def _admit(self, conn: TcpConnection) -> bool:
         """An accepted connection, as it opens: counted against its source's
@@ -223,7 +228,7 @@ class Transports:
         # from the message timeout (a half-sent response holds it as well).
         conn = TcpConnection(dest.listener, self.sink, self.config.max_message_size,
                              self.config.tcp_max_write_buffer, self._forget, self.loop,
-                             on_partial=self._suspects.add)
+                             on_partial=self._suspects.add, on_fault=self._fault)
         conn.peer = dest.addr
         self._conns[dest.addr] = conn
         self._live.add(conn)
@@ -285,20 +290,39 @@ class Transports:
                 self._close(conn, "idle", now, quiet=True)
 
     def _close(self, conn: TcpConnection, reason: str, now: float, quiet: bool = False) -> None:
+        self._report(conn, reason, now, "", quiet)
+        self._suspects.discard(conn)
+        conn.abort()
+
+    def _fault(self, conn: TcpConnection, reason: str, detail: str) -> None:
+        """A connection about to abort over its peer's fault (it aborts itself)."""
+        self._report(conn, reason, self.loop.time(), detail)
+
+    def _report(self, conn: TcpConnection, reason: str, now: float, detail: str,
+                quiet: bool = False) -> None:
+        """Count a close; log it unless it is one of a flood (then the
+        digest sums it into a line per reason and interval)."""
         metrics.TCP_CLOSED.labels(reason).inc()
         peer = f"{conn.peer[0]}:{conn.peer[1]}"
         if quiet:
             log.debug("tcp_connection_closed", reason=reason, peer=peer)
-        elif self._closes.note(reason, conn.source or conn.peer[0], now):
-            log.info("tcp_connection_closed", reason=reason, peer=peer,
-                     buffered=conn.framer.buffered)
-        self._suspects.discard(conn)
-        conn.abort()
+            return
+        if not self._closes.note(reason, conn.source or conn.peer[0], now):
+            return
+        fields: dict[str, object] = {"reason": reason, "peer": peer,
+                                     "buffered": conn.framer.buffered}
+        if detail:
+            fields["detail"] = detail
+        if reason in _PEER_FAULTS:
+            log.warning("tcp_connection_closed", **fields)
+        else:
+            log.info("tcp_connection_closed", **fields)
 
     def _log_digests(self, now: float) -> None:
         for reason, count, sources in self._refusals.summary(now):
             log.warning("tcp_connections_refused", reason=reason, count=count,
                         sources=sources, interval_s=self._refusals.interval)
         for reason, count, sources in self._closes.summary(now):
-            log.info("tcp_connections_closed", reason=reason, count=count, sources=sources,
-                     interval_s=self._closes.interval)
+            emit = log.warning if reason in _PEER_FAULTS else log.info
+            emit("tcp_connections_closed", reason=reason, count=count, sources=sources,
+                 interval_s=self._closes.interval)

@@ -15,6 +15,11 @@ from hasip.transport.base import ErrorCallback, Listener, Sink
 
 log = get_logger("hasip.transport.tcp")
 
+# (connection, reason, detail): told before a connection aborts itself over
+# a fault of its peer (framing_error, slow_reader); the manager counts it and
+# keeps a flood of them to a few log lines.
+FaultCallback = Callable[["TcpConnection", str, str], None]
+
 
 class TcpConnection(asyncio.Protocol):
     """One TCP connection, accepted or opened by us.
@@ -29,11 +34,13 @@ class TcpConnection(asyncio.Protocol):
                  on_close: Callable[[TcpConnection], None],
                  loop: asyncio.AbstractEventLoop,
                  on_open: Callable[[TcpConnection], bool] | None = None,
-                 on_partial: Callable[[TcpConnection], None] | None = None) -> None:
+                 on_partial: Callable[[TcpConnection], None] | None = None,
+                 on_fault: FaultCallback | None = None) -> None:
         self.listener = listener
         # Accepted connections only: False refuses the connection (limits).
         self.on_open = on_open
         self.on_partial = on_partial
+        self.on_fault = on_fault
         self.accepted = on_open is not None
         self.sink = sink
         self.framer = StreamFramer(max_message)
@@ -78,10 +85,7 @@ class TcpConnection(asyncio.Protocol):
             messages = self.framer.feed(data)
         except SipParseError as exc:
             metrics.PARSE_ERRORS.labels("stream").inc()
-            metrics.TCP_CLOSED.labels("framing_error").inc()
-            log.warning("tcp_framing_error", peer=f"{self.peer[0]}:{self.peer[1]}",
-                        reason=exc.reason)
-            self.abort()
+            self.fault("framing_error", exc.reason)
             return
         if self.framer.in_message:
             # A message that began in this read (the one before it, if any,
@@ -112,16 +116,23 @@ class TcpConnection(asyncio.Protocol):
             return True
         if transport.get_write_buffer_size() + len(data) > self.max_write_buffer:
             metrics.TCP_CLOSED_SLOW.inc()
-            metrics.TCP_CLOSED.labels("slow_reader").inc()
-            log.warning("tcp_slow_peer_closed", peer=f"{self.peer[0]}:{self.peer[1]}",
-                        buffered=transport.get_write_buffer_size())
-            self.abort()
+            self.fault("slow_reader", f"{transport.get_write_buffer_size()} bytes unread")
             if on_error is not None:
                 on_error()
             return False
         transport.write(data)
         self.last_activity = self.loop.time()
         return True
+
+    def fault(self, reason: str, detail: str) -> None:
+        """The peer broke a rule: report it, then abort."""
+        if self.on_fault is not None:
+            self.on_fault(self, reason, detail)
+        else:
+            metrics.TCP_CLOSED.labels(reason).inc()
+            log.warning("tcp_connection_closed", reason=reason,
+                        peer=f"{self.peer[0]}:{self.peer[1]}", detail=detail)
+        self.abort()
 
     def abort(self) -> None:
         """Close at once, dropping what waits to be sent; ``closed`` (and

@@ -336,3 +336,26 @@ def test_connection_without_a_first_message_is_closed(make_node, udp_peer) -> No
         assert_no_errors(node)
     finally:
         close_all(held)
+
+
+def test_a_flood_of_malformed_streams_is_one_warning(make_node) -> None:
+    """Each connection that breaks the framing is closed and counted; the
+    log gets one line for the lot, not one per connection."""
+    node = make_node(sip={"max_message_size": 4096})
+    held = [connect(node) for _ in range(30)]
+    try:
+        for sock in held:
+            sock.sendall(b"INVITE sip:a@127.0.0.1 SIP/2.0\r\nX-Big: " + b"b" * 5000)
+        assert len(wait_closed(held, 3.0)) == 30
+        text = node.metrics()
+        assert metric(text, "hasip_tcp_closed_total", 'reason="framing_error"') == 30
+        assert metric(text, "hasip_sip_parse_errors_total", 'kind="stream"') == 30
+        lines = log_lines(node, "tcp_connection_closed")
+        assert len(lines) == 1 and "level=warning" in lines[0]
+        assert "reason=framing_error" in lines[0]
+        fresh = connect(node)
+        held.append(fresh)
+        assert ask(fresh, node) == 200
+        assert_no_errors(node)
+    finally:
+        close_all(held)
