@@ -359,3 +359,39 @@ def test_a_flood_of_malformed_streams_is_one_warning(make_node) -> None:
         assert_no_errors(node)
     finally:
         close_all(held)
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_memory_held_by_half_sent_messages_is_given_back(make_node) -> None:
+    """Three waves of 150 connections, each holding 60 KB of a message that
+    never ends: every wave is closed and its buffers reused by the next, so
+    the node does not grow by a wave's worth (9 MB) after the first."""
+    import os
+
+    if not os.path.exists("/proc/self/status"):
+        import pytest
+
+        pytest.skip("needs /proc to read the node's RSS")
+    node = make_node(sip={"max_message_size": 65535},
+                     tcp={"message_timeout": 1.0, "first_message_timeout": 60.0})
+    after: list[int] = []
+    for _ in range(3):
+        held = [connect(node) for _ in range(150)]
+        try:
+            for sock in held:
+                sock.sendall(half_message(sock) + b"X-Pad: " + b"p" * 60000)
+            assert len(wait_closed(held, 1.0 + 0.5 + 3.0)) == 150
+        finally:
+            close_all(held)
+        time.sleep(0.2)
+        after.append(rss_bytes(node.pid))
+    assert after[2] - after[0] < 9 * 1024 * 1024, after
+    assert metric(node.metrics(), "hasip_tcp_closed_total", 'reason="slow_message"') == 450
+    assert_no_errors(node)
