@@ -62,6 +62,19 @@ class Config:
         parse_sip_uri("sip:127.0.0.1:5071"), parse_sip_uri("sip:127.0.0.1:5072")])
     tcp_idle_timeout: float = 600.0
     tcp_max_connections: int = 4096
+    # Accepted connections from one source (an IPv4 address, an IPv6 /64).
+    # A call centre floor behind one NAT address keeps one connection per
+    # TCP phone, so a couple of hundred is ordinary; an attacker's host still
+    # gets no more than 1/16 of the default table. Left unset with a small
+    # max_connections, it is a quarter of that instead (see _tcp_section).
+    tcp_max_connections_per_source: int = 256
+    # A message begun on a connection must be complete within this (a
+    # half-sent message holds its buffer and a connection slot).
+    tcp_message_timeout: float = 5.0
+    # An accepted connection must deliver its first whole message within
+    # this; CRLF keepalives alone do not count (RFC 5626 clients REGISTER
+    # first). Connections the node opened itself are exempt.
+    tcp_first_message_timeout: float = 10.0
     tcp_max_write_buffer: int = 1 << 20
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9060)
     control_listen: tuple[str, int] | None = ("127.0.0.1", 9061)
@@ -284,6 +297,26 @@ class _Section:
             raise ConfigError(f"{self.path}: {self.name}: unknown key(s) {unknown}")
 
 
+def _tcp_section(cfg: Config, tcp: _Section) -> None:
+    cfg.tcp_idle_timeout = tcp.number("idle_timeout", cfg.tcp_idle_timeout, 1.0, 86400.0)
+    cfg.tcp_max_connections = tcp.integer("max_connections", cfg.tcp_max_connections, 1, 1 << 20)
+    # Unset, the per-source limit leaves room for at least three other
+    # sources however small the table is; set, it may be up to the table.
+    default_per_source = min(cfg.tcp_max_connections_per_source,
+                             max(1, cfg.tcp_max_connections // 4))
+    per_source = tcp.integer("max_connections_per_source", default_per_source, 1, 1 << 20)
+    if per_source > cfg.tcp_max_connections:
+        raise tcp.error("max_connections_per_source",
+                        f"{per_source} is above tcp.max_connections ({cfg.tcp_max_connections})")
+    cfg.tcp_max_connections_per_source = per_source
+    cfg.tcp_message_timeout = tcp.number("message_timeout", cfg.tcp_message_timeout, 0.5, 600.0)
+    cfg.tcp_first_message_timeout = tcp.number("first_message_timeout",
+                                               cfg.tcp_first_message_timeout, 0.5, 3600.0)
+    cfg.tcp_max_write_buffer = tcp.integer("max_write_buffer", cfg.tcp_max_write_buffer,
+                                           65536, 1 << 30)
+    tcp.finish()
+
+
 def _kind_name(kinds: tuple[type, ...]) -> str:
     names = {str: "a string", int: "an integer", float: "a number", list: "a list",
              bool: "a boolean", dict: "a table"}
@@ -403,12 +436,7 @@ def config_from_dict(raw: dict[str, Any], path: str = "<dict>") -> Config:
             cfg.next_hop.append(uri)
     routing.finish()
 
-    tcp = _Section(path, "tcp", raw.get("tcp", {}))
-    cfg.tcp_idle_timeout = tcp.number("idle_timeout", cfg.tcp_idle_timeout, 1.0, 86400.0)
-    cfg.tcp_max_connections = tcp.integer("max_connections", cfg.tcp_max_connections, 1, 1 << 20)
-    cfg.tcp_max_write_buffer = tcp.integer("max_write_buffer", cfg.tcp_max_write_buffer,
-                                           65536, 1 << 30)
-    tcp.finish()
+    _tcp_section(cfg, _Section(path, "tcp", raw.get("tcp", {})))
 
     control = _Section(path, "control", raw.get("control", {}))
     cfg.control_listen = control.listen_address(cfg.control_listen)

@@ -114,6 +114,15 @@ TRANSPORT_ERRORS = Counter("hasip_transport_errors_total", "Send or connection e
 TCP_CONNECTIONS = Gauge("hasip_tcp_connections", "Open TCP connections")
 TCP_CLOSED_SLOW = Counter("hasip_tcp_closed_slow_peer_total",
                           "TCP connections closed because the peer did not read")
+TCP_CLOSED = Counter("hasip_tcp_closed_total",
+                     "TCP connections the node closed, by reason: slow_message (a message "
+                     "not complete within tcp.message_timeout), no_message (an accepted "
+                     "connection without a whole message within tcp.first_message_timeout), "
+                     "idle, slow_reader (tcp.max_write_buffer), framing_error", ["reason"])
+TCP_REFUSED = Counter("hasip_tcp_refused_total",
+                      "Accepted TCP connections closed at once: per_source "
+                      "(tcp.max_connections_per_source) or total (tcp.max_connections)",
+                      ["reason"])
 UP = Gauge("hasip_up", "1 while the node serves SIP, 0 while it drains")
 BUILD = Gauge("hasip_build_info", "1; the labels say which hasip runs and whether its hot path "
               "is compiled (hasip/compiled.py)", ["version", "compiled"])

@@ -33,6 +33,19 @@ class StreamFramer:
     def buffered(self) -> int:
         return len(self._buf)
 
+    @property
+    def in_message(self) -> bool:
+        """Whether the bytes held are the start of a message not yet complete.
+
+        CRLFs between messages are not: a keepalive ping that arrived in
+        part (``\r\n\r``) is all that can wait in the buffer without a
+        message having begun (RFC 5626 3.5.1), so a connection that only
+        pings is never "in a message". The transport times how long one
+        message takes to arrive from the moment this turns true.
+        """
+        buf = self._buf
+        return len(buf) > 0 and buf[0] != 13 and buf[0] != 10
+
     def feed(self, data: bytes) -> list[bytes]:
         buf = self._buf
         buf += data

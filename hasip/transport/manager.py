@@ -12,6 +12,7 @@ from hasip import metrics
 from hasip.config import Config
 from hasip.log import get_logger
 from hasip.transport.base import Destination, ErrorCallback, Listener, Sink, send_datagram
+from hasip.transport.limits import ConnectionLimits, EventDigest, source_of
 from hasip.transport.tcp import TcpConnection
 from hasip.transport.udp import UdpProtocol
 
@@ -23,6 +24,10 @@ def _is_loopback(ip: str) -> bool:
 
 
 IP_FREEBIND = 15
+
+# Closes over a peer's fault (malformed or oversize stream, a peer that does
+# not read) are warnings; the timeouts of quiet or slow peers are info.
+_PEER_FAULTS = frozenset({"framing_error", "slow_reader"})
 
 
 def _freebind_socket(listener: Listener) -> socket.socket:
@@ -71,7 +76,20 @@ class Transports:
                 self._by_kind.setdefault((listener.transport, listener.family, loop_dest),
                                          []).append(listener)
         self._servers: list[asyncio.AbstractServer] = []
+        # Open connections by peer address, for reuse in both directions.
         self._conns: dict[tuple[str, int], TcpConnection] = {}
+        # Every open connection (a peer address may have two for a moment):
+        # what the limits count, the idle sweep walks and stop() closes.
+        self._live: set[TcpConnection] = set()
+        self._outbound = 0
+        self._limits = ConnectionLimits(config.tcp_max_connections,
+                                        config.tcp_max_connections_per_source)
+        # Connections that may be holding a slot for nothing: accepted ones
+        # without a first message yet, and any with a message half-arrived.
+        # The sweep looks at these every second, not at the whole table.
+        self._suspects: set[TcpConnection] = set()
+        self._refusals = EventDigest()
+        self._closes = EventDigest()
         self._sweeper: asyncio.Task[None] | None = None
 
     def _udp_protocol(self, listener: Listener) -> asyncio.DatagramProtocol:
@@ -100,7 +118,7 @@ class Transports:
                         reuse_address=True)
                 self._servers.append(server)
             log.info("listening", transport=listener.transport, address=listener.sent_by)
-        self._sweeper = self.loop.create_task(self._sweep_idle())
+        self._sweeper = self.loop.create_task(self._sweep())
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -110,7 +128,7 @@ class Transports:
         for listener in self.listeners:
             if listener.udp is not None:
                 listener.udp.close()
-        for conn in list(self._conns.values()):
+        for conn in list(self._live | set(self._conns.values())):
             conn.abort()
         for server in self._servers:
             with contextlib.suppress(Exception):
@@ -147,22 +165,41 @@ class Transports:
         return None
 
     def _new_connection(self, listener: Listener) -> TcpConnection:
-        conn = TcpConnection(listener, self.sink, self.config.max_message_size,
+        return TcpConnection(listener, self.sink, self.config.max_message_size,
                              self.config.tcp_max_write_buffer, self._forget, self.loop,
-                             on_open=self._register)
-        if len(self._conns) >= self.config.tcp_max_connections:
-            log.warning("tcp_connection_limit", limit=self.config.tcp_max_connections)
-            self.loop.call_soon(conn.abort)
-        return conn
+                             on_open=self._admit, on_partial=self._suspects.add,
+                             on_fault=self._fault)
 
-    def _register(self, conn: TcpConnection) -> None:
-        """An accepted connection, once open: requests to its peer address reuse it."""
-        if not conn.closed and len(self._conns) < self.config.tcp_max_connections:
-            self._conns.setdefault(conn.peer, conn)
+    def _admit(self, conn: TcpConnection) -> bool:
+        """An accepted connection, as it opens: counted against its source's
+        and the node's limits, or refused (the caller aborts it at once:
+        nothing of it is read). Admitted, requests to its peer address reuse it."""
+        conn.source = source_of(conn.peer[0])
+        reason = self._limits.admit(conn.source, self._outbound)
+        if reason is not None:
+            metrics.TCP_REFUSED.labels(reason).inc()
+            if self._refusals.note(reason, conn.source, self.loop.time()):
+                limit = (self._limits.max_per_source if reason == "per_source"
+                         else self._limits.max_total)
+                log.warning("tcp_connection_refused", reason=reason,
+                            peer=f"{conn.peer[0]}:{conn.peer[1]}", source=conn.source,
+                            limit=limit)
+            return False
+        self._live.add(conn)
+        self._suspects.add(conn)  # until its first message
+        self._conns.setdefault(conn.peer, conn)
+        return True
 
     def _forget(self, conn: TcpConnection) -> None:
         if self._conns.get(conn.peer) is conn:
             del self._conns[conn.peer]
+        if conn in self._live:
+            self._live.discard(conn)
+            if conn.accepted:
+                self._limits.release(conn.source)
+            else:
+                self._outbound -= 1
+        self._suspects.discard(conn)
 
     def send(self, data: bytes, dest: Destination, on_error: ErrorCallback | None = None) -> bool:
         """Send ``data``; ``on_error`` runs (perhaps later, for TCP) if it cannot be sent."""
@@ -187,10 +224,15 @@ class Transports:
         return False
 
     def _connect(self, dest: Destination) -> TcpConnection:
+        # Ours: exempt from the limits and the first-message timeout, not
+        # from the message timeout (a half-sent response holds it as well).
         conn = TcpConnection(dest.listener, self.sink, self.config.max_message_size,
-                             self.config.tcp_max_write_buffer, self._forget, self.loop)
+                             self.config.tcp_max_write_buffer, self._forget, self.loop,
+                             on_partial=self._suspects.add, on_fault=self._fault)
         conn.peer = dest.addr
         self._conns[dest.addr] = conn
+        self._live.add(conn)
+        self._outbound += 1
         self.loop.create_task(self._open(conn, dest))
         return conn
 
@@ -205,13 +247,82 @@ class Transports:
         else:
             self._conns[conn.peer] = conn
 
-    async def _sweep_idle(self) -> None:
-        timeout = self.config.tcp_idle_timeout
+    async def _sweep(self) -> None:
+        """Close what holds a connection for nothing. Every ``tick`` (a
+        second at most): suspects whose message or first message is late;
+        every ``idle_every``: any connection quiet for ``tcp.idle_timeout``.
+        No timer per connection: reading stays one timestamp per read."""
+        cfg = self.config
+        tick = min(1.0, cfg.tcp_message_timeout / 2, cfg.tcp_first_message_timeout / 2)
+        idle_every = min(10.0, cfg.tcp_idle_timeout / 2)
+        next_idle = self.loop.time() + idle_every
         while True:
-            await asyncio.sleep(min(10.0, timeout / 2))
-            cutoff = self.loop.time() - timeout
-            for conn in list(self._conns.values()):
-                if conn.last_activity < cutoff:
-                    log.debug("tcp_idle_closed", peer=f"{conn.peer[0]}:{conn.peer[1]}")
-                    conn.abort()
+            await asyncio.sleep(tick)
+            now = self.loop.time()
+            try:
+                self._sweep_suspects(now)
+                if now >= next_idle:
+                    next_idle = now + idle_every
+                    self._sweep_idle(now)
+                self._log_digests(now)
+            except Exception:
+                # A bug here must not end the sweeping for good.
+                log.error("tcp_sweep_failed", exc_info=True)
 
+    def _sweep_suspects(self, now: float) -> None:
+        message_cutoff = now - self.config.tcp_message_timeout
+        first_cutoff = now - self.config.tcp_first_message_timeout
+        for conn in list(self._suspects):
+            if conn.closed or conn.aborted:
+                self._suspects.discard(conn)
+            elif conn.message_started and conn.message_started <= message_cutoff:
+                self._close(conn, "slow_message", now)
+            elif conn.accepted and not conn.got_message:
+                if conn.opened_at <= first_cutoff:
+                    self._close(conn, "no_message", now)
+            elif not conn.message_started:
+                self._suspects.discard(conn)  # cleared: nothing half-arrived
+
+    def _sweep_idle(self, now: float) -> None:
+        cutoff = now - self.config.tcp_idle_timeout
+        for conn in list(self._live):
+            if not (conn.closed or conn.aborted) and conn.last_activity < cutoff:
+                self._close(conn, "idle", now, quiet=True)
+
+    def _close(self, conn: TcpConnection, reason: str, now: float, quiet: bool = False) -> None:
+        self._report(conn, reason, now, "", quiet)
+        self._suspects.discard(conn)
+        conn.abort()
+
+    def _fault(self, conn: TcpConnection, reason: str, detail: str) -> None:
+        """A connection about to abort over its peer's fault (it aborts itself)."""
+        self._report(conn, reason, self.loop.time(), detail)
+
+    def _report(self, conn: TcpConnection, reason: str, now: float, detail: str,
+                quiet: bool = False) -> None:
+        """Count a close; log it unless it is one of a flood (then the
+        digest sums it into a line per reason and interval)."""
+        metrics.TCP_CLOSED.labels(reason).inc()
+        peer = f"{conn.peer[0]}:{conn.peer[1]}"
+        if quiet:
+            log.debug("tcp_connection_closed", reason=reason, peer=peer)
+            return
+        if not self._closes.note(reason, conn.source or conn.peer[0], now):
+            return
+        fields: dict[str, object] = {"reason": reason, "peer": peer,
+                                     "buffered": conn.framer.buffered}
+        if detail:
+            fields["detail"] = detail
+        if reason in _PEER_FAULTS:
+            log.warning("tcp_connection_closed", **fields)
+        else:
+            log.info("tcp_connection_closed", **fields)
+
+    def _log_digests(self, now: float) -> None:
+        for reason, count, sources in self._refusals.summary(now):
+            log.warning("tcp_connections_refused", reason=reason, count=count,
+                        sources=sources, interval_s=self._refusals.interval)
+        for reason, count, sources in self._closes.summary(now):
+            emit = log.warning if reason in _PEER_FAULTS else log.info
+            emit("tcp_connections_closed", reason=reason, count=count, sources=sources,
+                 interval_s=self._closes.interval)
