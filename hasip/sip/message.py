@@ -561,8 +561,11 @@ def validate_request(req: Request) -> None:
     # What routing reads, checked before it runs (a header that fails to
     # parse halfway through the routing script would leave the request
     # unanswered): the URIs of From and To, every Route entry.
-    req.from_.uri  # noqa: B018
-    req.to.uri  # noqa: B018
+    for name, addr in (("From", req.from_), ("To", req.to)):
+        try:
+            addr.uri  # noqa: B018
+        except SipParseError as exc:
+            raise SipParseError(f"{name}: {exc.reason}") from None
     if b"route" in keys:
         for value in req.values(b"route"):
             parse_name_addr(value, "Route").uri  # noqa: B018
