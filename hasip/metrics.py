@@ -217,3 +217,11 @@ DIALOG_KEEPALIVES = labelled_counter(
     "hasip_dialog_keepalives_total",
     "In-dialog OPTIONS keepalives: sent, answered, timeout (no answer within an interval), "
     "481/408 (the end is gone)", ["result"])
+
+# The control API
+CONTROL_REQUESTS = Counter(
+    "hasip_control_requests_total",
+    "Control API requests by answer: ok; unauthorized (no or wrong token), forbidden (foreign "
+    "Origin, read-only token on a POST), misdirected (Host not this node), "
+    "unsupported_media_type (POST not JSON), tls_refused (no or bad client certificate), "
+    "bad_request, not_found, bad_method, too_large, unavailable, error", ["result"])

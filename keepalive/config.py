@@ -5,9 +5,12 @@ with its priority for each, and the timings. Plain data: ``hasip``'s
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, field
 
 from keepalive.ranking import NODE_NAME
+
+MIN_SECRET = 16
 
 
 @dataclass
@@ -69,6 +72,36 @@ class Timing:
     garp_refresh: float = 0.0            # then one every this many seconds (0: none)
     conflict_window: float = 0.05        # RFC 5227 probe before taking (0: no probe)
     handover_timeout: float = 5.0        # a failover target must be ready within this
+
+
+def read_secret(path: str) -> str:
+    """A secret kept in a file of its own (a token, a password): one line of
+    printable ASCII, 16 characters or more, readable by its owner only.
+    ValueError says what is wrong (never the secret)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            text = fh.read(4096)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") \
+            from None
+    if mode & 0o077:
+        raise ValueError(f"{path} is readable or writable by group or others (mode "
+                         f"{mode & 0o777:04o}): chmod 600 {path}")
+    return check_secret(text.strip(), path)
+
+
+def check_secret(secret: str, what: str) -> str:
+    if not secret:
+        raise ValueError(f"{what} is empty")
+    if len(secret) < MIN_SECRET:
+        raise ValueError(f"{what} is too short ({len(secret)} characters; {MIN_SECRET} or more,"
+                         " e.g. openssl rand -hex 32)")
+    if any(not 33 <= ord(c) <= 126 for c in secret):
+        raise ValueError(f"{what} must be one line of printable ASCII without spaces")
+    return secret
 
 
 @dataclass

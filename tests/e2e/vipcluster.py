@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from hasip.demo.node import write_secret
 from hasip.demo.sipp import Sipp, sipp_binary
 from hasip.demo.zookeeper import ZooKeeper, zookeeper_missing
 from tests.e2e.conftest import write_config
@@ -37,6 +38,9 @@ class Cluster:
         self.users_file = users_file
         self.replication_extra: dict = {}     # more [replication] keys for every node
         self.nodes: dict[str, subprocess.Popen[bytes]] = {}
+        # Every node's control API token.
+        self.token_file = workdir / "control.token"
+        self.token = write_secret(self.token_file)
         self.asterisk = Sipp("uas.xml", 5080, workdir, local_ip=ASTERISK_IP,
                              netns=lab.ns("ast")).start()
 
@@ -49,7 +53,7 @@ class Cluster:
             "sip": {"listen": [f"udp:{VIP_A}:5060", f"udp:{VIP_B}:5060",
                                f"udp:198.18.0.1{index}:5060"]},
             "metrics": {"listen": "127.0.0.1:9060"},
-            "control": {"listen": "127.0.0.1:9061"},
+            "control": {"listen": "127.0.0.1:9061", "token_file": str(self.token_file)},
             "location": {"backend": "memory"},
             "auth": {"trusted": ["198.18.0.0/24"]},
             "dispatcher": {"destinations": destinations or [f"1 sip:{ASTERISK_IP}:5080"]},
@@ -86,9 +90,10 @@ class Cluster:
                                    self.zk.hosts], timeout=timeout)
 
     def dispatcher(self, node: str, *args: str) -> subprocess.CompletedProcess[str]:
-        """``hasip dispatcher ...`` against ``node``'s control API."""
-        return self.lab.run(node, [sys.executable, "-m", "hasip", "dispatcher", "--control",
-                                   "127.0.0.1:9061", *args], timeout=30)
+        """``hasip dispatcher ...`` against ``node``'s control API, with its
+        own configuration (address and token)."""
+        return self.lab.run(node, [sys.executable, "-m", "hasip", "dispatcher", "-c",
+                                   str(self.workdir / f"{node}.toml"), *args], timeout=30)
 
     def destinations(self, node: str) -> dict[str, str]:
         """``node``'s dispatcher view: URI -> flags ({} while it does not answer)."""
@@ -100,8 +105,9 @@ class Cluster:
 
     def control(self, node: str, path: str) -> dict:
         """GET ``path`` of ``node``'s control API ({} while it does not answer)."""
-        code = ("import json,urllib.request;print(urllib.request.urlopen("
-                f"'http://127.0.0.1:9061{path}',timeout=10).read().decode())")
+        code = ("import urllib.request as u;print(u.urlopen(u.Request("
+                f"'http://127.0.0.1:9061{path}',headers={{'Authorization':"
+                f"'Bearer {self.token}'}}),timeout=10).read().decode())")
         res = self.lab.run(node, [sys.executable, "-c", code], timeout=30)
         return json.loads(res.stdout) if res.returncode == 0 else {}
 
