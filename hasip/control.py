@@ -36,7 +36,7 @@ import hashlib
 import json
 import ssl
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from kazoo.exceptions import KazooException
 
@@ -50,6 +50,7 @@ from hasip.location.store import LocationStore
 from hasip.log import get_logger
 from hasip.replication.records import fields_of
 from hasip.replication.replicator import Replicator
+from hasip.tlsstream import TlsStream
 
 log = get_logger("hasip.control")
 
@@ -79,6 +80,14 @@ def server_tls(config: ControlConfig) -> ssl.SSLContext | None:
         ctx.load_verify_locations(config.tls_ca)
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+class Writer(Protocol):
+    """Where an answer goes: an ``asyncio.StreamWriter`` or a ``TlsStream``."""
+
+    def write(self, data: bytes) -> None: ...
+    async def drain(self) -> None: ...
+    def close(self) -> None: ...
 
 
 class _Refused(Exception):
@@ -123,17 +132,27 @@ class ControlServer:
             self._server.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = _peer(writer)
-        if self.tls is not None:
+        peer = _peer(writer.get_extra_info("peername"))
+        if self.tls is None:
+            await self._serve(reader, writer, peer)
+            return
+        stream = TlsStream(reader, writer, self.tls, MAX_HEAD + MAX_BODY, MAX_HEAD)
+        try:
+            await asyncio.wait_for(stream.handshake(), TIMEOUT)
+        except (OSError, TimeoutError) as exc:       # ssl.SSLError is an OSError
+            metrics.CONTROL_REQUESTS.labels("tls_refused").inc()
+            log.info("control_refused", peer=peer, status=0,
+                     reason=f"TLS handshake failed: {type(exc).__name__} "
+                            f"{getattr(exc, 'reason', None) or exc}"[:200])
             try:
-                await writer.start_tls(self.tls, ssl_handshake_timeout=TIMEOUT)
-            except (OSError, TimeoutError, ssl.SSLError) as exc:
-                metrics.CONTROL_REQUESTS.labels("tls_refused").inc()
-                log.info("control_refused", peer=peer, status=0,
-                         reason=f"TLS handshake failed: {type(exc).__name__}: "
-                                f"{getattr(exc, 'reason', None) or exc}"[:200])
-                writer.transport.abort()
-                return
+                await writer.drain()             # the alert, when there is one
+            except OSError:
+                pass
+            writer.close()
+            return
+        await self._serve(stream.reader, stream, peer)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: Writer, peer: str) -> None:
         headers: list[str] = []
         try:
             status, body = await asyncio.wait_for(self._request(reader, peer), TIMEOUT)
@@ -267,8 +286,7 @@ class ControlServer:
                 "digest": _digest(fields_of(b) for b in bindings)}
 
 
-def _peer(writer: asyncio.StreamWriter) -> str:
-    addr = writer.get_extra_info("peername")
+def _peer(addr: object) -> str:
     if isinstance(addr, tuple) and len(addr) >= 2:
         return f"[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"{addr[0]}:{addr[1]}"
     return str(addr)
