@@ -82,6 +82,7 @@ def main() -> int:
                 f.write(f"{n};[authentication username={n} password=pw{n}]\n")
         zk = ZooKeeper(work, "127.0.0.1", base_port=free_port()).start()
         token = write_secret(work / "control.token")
+        write_secret(work / "zookeeper.password")
         procs: list[NodeProcess] = []
         sipps: list[Sipp] = []
         try:
@@ -101,7 +102,8 @@ def main() -> int:
                     "auth": {"users_file": str(users), "secret": "bench-nonce-secret",
                              "trusted": ["127.0.0.2/32"]},
                     "dispatcher": {"destinations": [f"1 sip:127.0.0.1:{answer_port}"]},
-                    "cluster": {"zookeeper": zk.hosts},
+                    "cluster": {"zookeeper": zk.hosts, "zookeeper_user": "bench",
+                                "zookeeper_password_file": str(work / "zookeeper.password")},
                     "replication": {"listen": f"127.0.0.1:{repl}",
                                     "secret": "bench-replication-secret"},
                 })

@@ -60,7 +60,8 @@ def node_config(work: Path, name: str, zk: str, sip: int, metrics: int, control:
         "metrics": {"listen": f"127.0.0.1:{metrics}"},
         "control": {"listen": f"127.0.0.1:{control}", "token_file": str(work / "control.token")},
         "location": {"backend": "sqlite", "sqlite_path": str(work / f"{name}.sqlite")},
-        "cluster": {"zookeeper": zk},
+        "cluster": {"zookeeper": zk, "zookeeper_user": "bench",
+                    "zookeeper_password_file": str(work / "zookeeper.password")},
         "replication": {"listen": f"127.0.0.1:{repl}",
                         "secret": "bench-replication-secret"},
     })
@@ -71,6 +72,7 @@ def run(count: int) -> tuple[int, float, float, bool]:
         work = Path(tmp)
         zk = ZooKeeper(work, "127.0.0.1", base_port=free_port()).start()
         token = write_secret(work / "control.token")
+        write_secret(work / "zookeeper.password")
         nodes: list[NodeProcess] = []
         try:
             asyncio.run(fill(work / "n1.sqlite", count))

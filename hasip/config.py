@@ -22,7 +22,7 @@ from hasip.sip.grammar import is_digits
 from hasip.sip.message import MAX_MESSAGE_SIZE
 from hasip.sip.transaction import Timers
 from hasip.sip.uri import SipUri, parse_sip_uri
-from keepalive.config import Timing, VipSpec, parse_vip, read_secret
+from keepalive.config import Credentials, Timing, VipSpec, parse_vip, read_secret
 
 TRANSPORTS = ("udp", "tcp")
 
@@ -115,9 +115,19 @@ class ClusterConfig:
     root: str = "/hasip"
     vips: list[VipSpec] = field(default_factory=list)
     timing: Timing = field(default_factory=Timing)
+    # ZooKeeper digest credentials, required with zookeeper: every znode of
+    # the cluster is readable and writable by their holders only.
+    zookeeper_user: str = ""
+    zookeeper_password: str = field(default="", repr=False)
+    zookeeper_password_file: str = ""
 
     def vip_addresses(self) -> list[str]:
         return [v.address for v in self.vips] if self.zookeeper else []
+
+    def credentials(self) -> Credentials | None:
+        if not self.zookeeper_user or not self.zookeeper_password:
+            return None
+        return Credentials(self.zookeeper_user, self.zookeeper_password)
 
 
 @dataclass
@@ -575,6 +585,9 @@ def _cluster_section(cfg: Config, sec: _Section) -> None:
             c.vips.append(parse_vip(text))
         except ValueError as exc:
             raise ConfigError(f"{sec.where('vips')}[{i}]: {exc}") from None
+    c.zookeeper_user = sec.get("zookeeper_user", str, "")
+    c.zookeeper_password = sec.get("zookeeper_password", str, "")
+    c.zookeeper_password_file = sec.get("zookeeper_password_file", str, "")
     sec.finish()
     if c.vips and not c.zookeeper:
         raise sec.error("zookeeper", "VIPs are listed: give the ZooKeeper servers "
@@ -584,6 +597,37 @@ def _cluster_section(cfg: Config, sec: _Section) -> None:
         if vip.address not in hosts:
             raise ConfigError(f"{sec.where('vips')}[{i}]: {vip.address} is in no sip.listen "
                               "entry (the node must listen on its VIPs)")
+    _zookeeper_credentials(c, sec)
+
+
+def _zookeeper_credentials(c: ClusterConfig, sec: _Section) -> None:
+    """Digest credentials: required in a cluster, checked whenever given (the
+    operator commands use them with --zookeeper)."""
+    if c.zookeeper_password and c.zookeeper_password_file:
+        raise sec.error("zookeeper_password", "give zookeeper_password or "
+                                              "zookeeper_password_file, not both")
+    if c.zookeeper_password_file:
+        c.zookeeper_password = secret_file(sec, "zookeeper_password_file",
+                                           c.zookeeper_password_file)
+    if c.zookeeper_password and not c.zookeeper_user:
+        raise sec.error("zookeeper_user", "a ZooKeeper password is given without "
+                                          "zookeeper_user")
+    if c.zookeeper and not c.zookeeper_user:
+        raise sec.error("zookeeper_user", "a cluster needs ZooKeeper credentials: give "
+                                          "zookeeper_user and zookeeper_password_file (the "
+                                          "znodes are readable and writable by them only)")
+    if c.zookeeper_user and not c.zookeeper_password:
+        raise sec.error("zookeeper_password_file", "zookeeper_user is given: give its "
+                                                   "password in zookeeper_password_file "
+                                                   "(mode 0600) or zookeeper_password")
+    if c.zookeeper_user:
+        try:
+            Credentials(c.zookeeper_user, c.zookeeper_password)
+        except ValueError as exc:
+            key = "zookeeper_user" if str(exc).startswith("ZooKeeper user") else (
+                "zookeeper_password_file" if c.zookeeper_password_file
+                else "zookeeper_password")
+            raise sec.error(key, str(exc)) from None
 
 
 def _dispatcher_section(cfg: Config, sec: _Section) -> None:

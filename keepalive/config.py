@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 
 from keepalive.ranking import NODE_NAME
 
 MIN_SECRET = 16
+# A ZooKeeper digest identity is "user:password": the user has no colon.
+_ZK_USER = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass
@@ -104,6 +107,23 @@ def check_secret(secret: str, what: str) -> str:
     return secret
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """ZooKeeper digest credentials. Every client of the cluster
+    authenticates with them, and every znode it creates carries a digest
+    ACL of them with every permission and nothing for anyone else: only
+    their holders read or change the cluster's tree."""
+
+    user: str
+    password: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not _ZK_USER.fullmatch(self.user):
+            raise ValueError(f"ZooKeeper user {self.user!r}: 1 to 64 letters, digits, '.', "
+                             "'_' or '-'")
+        check_secret(self.password, "the ZooKeeper password")
+
+
 @dataclass
 class KeepaliveConfig:
     node: str
@@ -112,6 +132,9 @@ class KeepaliveConfig:
     root: str = "/hasip"
     timing: Timing = field(default_factory=Timing)
     advertise: dict[str, object] = field(default_factory=dict)   # published with membership
+    # Required by Keepalive (a tree without ACLs lets anyone move the VIPs);
+    # optional here only so that plain data can be built before it is known.
+    credentials: Credentials | None = None
 
     def __post_init__(self) -> None:
         if not NODE_NAME.match(self.node):

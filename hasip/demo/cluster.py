@@ -49,6 +49,8 @@ secret = "the demo cluster's nonce secret"
 destinations = ["1 sip:127.0.0.1:5073", "1 sip:127.0.0.1:5074"]
 [cluster]
 zookeeper = "{zk}"
+zookeeper_user = "hasip"
+zookeeper_password_file = "{work / 'zookeeper.password'}"
 [replication]
 listen = "127.0.0.1:{5190 + i}"
 secret = "the demo cluster's replication secret"
@@ -72,8 +74,10 @@ def run_cluster_demo(work: Path) -> bool:
     _say("cluster: a private ZooKeeper and three nodes on loopback (n1 :5161, n2 :5162, "
          "n3 :5163) replicating registrations, dialogs and Asterisk health")
     zk = ZooKeeper(work, "127.0.0.1", base_port=2191).start()
-    # The control API's token (the same on every node), in a file of mode 0600.
+    # The control API's token (the same on every node) and the cluster's
+    # ZooKeeper password, in files of mode 0600.
     token = write_secret(work / "control.token")
+    write_secret(work / "zookeeper.password")
     answering = [Sipp("uas.xml", port, work).start() for port in (5073, 5074, 5083)]
     nodes: dict[str, NodeProcess] = {}
     ok = True

@@ -38,9 +38,11 @@ class Cluster:
         self.users_file = users_file
         self.replication_extra: dict = {}     # more [replication] keys for every node
         self.nodes: dict[str, subprocess.Popen[bytes]] = {}
-        # Every node's control API token.
+        # Every node's control API token, and the cluster's ZooKeeper password.
         self.token_file = workdir / "control.token"
         self.token = write_secret(self.token_file)
+        self.zk_password_file = workdir / "zookeeper.password"
+        write_secret(self.zk_password_file)
         self.asterisk = Sipp("uas.xml", 5080, workdir, local_ip=ASTERISK_IP,
                              netns=lab.ns("ast")).start()
 
@@ -59,7 +61,9 @@ class Cluster:
             "dispatcher": {"destinations": destinations or [f"1 sip:{ASTERISK_IP}:5080"]},
             # Preemption (after 0.5 s) spreads the VIPs over the nodes
             # whatever order they start in.
-            "cluster": {"zookeeper": self.zk.hosts, "preempt": True, "preempt_delay": 0.5,
+            "cluster": {"zookeeper": self.zk.hosts, "zookeeper_user": "hasip",
+                        "zookeeper_password_file": str(self.zk_password_file),
+                        "preempt": True, "preempt_delay": 0.5,
                         "vips": [f"{VIP_A}/24@lan0,priority={prio_a}",
                                  f"{VIP_B}/24@lan0,priority={prio_b}"]},
         }
@@ -85,9 +89,12 @@ class Cluster:
         return path.read_text(errors="replace")[-tail:] if path.exists() else ""
 
     def hasip(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-        """A ``hasip`` operator command, run where ZooKeeper is reachable."""
+        """A ``hasip`` operator command, run where ZooKeeper is reachable, with
+        the cluster's credentials."""
         return self.lab.run("zk", [sys.executable, "-m", "hasip", *args, "--zookeeper",
-                                   self.zk.hosts], timeout=timeout)
+                                   self.zk.hosts, "--zookeeper-user", "hasip",
+                                   "--zookeeper-password-file", str(self.zk_password_file)],
+                            timeout=timeout)
 
     def dispatcher(self, node: str, *args: str) -> subprocess.CompletedProcess[str]:
         """``hasip dispatcher ...`` against ``node``'s control API, with its

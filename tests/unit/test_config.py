@@ -207,3 +207,63 @@ def test_check_config_refuses_a_control_api_without_a_safe_token(
     assert res.returncode == 2
     assert f"{cfg}: {expected.format(t=token)}" in res.stderr
     assert GOOD_TOKEN not in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("cluster", "password", "expected"),
+    [
+        ("", None, "cluster.zookeeper_user: a cluster needs ZooKeeper credentials"),
+        ('zookeeper_user = "hasip"', None, "cluster.zookeeper_password_file: zookeeper_user is "
+                                           "given: give its password"),
+        ('zookeeper_password = "0123456789abcdef"', None,
+         "cluster.zookeeper_user: a ZooKeeper password is given without zookeeper_user"),
+        ('zookeeper_user = "has:ip"\nzookeeper_password = "0123456789abcdef"', None,
+         "cluster.zookeeper_user: ZooKeeper user 'has:ip'"),
+        ('zookeeper_user = "hasip"\nzookeeper_password = "short"', None,
+         "cluster.zookeeper_password: the ZooKeeper password is too short"),
+        ('zookeeper_user = "hasip"\nzookeeper_password_file = "{p}"', (GOOD_TOKEN, 0o640),
+         "cluster.zookeeper_password_file: {p} is readable or writable by group or others"),
+        ('zookeeper_user = "hasip"\nzookeeper_password_file = "{p}"', ("", 0o600),
+         "cluster.zookeeper_password_file: {p} is empty"),
+        ('zookeeper_user = "hasip"\nzookeeper_password_file = "{p}"', None,
+         "cluster.zookeeper_password_file: {p}: no such file"),
+        ('zookeeper_user = "hasip"\nzookeeper_password = "0123456789abcdef"\n'
+         'zookeeper_password_file = "{p}"', (GOOD_TOKEN, 0o600),
+         "cluster.zookeeper_password: give zookeeper_password or zookeeper_password_file"),
+    ],
+)
+def test_a_cluster_needs_zookeeper_credentials(tmp_path: Path, cluster: str,
+                                               password: tuple[str, int] | None,
+                                               expected: str) -> None:
+    path = str(tmp_path / "zk.password")
+    if password is not None:
+        secret(tmp_path, "zk.password", *password)
+    cfg = write(tmp_path, '[cluster]\nzookeeper = "127.0.0.1:2181"\n' + cluster.format(p=path)
+                + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    assert str(info.value).startswith(f"{cfg}: ")
+    assert expected.format(p=path) in str(info.value)
+
+
+def test_zookeeper_credentials_from_a_file_or_inline(tmp_path: Path) -> None:
+    password = secret(tmp_path, "zk.password", GOOD_TOKEN + "\n")
+    cfg = load_config(write(tmp_path, '[cluster]\nzookeeper = "127.0.0.1:2181"\n'
+                                      'zookeeper_user = "hasip"\n'
+                                      f'zookeeper_password_file = "{password}"\n'))
+    creds = cfg.cluster.credentials()
+    assert creds is not None and (creds.user, creds.password) == ("hasip", GOOD_TOKEN)
+    assert GOOD_TOKEN not in repr(cfg) and GOOD_TOKEN not in repr(creds)
+    inline = load_config(write(tmp_path, '[cluster]\nzookeeper = "127.0.0.1:2181"\n'
+                                         'zookeeper_user = "hasip"\n'
+                                         f'zookeeper_password = "{GOOD_TOKEN}"\n'))
+    assert inline.cluster.credentials() == creds
+    assert load_config(write(tmp_path, "")).cluster.credentials() is None
+
+
+def test_check_config_refuses_a_cluster_without_zookeeper_credentials(tmp_path: Path) -> None:
+    cfg = write(tmp_path, '[cluster]\nzookeeper = "127.0.0.1:2181"\n')
+    res = subprocess.run([sys.executable, "-m", "hasip", "check-config", "-c", str(cfg)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert f"{cfg}: cluster.zookeeper_user: a cluster needs ZooKeeper credentials" in res.stderr
