@@ -99,9 +99,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.command == "check-config":
         listen = ", ".join(str(a) for a in config.listen)
+        ctl = config.control.listen
+        control = "off" if ctl is None else (
+            f"{ctl[0]}:{ctl[1]}" + (" TLS" if config.control.tls else ""))
         print(f"{config.path}: OK (node {config.node_name}, listen {listen}, "
               f"{len(config.next_hop)} next hop(s), auth {config.auth.source}, "
-              f"locations {config.location.backend})")
+              f"locations {config.location.backend}, control API {control})")
         return 0
     if args.command == "run":
         from hasip.server import run_node
