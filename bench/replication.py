@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hasip.demo.node import NodeProcess  # noqa: E402
+from hasip.demo.node import NodeProcess, write_secret  # noqa: E402
 from hasip.demo.node import control_get as control  # noqa: E402
 from hasip.demo.sipp import Sipp  # noqa: E402
 from hasip.demo.zookeeper import ZooKeeper, zookeeper_missing  # noqa: E402
@@ -81,6 +81,8 @@ def main() -> int:
                 u.write(f"{n}:hasip:{hashlib.md5(f'{n}:hasip:pw{n}'.encode()).hexdigest()}\n")
                 f.write(f"{n};[authentication username={n} password=pw{n}]\n")
         zk = ZooKeeper(work, "127.0.0.1", base_port=free_port()).start()
+        token = write_secret(work / "control.token")
+        write_secret(work / "zookeeper.password")
         procs: list[NodeProcess] = []
         sipps: list[Sipp] = []
         try:
@@ -93,13 +95,15 @@ def main() -> int:
                     "node": {"name": name},
                     "sip": {"listen": [f"udp:127.0.0.1:{sip}"]},
                     "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
-                    "control": {"listen": f"127.0.0.1:{ctl}"},
+                    "control": {"listen": f"127.0.0.1:{ctl}",
+                                "token_file": str(work / "control.token")},
                     "location": {"backend": "sqlite",
                                  "sqlite_path": str(work / f"{name}.sqlite")},
                     "auth": {"users_file": str(users), "secret": "bench-nonce-secret",
                              "trusted": ["127.0.0.2/32"]},
                     "dispatcher": {"destinations": [f"1 sip:127.0.0.1:{answer_port}"]},
-                    "cluster": {"zookeeper": zk.hosts},
+                    "cluster": {"zookeeper": zk.hosts, "zookeeper_user": "bench",
+                                "zookeeper_password_file": str(work / "zookeeper.password")},
                     "replication": {"listen": f"127.0.0.1:{repl}",
                                     "secret": "bench-replication-secret"},
                 })
@@ -129,8 +133,8 @@ def main() -> int:
                 print(f"{name}: {count:.0f} frames from n1, lag p50 "
                       f"{quantile(buckets, 0.5) * 1000:.2f} ms, p99 "
                       f"{quantile(buckets, 0.99) * 1000:.2f} ms")
-            views = {n: (control(ports[n][2], "/location"), control(ports[n][2], "/dialogs"))
-                     for n in NODES}
+            views = {n: (control(ports[n][2], "/location", token),
+                         control(ports[n][2], "/dialogs", token)) for n in NODES}
             same = (len({v[0]["digest"] for v in views.values()}) == 1
                     and len({v[1]["digest"] for v in views.values()}) == 1)
             print(f"bindings {[v[0]['bindings'] for v in views.values()]}, dialogs "

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hasip.demo.node import NodeProcess  # noqa: E402
+from hasip.demo.node import NodeProcess, write_secret  # noqa: E402
 from hasip.demo.node import control_get as control  # noqa: E402
 from hasip.demo.zookeeper import ZooKeeper, zookeeper_missing  # noqa: E402
 from hasip.location.backend import SqliteBackend  # noqa: E402
@@ -58,10 +58,11 @@ def node_config(work: Path, name: str, zk: str, sip: int, metrics: int, control:
         "node": {"name": name},
         "sip": {"listen": [f"udp:127.0.0.1:{sip}"]},
         "metrics": {"listen": f"127.0.0.1:{metrics}"},
-        "control": {"listen": f"127.0.0.1:{control}"},
+        "control": {"listen": f"127.0.0.1:{control}", "token_file": str(work / "control.token")},
         "location": {"backend": "sqlite", "sqlite_path": str(work / f"{name}.sqlite")},
         "auth": {"demo_users": True, "secret": "bench-nonce-secret-of-the-cluster"},
-        "cluster": {"zookeeper": zk},
+        "cluster": {"zookeeper": zk, "zookeeper_user": "bench",
+                    "zookeeper_password_file": str(work / "zookeeper.password")},
         "replication": {"listen": f"127.0.0.1:{repl}",
                         "secret": "bench-replication-secret"},
     })
@@ -71,6 +72,8 @@ def run(count: int) -> tuple[int, float, float, bool]:
     with tempfile.TemporaryDirectory(prefix="hasip-sync-") as tmp:
         work = Path(tmp)
         zk = ZooKeeper(work, "127.0.0.1", base_port=free_port()).start()
+        token = write_secret(work / "control.token")
+        write_secret(work / "zookeeper.password")
         nodes: list[NodeProcess] = []
         try:
             asyncio.run(fill(work / "n1.sqlite", count))
@@ -86,8 +89,8 @@ def run(count: int) -> tuple[int, float, float, bool]:
                           r"snapshot_seconds=([\d.]+) per_second=(\d+)", text)
             if not m:
                 raise RuntimeError(f"n2 did not log its sync: {text[-2000:]}")
-            one = control(ports["n1"][2], "/location")
-            two = control(ports["n2"][2], "/location")
+            one = control(ports["n1"][2], "/location", token)
+            two = control(ports["n2"][2], "/location", token)
             same = one["digest"] == two["digest"] and two["bindings"] == count
             return int(m.group(1)), float(m.group(3)), float(m.group(4)), same
         finally:

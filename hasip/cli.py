@@ -31,9 +31,17 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate a configuration and exit")
     check.add_argument("-c", "--config", required=False, help="TOML configuration")
     ds = sub.add_parser("dispatcher", help="list or change a running node's Asterisk nodes")
-    ds.add_argument("-c", "--config", help="the node's configuration (for control.listen)")
+    ds.add_argument("-c", "--config", help="the node's configuration (for control.listen, "
+                                           "control.token_file)")
     ds.add_argument("--control", help="HOST:PORT of the node's control API "
                                       "(default: control.listen of the configuration)")
+    ds.add_argument("--token-file", default="", help="a file (mode 0600) holding the API "
+                                                     "token (default: control.token_file)")
+    ds.add_argument("--cacert", default="", help="CA that signed the node's certificate "
+                                                 "(TLS; default: control.tls_ca)")
+    ds.add_argument("--cert", default="", help="client certificate (mutual TLS; default: "
+                                               "control.client_cert)")
+    ds.add_argument("--key", default="", help="its key (default: control.client_key)")
     ds_sub = ds.add_subparsers(dest="action", required=True)
     lst = ds_sub.add_parser("list", help="every destination with its state and calls")
     lst.add_argument("--json", action="store_true", help="the control API's JSON as is")
@@ -91,9 +99,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.command == "check-config":
         listen = ", ".join(str(a) for a in config.listen)
+        ctl = config.control.listen
+        control = "off" if ctl is None else (
+            f"{ctl[0]}:{ctl[1]}" + (" TLS" if config.control.tls else ""))
         print(f"{config.path}: OK (node {config.node_name}, listen {listen}, "
               f"{len(config.next_hop)} next hop(s), auth {config.auth.source}, "
-              f"locations {config.location.backend})")
+              f"locations {config.location.backend}, control API {control})")
         return 0
     if args.command == "run":
         from hasip.server import run_node

@@ -1,7 +1,8 @@
 """The node in its cluster: keepalive embedded (VIP ownership through
 ZooKeeper), our VIP listeners switched on and off as VIPs come and go, the
 service's health fed to the election, and the dispatcher's sets shared
-through the same ZooKeeper session."""
+through the same ZooKeeper session (authenticated with the cluster's
+credentials: ``keepalive.zk``)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class Cluster:
         self.listeners = listeners
         self.keepalive = Keepalive(
             KeepaliveConfig(node=config.node_name, zookeeper=c.zookeeper, vips=list(c.vips),
-                            root=c.root, timing=c.timing,
+                            root=c.root, timing=c.timing, credentials=c.credentials(),
                             advertise={"sip": [lst.socket for lst in listeners]}),
             on_acquired=self._acquired, on_released=self._released)
 

@@ -7,6 +7,11 @@ the owner lets go, the target takes the VIP; the command waits for that and
 reports the gap between the old owner's release and the new owner's
 takeover. ``drain`` sets the node's drain flag: it hands its VIPs over the
 same way and stops contending until ``undrain``.
+
+The znodes are readable and writable by the cluster's credentials only:
+these commands take them from the node's configuration (``-c``:
+``cluster.zookeeper_user`` and its password) or from ``--zookeeper-user``
+and ``--zookeeper-password-file``.
 """
 
 from __future__ import annotations
@@ -18,10 +23,27 @@ import time
 from typing import Any
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.exceptions import NoAuthError, NodeExistsError, NoNodeError
 
 from hasip.config import Config
+from keepalive.config import Credentials, read_secret
 from keepalive.ranking import ranked
+from keepalive.zk import auth_args
+
+
+def credentials(args: argparse.Namespace, config: Config) -> Credentials:
+    """From the command line, else the configuration; ValueError says what
+    is missing."""
+    if args.zookeeper_user or args.zookeeper_password_file:
+        if not (args.zookeeper_user and args.zookeeper_password_file):
+            raise ValueError("give --zookeeper-user and --zookeeper-password-file together")
+        return Credentials(args.zookeeper_user, read_secret(args.zookeeper_password_file))
+    found = config.cluster.credentials()
+    if found is None:
+        raise ValueError("no ZooKeeper credentials: give -c with the node's configuration "
+                         "(cluster.zookeeper_user, cluster.zookeeper_password_file) or "
+                         "--zookeeper-user and --zookeeper-password-file")
+    return found
 
 
 def _client(args: argparse.Namespace, config: Config) -> KazooClient | None:
@@ -30,7 +52,12 @@ def _client(args: argparse.Namespace, config: Config) -> KazooClient | None:
         print("hasip: no ZooKeeper: give --zookeeper or cluster.zookeeper in the config",
               file=sys.stderr)
         return None
-    zk = KazooClient(hosts=hosts, timeout=5.0)
+    try:
+        creds = credentials(args, config)
+    except ValueError as exc:
+        print(f"hasip: {exc}", file=sys.stderr)
+        return None
+    zk = KazooClient(hosts=hosts, timeout=5.0, **auth_args(creds))
     zk.start(timeout=10)
     return zk
 
@@ -174,19 +201,27 @@ def cluster_command(args: argparse.Namespace, config: Config) -> int:
         return 2
     root = args.root or config.cluster.root
     try:
-        if args.command == "status":
-            snap = snapshot(zk, root)
-            if args.json:
-                print(json.dumps(snap, indent=1))
-            else:
-                print_status(snap)
-            return 0
-        if args.command == "failover":
-            return failover(zk, root, args.vip, args.to, args.timeout)
-        return drain(zk, root, args.node, args.command == "drain", args.timeout)
+        return _run(args, zk, root)
+    except NoAuthError:
+        print(f"hasip: ZooKeeper refused access to {root}: these are not the cluster's "
+              "credentials (cluster.zookeeper_user and its password)", file=sys.stderr)
+        return 1
     finally:
         zk.stop()
         zk.close()
+
+
+def _run(args: argparse.Namespace, zk: KazooClient, root: str) -> int:
+    if args.command == "status":
+        snap = snapshot(zk, root)
+        if args.json:
+            print(json.dumps(snap, indent=1))
+        else:
+            print_status(snap)
+        return 0
+    if args.command == "failover":
+        return failover(zk, root, args.vip, args.to, args.timeout)
+    return drain(zk, root, args.node, args.command == "drain", args.timeout)
 
 
 def add_parsers(sub: Any) -> None:
@@ -194,6 +229,10 @@ def add_parsers(sub: Any) -> None:
         p.add_argument("-c", "--config", help="a node's configuration (for cluster.zookeeper)")
         p.add_argument("--zookeeper", default="", help="HOST:PORT[,...] (default: the config's)")
         p.add_argument("--root", default="", help="the cluster's ZooKeeper path (default /hasip)")
+        p.add_argument("--zookeeper-user", default="",
+                       help="the cluster's ZooKeeper user (default: cluster.zookeeper_user)")
+        p.add_argument("--zookeeper-password-file", default="",
+                       help="a file (mode 0600) with its password (default: the config's)")
 
     st = sub.add_parser("status", help="nodes, their health, VIP owners, ZooKeeper state")
     common(st)

@@ -8,6 +8,8 @@ Unknown keys are errors too, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import ipaddress
+import re
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,7 @@ from hasip.sip.grammar import is_digits
 from hasip.sip.message import MAX_MESSAGE_SIZE
 from hasip.sip.transaction import Timers
 from hasip.sip.uri import SipUri, parse_sip_uri
-from keepalive.config import Timing, VipSpec, parse_vip
+from keepalive.config import Credentials, Timing, VipSpec, parse_vip, read_secret
 
 TRANSPORTS = ("udp", "tcp")
 
@@ -77,7 +79,7 @@ class Config:
     tcp_first_message_timeout: float = 10.0
     tcp_max_write_buffer: int = 1 << 20
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9060)
-    control_listen: tuple[str, int] | None = ("127.0.0.1", 9061)
+    control: ControlConfig = field(default_factory=lambda: ControlConfig())
     log_level: str = "info"
     log_format: str = "logfmt"
     shutdown_grace: float = 5.0
@@ -112,6 +114,35 @@ class SecurityConfig:
     max_sources: int = 100_000   # addresses tracked (bounded memory)
 
 
+CONTROL_DEFAULT_LISTEN = ("127.0.0.1", 9061)
+
+
+@dataclass
+class ControlConfig:
+    """The control API (hasip/control.py). It never listens without a
+    token: off unless ``token_file`` (or ``listen`` with it) is given."""
+
+    listen: tuple[str, int] | None = None
+    token_file: str = ""                   # the bearer token: every request carries it
+    token: str = field(default="", repr=False)
+    read_token_file: str = ""              # optional: a token that may only GET
+    read_token: str = field(default="", repr=False)
+    hosts: list[str] = field(default_factory=list)     # Host names accepted besides the
+    origins: list[str] = field(default_factory=list)   # address; Origins accepted (none)
+    # Optional TLS: this node's certificate and key; with tls_ca, clients must
+    # present a certificate that CA signed (mutual TLS).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    # The operator's certificate for `hasip dispatcher` (the CLI only).
+    client_cert: str = ""
+    client_key: str = ""
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+
 @dataclass
 class ClusterConfig:
     """VIP ownership through ZooKeeper (keepalive); empty zookeeper: none."""
@@ -120,9 +151,19 @@ class ClusterConfig:
     root: str = "/hasip"
     vips: list[VipSpec] = field(default_factory=list)
     timing: Timing = field(default_factory=Timing)
+    # ZooKeeper digest credentials, required with zookeeper: every znode of
+    # the cluster is readable and writable by their holders only.
+    zookeeper_user: str = ""
+    zookeeper_password: str = field(default="", repr=False)
+    zookeeper_password_file: str = ""
 
     def vip_addresses(self) -> list[str]:
         return [v.address for v in self.vips] if self.zookeeper else []
+
+    def credentials(self) -> Credentials | None:
+        if not self.zookeeper_user or not self.zookeeper_password:
+            return None
+        return Credentials(self.zookeeper_user, self.zookeeper_password)
 
 
 @dataclass
@@ -438,9 +479,7 @@ def config_from_dict(raw: dict[str, Any], path: str = "<dict>") -> Config:
 
     _tcp_section(cfg, _Section(path, "tcp", raw.get("tcp", {})))
 
-    control = _Section(path, "control", raw.get("control", {}))
-    cfg.control_listen = control.listen_address(cfg.control_listen)
-    control.finish()
+    _control_section(cfg, _Section(path, "control", raw.get("control", {})))
 
     metrics = _Section(path, "metrics", raw.get("metrics", {}))
     cfg.metrics_listen = metrics.listen_address(cfg.metrics_listen)
@@ -544,6 +583,88 @@ def _replication_section(cfg: Config, sec: _Section) -> None:
                                   "peers must prove they know it")
 
 
+def secret_file(sec: _Section, key: str, path: str) -> str:
+    """The secret in ``path`` (``sec.key`` names it); ConfigError naming the
+    key when the file is missing, empty, short or readable by others."""
+    try:
+        return read_secret(path)
+    except ValueError as exc:
+        raise sec.error(key, str(exc)) from None
+
+
+_ORIGIN = re.compile(r"https?://[^/\s]+")
+_HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
+
+
+def _control_section(cfg: Config, sec: _Section) -> None:
+    c = cfg.control
+    given = sec.data.get("listen")
+    listen = sec.listen_address(None)
+    if listen is not None:
+        try:
+            ipaddress.ip_address(listen[0])
+        except ValueError:
+            raise sec.error("listen", f"{listen[0]!r} is not an IP address (listen on an "
+                                      "address, not a name)") from None
+    c.token_file = sec.get("token_file", str, "")
+    c.read_token_file = sec.get("read_token_file", str, "")
+    c.hosts = [h.lower() for h in sec.str_list("hosts", [])]
+    for i, host in enumerate(c.hosts):
+        if not _HOST_NAME.fullmatch(host):
+            raise ConfigError(f"{sec.where('hosts')}[{i}]: {host!r} is not a host name "
+                              "(a name the operators use for this node, without port)")
+    c.origins = [o.lower().rstrip("/") for o in sec.str_list("origins", [])]
+    for i, origin in enumerate(c.origins):
+        if not _ORIGIN.fullmatch(origin):
+            raise ConfigError(f"{sec.where('origins')}[{i}]: {origin!r} is not an origin "
+                              "(SCHEME://HOST[:PORT], e.g. https://ops.example.com)")
+    for key in ("tls_cert", "tls_key", "tls_ca", "client_cert", "client_key"):
+        value = sec.get(key, str, "")
+        if value and not Path(value).is_file():
+            raise sec.error(key, f"cannot read {value}")
+        setattr(c, key, value)
+    sec.finish()
+    if bool(c.tls_cert) != bool(c.tls_key):
+        raise sec.error("tls_key" if c.tls_cert else "tls_cert",
+                        "TLS needs tls_cert and tls_key together")
+    if c.tls_ca and not c.tls_cert:
+        raise sec.error("tls_cert", "tls_ca (client certificates) needs TLS: give tls_cert "
+                                    "and tls_key")
+    if bool(c.client_cert) != bool(c.client_key):
+        raise sec.error("client_key" if c.client_cert else "client_cert",
+                        "give client_cert and client_key together")
+    if c.tls_cert:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(c.tls_cert,
+                                                                                c.tls_key)
+        except (ssl.SSLError, OSError) as exc:
+            raise sec.error("tls_cert", f"cannot load {c.tls_cert} with {c.tls_key}: "
+                                        f"{exc}") from None
+    if c.tls_ca:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_verify_locations(c.tls_ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise sec.error("tls_ca", f"cannot load {c.tls_ca}: {exc}") from None
+    if c.token_file:
+        c.token = secret_file(sec, "token_file", c.token_file)
+    if c.read_token_file:
+        if not c.token_file:
+            raise sec.error("token_file", "read_token_file is given: the full token "
+                                          "(token_file) is needed too")
+        c.read_token = secret_file(sec, "read_token_file", c.read_token_file)
+        if c.read_token == c.token:
+            raise sec.error("read_token_file", "the read-only token must differ from "
+                                               "token_file's")
+    if listen is not None and not c.token_file:
+        raise sec.error("token_file", f"the control API needs a token file (control.listen "
+                                      f"is {given!r}): create one (openssl rand -hex 32 > "
+                                      "FILE; chmod 600 FILE) and name it here, or set "
+                                      'listen = "off"')
+    # The embedded default address applies only with a token; "off" stays off.
+    c.listen = listen if given is not None else (CONTROL_DEFAULT_LISTEN if c.token_file
+                                                 else None)
+
+
 def _cluster_section(cfg: Config, sec: _Section) -> None:
     c = cfg.cluster
     c.zookeeper = sec.get("zookeeper", str, c.zookeeper)
@@ -564,6 +685,9 @@ def _cluster_section(cfg: Config, sec: _Section) -> None:
             c.vips.append(parse_vip(text))
         except ValueError as exc:
             raise ConfigError(f"{sec.where('vips')}[{i}]: {exc}") from None
+    c.zookeeper_user = sec.get("zookeeper_user", str, "")
+    c.zookeeper_password = sec.get("zookeeper_password", str, "")
+    c.zookeeper_password_file = sec.get("zookeeper_password_file", str, "")
     sec.finish()
     if c.vips and not c.zookeeper:
         raise sec.error("zookeeper", "VIPs are listed: give the ZooKeeper servers "
@@ -573,6 +697,37 @@ def _cluster_section(cfg: Config, sec: _Section) -> None:
         if vip.address not in hosts:
             raise ConfigError(f"{sec.where('vips')}[{i}]: {vip.address} is in no sip.listen "
                               "entry (the node must listen on its VIPs)")
+    _zookeeper_credentials(c, sec)
+
+
+def _zookeeper_credentials(c: ClusterConfig, sec: _Section) -> None:
+    """Digest credentials: required in a cluster, checked whenever given (the
+    operator commands use them with --zookeeper)."""
+    if c.zookeeper_password and c.zookeeper_password_file:
+        raise sec.error("zookeeper_password", "give zookeeper_password or "
+                                              "zookeeper_password_file, not both")
+    if c.zookeeper_password_file:
+        c.zookeeper_password = secret_file(sec, "zookeeper_password_file",
+                                           c.zookeeper_password_file)
+    if c.zookeeper_password and not c.zookeeper_user:
+        raise sec.error("zookeeper_user", "a ZooKeeper password is given without "
+                                          "zookeeper_user")
+    if c.zookeeper and not c.zookeeper_user:
+        raise sec.error("zookeeper_user", "a cluster needs ZooKeeper credentials: give "
+                                          "zookeeper_user and zookeeper_password_file (the "
+                                          "znodes are readable and writable by them only)")
+    if c.zookeeper_user and not c.zookeeper_password:
+        raise sec.error("zookeeper_password_file", "zookeeper_user is given: give its "
+                                                   "password in zookeeper_password_file "
+                                                   "(mode 0600) or zookeeper_password")
+    if c.zookeeper_user:
+        try:
+            Credentials(c.zookeeper_user, c.zookeeper_password)
+        except ValueError as exc:
+            key = "zookeeper_user" if str(exc).startswith("ZooKeeper user") else (
+                "zookeeper_password_file" if c.zookeeper_password_file
+                else "zookeeper_password")
+            raise sec.error(key, str(exc)) from None
 
 
 def _dispatcher_section(cfg: Config, sec: _Section) -> None:

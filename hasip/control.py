@@ -11,11 +11,19 @@
     GET  /dialogs                         -> {"dialogs": N, "digest": "..."}
     GET  /replication                     -> peers, positions, sync state
 
+Every request carries ``Authorization: Bearer TOKEN``; Host, Origin and the
+POST body's type are checked first (``hasip/controlauth.py`` has the rules
+and their reasons); optional TLS, with client certificates when
+``control.tls_ca`` is given. Refusals are logged (peer, reason) and counted
+in ``hasip_control_requests_total{result}`` with every other answer.
+
 The digests are SHA-256 of every record's fields in a canonical order: two
 nodes with the same digest hold byte-equal state.
 
-Errors are ``{"error": "..."}`` with 400 (bad request), 404 (unknown path or
-destination) or 413 (body over 64 KiB). One request per connection.
+Errors are ``{"error": "..."}`` with 400 (bad request), 401 (no or wrong
+token), 403 (foreign Origin, read-only token on a POST), 404 (unknown path
+or destination), 405, 413 (body over 64 KiB), 415 (POST body not JSON) or
+421 (Host not this node). One request per connection, 5 s for all of it.
 
 In a cluster (``SharedSets`` attached) a change is written to the sets the
 cluster shares in ZooKeeper and so reaches every node, not only this one.
@@ -26,11 +34,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import ssl
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from kazoo.exceptions import KazooException
 
+from hasip import metrics
+from hasip.config import ControlConfig
+from hasip.controlauth import WWW_AUTHENTICATE, AccessPolicy, Headers, Refusal
 from hasip.dialog.store import DialogStore
 from hasip.dispatcher.dispatcher import Dispatcher, DispatcherError
 from hasip.dispatcher.shared import SharedSets
@@ -38,12 +50,54 @@ from hasip.location.store import LocationStore
 from hasip.log import get_logger
 from hasip.replication.records import fields_of
 from hasip.replication.replicator import Replicator
+from hasip.tlsstream import TlsStream
 
 log = get_logger("hasip.control")
 
 MAX_BODY = 65536
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           413: "Payload Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+MAX_HEAD = 16384
+TIMEOUT = 5.0
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+           404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large",
+           415: "Unsupported Media Type", 421: "Misdirected Request",
+           500: "Internal Server Error", 503: "Service Unavailable"}
+# hasip_control_requests_total{result}
+RESULTS = {200: "ok", 400: "bad_request", 401: "unauthorized", 403: "forbidden",
+           404: "not_found", 405: "bad_method", 413: "too_large",
+           415: "unsupported_media_type", 421: "misdirected", 500: "error",
+           503: "unavailable"}
+
+
+def server_tls(config: ControlConfig) -> ssl.SSLContext | None:
+    """TLS for the listener; with ``tls_ca``, a client certificate that CA
+    signed is required (mutual TLS)."""
+    if not config.tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(config.tls_cert, config.tls_key)
+    if config.tls_ca:
+        ctx.load_verify_locations(config.tls_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class Writer(Protocol):
+    """Where an answer goes: an ``asyncio.StreamWriter`` or a ``TlsStream``."""
+
+    def write(self, data: bytes) -> None: ...
+    async def drain(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class _Refused(Exception):
+    """A request refused before any handler saw it (logged as such)."""
+
+    def __init__(self, status: int, reason: str, message: str = "") -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.message = message or reason
 
 
 class ControlServer:
@@ -54,56 +108,110 @@ class ControlServer:
         self.dialogs = dialogs
         self.shared: SharedSets | None = None
         self.replicator: Replicator | None = None
+        self.policy: AccessPolicy | None = None
+        self.tls: ssl.SSLContext | None = None
         self._server: asyncio.AbstractServer | None = None
 
-    async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._handle, host, port)
-        log.info("control_listening", address=f"{host}:{port}")
+    async def start(self, config: ControlConfig) -> None:
+        assert config.listen is not None and config.token, "no control API without a token"
+        host, port = config.listen
+        self.policy = AccessPolicy(config, config.listen)
+        self.tls = server_tls(config)
+        self._server = await asyncio.start_server(self._handle, host, port, limit=MAX_HEAD)
+        log.info("control_listening", address=f"{host}:{port}",
+                 tls="mutual" if config.tls_ca else "on" if self.tls else "off",
+                 read_token=bool(config.read_token), hosts=",".join(config.hosts) or None,
+                 origins=",".join(config.origins) or None)
+        if self.tls is None and not self.policy.address.is_loopback:
+            log.warning("control_plaintext", address=f"{host}:{port}",
+                        hint="the token crosses the network in clear: set control.tls_cert "
+                             "and control.tls_key")
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = _peer(writer.get_extra_info("peername"))
+        if self.tls is None:
+            await self._serve(reader, writer, peer)
+            return
+        stream = TlsStream(reader, writer, self.tls, MAX_HEAD + MAX_BODY, MAX_HEAD)
         try:
-            status, body = await asyncio.wait_for(self._request(reader), 5.0)
+            await asyncio.wait_for(stream.handshake(), TIMEOUT)
+        except (OSError, TimeoutError) as exc:       # ssl.SSLError is an OSError
+            metrics.CONTROL_REQUESTS.labels("tls_refused").inc()
+            log.info("control_refused", peer=peer, status=0,
+                     reason=f"TLS handshake failed: {type(exc).__name__} "
+                            f"{getattr(exc, 'reason', None) or exc}"[:200])
+            try:
+                await writer.drain()             # the alert, when there is one
+            except OSError:
+                pass
+            writer.close()
+            return
+        await self._serve(stream.reader, stream, peer)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: Writer, peer: str) -> None:
+        headers: list[str] = []
+        try:
+            status, body = await asyncio.wait_for(self._request(reader, peer), TIMEOUT)
+        except _Refused as exc:
+            status, body = exc.status, {"error": exc.message}
+            log.info("control_refused", peer=peer, status=status, reason=exc.reason)
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ConnectionError, ValueError):
+                ConnectionError, ValueError, ssl.SSLError) as exc:
             status, body = 400, {"error": "malformed or incomplete request"}
+            log.info("control_refused", peer=peer, status=status,
+                     reason=f"malformed or incomplete ({type(exc).__name__})")
         except Exception:
-            log.error("control_request_failed", exc_info=True)
+            log.error("control_request_failed", peer=peer, exc_info=True)
             status, body = 500, {"error": "internal error (see the node's log)"}
+        metrics.CONTROL_REQUESTS.labels(RESULTS.get(status, str(status))).inc()
+        if status == 401:
+            headers.append(f"WWW-Authenticate: {WWW_AUTHENTICATE}")
         data = json.dumps(body).encode()
+        head = "".join(h + "\r\n" for h in headers)
         writer.write(f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
                      f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-                     "Connection: close\r\n\r\n".encode() + data)
+                     "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
+                     f"{head}Connection: close\r\n\r\n".encode() + data)
         try:
             await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
         finally:
             writer.close()
 
-    async def _request(self, reader: asyncio.StreamReader) -> tuple[int, dict[str, Any]]:
+    async def _request(self, reader: asyncio.StreamReader,
+                       peer: str) -> tuple[int, dict[str, Any]]:
         head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        method, path, _ = lines[0].split(" ", 2)
-        length = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value.strip())
+        method, path, headers = parse_head(head)
+        assert self.policy is not None
+        decision = self.policy.check(method, headers)
+        if isinstance(decision, Refusal):
+            raise _Refused(decision.status, decision.reason, decision.message)
+        if "transfer-encoding" in headers:
+            raise _Refused(400, "Transfer-Encoding", "send the body with Content-Length")
+        lengths = headers.get("content-length", ["0"])
+        if len(lengths) != 1 or not lengths[0].strip().isdigit():
+            raise _Refused(400, "bad Content-Length", "give one Content-Length (digits)")
+        length = int(lengths[0])
         if length > MAX_BODY:
-            return 413, {"error": f"body over {MAX_BODY} bytes"}
+            raise _Refused(413, f"body of {length} bytes", f"body over {MAX_BODY} bytes")
+        if method != "POST" and length:
+            raise _Refused(400, f"a body on {method}", f"{method} takes no body")
         raw = await reader.readexactly(length) if length else b""
         try:
             args = json.loads(raw) if raw else {}
-        except json.JSONDecodeError as exc:
-            return 400, {"error": f"body is not JSON: {exc.msg}"}
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return 400, {"error": f"body is not JSON: {getattr(exc, 'msg', exc)}"}
         if not isinstance(args, dict):
             return 400, {"error": "body must be a JSON object"}
-        return await self.route(method, path, args)
+        return await self.route(method, path, args, peer=peer)
 
-    async def route(self, method: str, path: str,
-                    args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    async def route(self, method: str, path: str, args: dict[str, Any],
+                    peer: str = "") -> tuple[int, dict[str, Any]]:
         ds = self.dispatcher
         if method == "GET" and path in ("/location", "/location/bindings", "/dialogs",
                                         "/replication"):
@@ -154,7 +262,7 @@ class ControlServer:
             # The cluster's sets cannot be changed without ZooKeeper.
             return 503, {"error": f"ZooKeeper unavailable ({type(exc).__name__}); "
                                   "nothing changed"}
-        log.info("control_change", path=path, request=json.dumps(args))
+        log.info("control_change", path=path, request=json.dumps(args), peer=peer)
         return 200, {"destinations": ds.listing()}
 
     def state(self, path: str) -> dict[str, Any]:
@@ -176,6 +284,30 @@ class ControlServer:
             return {"bindings": [fields_of(b) for b in bindings]}
         return {"bindings": len(bindings), "aors": len({b.aor for b in bindings}),
                 "digest": _digest(fields_of(b) for b in bindings)}
+
+
+def _peer(addr: object) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return f"[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"{addr[0]}:{addr[1]}"
+    return str(addr)
+
+
+def parse_head(head: bytes) -> tuple[str, str, Headers]:
+    """The request line and headers (names lower-cased, every value kept);
+    _Refused(400) for anything that is not HTTP/1.x."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1].startswith("/"):
+        raise _Refused(400, "not an HTTP/1.x request line", "malformed request line")
+    headers: Headers = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip() or line[0] in " \t":
+            raise _Refused(400, "malformed header line", "malformed header line")
+        headers.setdefault(name.lower(), []).append(value.strip())
+    return parts[0], parts[1], headers
 
 
 def _digest(items: Iterable[dict[str, Any]]) -> str:

@@ -1,29 +1,101 @@
-"""``hasip dispatcher ...``: a client of a running node's control API."""
+"""``hasip dispatcher ...``: a client of a running node's control API.
+
+The token comes from ``--token-file`` or the configuration's
+``control.token_file``; the address from ``--control`` or
+``control.listen``. Over TLS (the configuration's ``control.tls_cert``, or
+any of ``--cert/--key/--cacert``) the node's certificate is checked against
+``--cacert`` (default: ``control.tls_ca``, else the system's CAs) and must
+name the address connected to; ``--cert/--key`` (default:
+``control.client_cert/client_key``) is the operator's certificate.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from typing import Any
 
 from hasip.config import Config, ConfigError, parse_host_port
+from keepalive.config import read_secret
 
 
-def call(address: tuple[str, int], path: str, body: dict[str, Any] | None = None,
-         timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
+@dataclass
+class Client:
+    address: tuple[str, int]
+    token: str
+    tls: ssl.SSLContext | None = None
+    timeout: float = 5.0
+
+    @property
+    def base(self) -> str:
+        host, port = self.address
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.tls is not None else 'http'}://{host}:{port}"
+
+    def call(self, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(self.base + path, data=data, headers=headers,
+                                     method="GET" if body is None else "POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self.tls) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                answer = json.loads(exc.read() or b"{}")
+            except ValueError:
+                answer = {}
+            return exc.code, answer if isinstance(answer, dict) else {}
+
+
+def client_tls(cacert: str, cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cacert or None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert:
+        ctx.load_cert_chain(cert, key or None)
+    return ctx
+
+
+def make_client(args: argparse.Namespace, config: Config) -> Client:
+    """The client the command line and the configuration describe;
+    ConfigError says what is missing."""
+    c = config.control
+    address = (parse_host_port(args.control, "--control") if args.control else c.listen)
+    if address is None:
+        raise ConfigError("the node has no control listener (control.listen is off, or no "
+                          "control.token_file): give --control HOST:PORT")
     host, port = address
-    url = f"http://{host}:{port}{path}"
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
+    # A wildcard listener is reached on loopback.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    if args.token_file:
+        try:
+            token = read_secret(args.token_file)
+        except ValueError as exc:
+            raise ConfigError(f"--token-file: {exc}") from None
+    elif c.token:
+        token = c.token
+    else:
+        raise ConfigError("no token: give --token-file FILE, or -c with the node's "
+                          "configuration (control.token_file)")
+    tls = None
+    if c.tls or args.cert or args.key or args.cacert:
+        cert, key = args.cert or c.client_cert, args.key or c.client_key
+        if bool(cert) != bool(key):
+            raise ConfigError("give --cert and --key together (or control.client_cert and "
+                              "control.client_key)")
+        try:
+            tls = client_tls(args.cacert or c.tls_ca, cert, key)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"cannot load the TLS files: {exc}") from None
+    return Client((host, port), token, tls)
 
 
 def print_listing(destinations: list[dict[str, Any]]) -> None:
@@ -41,31 +113,30 @@ def print_listing(destinations: list[dict[str, Any]]) -> None:
 
 def dispatcher_command(args: argparse.Namespace, config: Config) -> int:
     try:
-        address = (parse_host_port(args.control, "--control") if args.control
-                   else config.control_listen)
+        client = make_client(args, config)
     except ConfigError as exc:
         print(f"hasip: {exc}", file=sys.stderr)
-        return 2
-    if address is None:
-        print("hasip: the node has no control listener (control.listen is off)",
-              file=sys.stderr)
         return 2
     action = args.action
     try:
         if action == "list":
-            status, answer = call(address, "/dispatcher")
+            status, answer = client.call("/dispatcher")
         elif action == "reload":
-            status, answer = call(address, "/dispatcher/reload", {})
+            status, answer = client.call("/dispatcher/reload", {})
         else:
             body: dict[str, Any] = {"set": args.set, "uri": args.uri}
             if action == "add":
                 body["attrs"] = args.attrs
             if action == "set-state":
                 body["state"] = args.state
-            status, answer = call(address, f"/dispatcher/{action}", body)
+            status, answer = client.call(f"/dispatcher/{action}", body)
     except (OSError, ValueError) as exc:
-        print(f"hasip: cannot reach the node's control API at {address[0]}:{address[1]}: "
-              f"{exc}", file=sys.stderr)
+        print(f"hasip: cannot reach the node's control API at {client.base}: "
+              f"{getattr(exc, 'reason', None) or exc}", file=sys.stderr)
+        return 1
+    if status in (401, 403):
+        print(f"hasip: the node refused the request ({status}): {answer.get('error', '')}",
+              file=sys.stderr)
         return 1
     if status != 200:
         print(f"hasip: {answer.get('error', status)}", file=sys.stderr)

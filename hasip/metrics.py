@@ -258,3 +258,11 @@ REFUSED = labelled_counter("hasip_security_refused_total",
 SCREENED = labelled_counter("hasip_security_screened_headers_total",
                             "Header lines removed before relaying: credentials for our realm, "
                             "identities from untrusted sources", ["header"])
+
+# The control API
+CONTROL_REQUESTS = Counter(
+    "hasip_control_requests_total",
+    "Control API requests by answer: ok; unauthorized (no or wrong token), forbidden (foreign "
+    "Origin, read-only token on a POST), misdirected (Host not this node), "
+    "unsupported_media_type (POST not JSON), tls_refused (no or bad client certificate), "
+    "bad_request, not_found, bad_method, too_large, unavailable, error", ["result"])

@@ -50,8 +50,8 @@ class Node:
             metrics.start_metrics_server(host, port)
             log.info("metrics_listening", address=f"{host}:{port}")
         control = ControlServer(services.dispatcher, services.location, services.dialogs)
-        if self.config.control_listen is not None:
-            await control.start(*self.config.control_listen)
+        if self.config.control.listen is not None:
+            await control.start(self.config.control)
         self.proxy = Proxy(self.config, loop, services)
         cluster: Cluster | None = None
         if self.config.cluster.zookeeper:

@@ -1,11 +1,17 @@
 """``python -m keepalive``: VIP ownership in front of any service.
 
     python -m keepalive --node n1 --zookeeper 198.19.0.10:2181 \\
+        --zookeeper-user hasip --zookeeper-password-file /etc/keepalive/zk.password \\
         --vip 198.18.0.100/24@eth0,priority=100 --check "curl -fs http://127.0.0.1:8080/ready"
 
 The node contends for its VIPs while the check command succeeds (exit 0),
 gives them up when it fails ``--fall`` times in a row, and contends again
 after ``--rise`` successes. SIGTERM releases the VIPs and leaves.
+
+The ZooKeeper credentials are required: the node authenticates with them
+and its znodes are readable and writable by their holders only. The
+password comes from a file (mode 0600, 16 characters or more), never from
+the command line, where any local user could read it.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import asyncio
 import signal
 import sys
 
-from keepalive.config import KeepaliveConfig, Timing, parse_vip
+from keepalive.config import Credentials, KeepaliveConfig, Timing, parse_vip, read_secret
 from keepalive.manager import Keepalive
 
 
@@ -25,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zookeeper", required=True, help="HOST:PORT[,HOST:PORT...]")
     p.add_argument("--vip", action="append", default=[], required=True,
                    help="ADDRESS/PREFIX@INTERFACE[,priority=N][,name=X][,hold=tun|interface]")
+    p.add_argument("--zookeeper-user", required=True,
+                   help="the cluster's ZooKeeper digest user")
+    p.add_argument("--zookeeper-password-file", required=True,
+                   help="a file (mode 0600) holding that user's password")
     p.add_argument("--root", default="/hasip", help="ZooKeeper path of the cluster")
     # One option per Timing field, with its default (see keepalive.config).
     for name, value in vars(Timing()).items():
@@ -73,9 +83,11 @@ async def _health_loop(node: Keepalive, args: argparse.Namespace) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     timing = Timing(**{name: getattr(args, name) for name in Timing.__dataclass_fields__})
+    credentials = Credentials(args.zookeeper_user,
+                              read_secret(args.zookeeper_password_file))
     config = KeepaliveConfig(node=args.node, zookeeper=args.zookeeper,
                              vips=[parse_vip(v) for v in args.vip], root=args.root,
-                             timing=timing)
+                             timing=timing, credentials=credentials)
     node = Keepalive(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

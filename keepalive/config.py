@@ -5,9 +5,15 @@ with its priority for each, and the timings. Plain data: ``hasip``'s
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
 from dataclasses import dataclass, field
 
 from keepalive.ranking import NODE_NAME
+
+MIN_SECRET = 16
+# A ZooKeeper digest identity is "user:password": the user has no colon.
+_ZK_USER = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass
@@ -71,6 +77,53 @@ class Timing:
     handover_timeout: float = 5.0        # a failover target must be ready within this
 
 
+def read_secret(path: str) -> str:
+    """A secret kept in a file of its own (a token, a password): one line of
+    printable ASCII, 16 characters or more, readable by its owner only.
+    ValueError says what is wrong (never the secret)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            text = fh.read(4096)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") \
+            from None
+    if mode & 0o077:
+        raise ValueError(f"{path} is readable or writable by group or others (mode "
+                         f"{mode & 0o777:04o}): chmod 600 {path}")
+    return check_secret(text.strip(), path)
+
+
+def check_secret(secret: str, what: str) -> str:
+    if not secret:
+        raise ValueError(f"{what} is empty")
+    if len(secret) < MIN_SECRET:
+        raise ValueError(f"{what} is too short ({len(secret)} characters; {MIN_SECRET} or more,"
+                         " e.g. openssl rand -hex 32)")
+    if any(not 33 <= ord(c) <= 126 for c in secret):
+        raise ValueError(f"{what} must be one line of printable ASCII without spaces")
+    return secret
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """ZooKeeper digest credentials. Every client of the cluster
+    authenticates with them, and every znode it creates carries a digest
+    ACL of them with every permission and nothing for anyone else: only
+    their holders read or change the cluster's tree."""
+
+    user: str
+    password: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not _ZK_USER.fullmatch(self.user):
+            raise ValueError(f"ZooKeeper user {self.user!r}: 1 to 64 letters, digits, '.', "
+                             "'_' or '-'")
+        check_secret(self.password, "the ZooKeeper password")
+
+
 @dataclass
 class KeepaliveConfig:
     node: str
@@ -79,6 +132,9 @@ class KeepaliveConfig:
     root: str = "/hasip"
     timing: Timing = field(default_factory=Timing)
     advertise: dict[str, object] = field(default_factory=dict)   # published with membership
+    # Required by Keepalive (a tree without ACLs lets anyone move the VIPs);
+    # optional here only so that plain data can be built before it is known.
+    credentials: Credentials | None = None
 
     def __post_init__(self) -> None:
         if not NODE_NAME.match(self.node):

@@ -14,6 +14,11 @@ goes back up; if the session was lost, the node rejoins with a new one.
 Membership: ``ROOT/nodes/NODE``, ephemeral, JSON (health, drain, owned VIPs,
 what the embedding service advertises); ``ROOT/drain/NODE`` (persistent) is
 the operator's drain flag.
+
+Access: the session authenticates with the cluster's digest credentials and
+every znode is created readable and writable by their holders only
+(``keepalive.zk``). A tree found open at start (created before the cluster
+had credentials) is given that ACL before the node contends.
 """
 
 from __future__ import annotations
@@ -26,13 +31,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.exceptions import NoAuthError, NodeExistsError, NoNodeError
 from kazoo.protocol.states import KazooState
 
 from keepalive import metrics
 from keepalive.config import KeepaliveConfig
 from keepalive.election import VipElection
-from keepalive.zk import make_client, on_loop, wait
+from keepalive.zk import make_client, on_loop, secure_tree, wait
 
 _log = logging.getLogger("keepalive")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
@@ -54,7 +59,12 @@ class Keepalive:
         self.on_acquired = on_acquired
         self.on_released = on_released
         self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop_policy().get_event_loop()
-        self.zk = make_client(config.zookeeper, config.timing.session_timeout)
+        if config.credentials is None:
+            raise ValueError("keepalive needs the cluster's ZooKeeper credentials: an open "
+                             "tree lets anyone who reaches ZooKeeper move the VIPs")
+        self.credentials = config.credentials
+        self.zk = make_client(config.zookeeper, config.timing.session_timeout,
+                              config.credentials)
         self.elections = [VipElection(self, spec) for spec in config.vips]
         self.healthy = False
         self.draining = False
@@ -82,12 +92,30 @@ class Keepalive:
         self.loop = asyncio.get_running_loop()
         self.zk.add_listener(self._on_state)
         await self.loop.run_in_executor(None, lambda: self.zk.start(timeout=connect_timeout))
+        await self._secure()
         self._connected()
         for election in self.elections:
             election.start()
         self._tasks.append(self.loop.create_task(self._membership()))
         self.log("keepalive_started", node=self.config.node, zookeeper=self.config.zookeeper,
                  vips=",".join(e.spec.address for e in self.elections))
+
+    async def _secure(self) -> None:
+        """An upgrade from a cluster without credentials: its tree is open to
+        anyone; give it the cluster's ACL (once, before contending)."""
+        root = self.config.root
+        try:
+            changed = await self.loop.run_in_executor(
+                None, secure_tree, self.zk, root, self.credentials)
+        except NoAuthError:
+            self.log("zookeeper_access_denied", level="error", root=root,
+                     user=self.credentials.user,
+                     hint="the tree is protected by other credentials")
+            await self.loop.run_in_executor(None, self._close)
+            raise
+        if changed:
+            self.log("zookeeper_acl_secured", root=root, znodes=changed,
+                     user=self.credentials.user)
 
     async def stop(self) -> None:
         for election in self.elections:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from hasip.demo.node import NodeProcess, control_get
+from hasip.demo.node import NodeProcess, control_get, write_secret
 from hasip.demo.sipp import Sipp, wait_for_stats
 from hasip.demo.zookeeper import ZooKeeper, zookeeper_missing
 
@@ -25,8 +25,8 @@ def _say(text: str) -> None:
     print(f"[demo] {text}", flush=True)
 
 
-def _control(name: str, path: str) -> dict:
-    return control_get(9170 + int(name[1:]), path)
+def _control(name: str, path: str, token: str) -> dict:
+    return control_get(9170 + int(name[1:]), path, token)
 
 
 def _config(work: Path, name: str, zk: str) -> Path:
@@ -40,6 +40,7 @@ listen = ["udp:127.0.0.1:{NODES[name]}"]
 listen = "127.0.0.1:{9160 + i}"
 [control]
 listen = "127.0.0.1:{9170 + i}"
+token_file = "{work / 'control.token'}"
 [location]
 sqlite_path = "{work / name}.sqlite"
 [auth]
@@ -49,6 +50,8 @@ secret = "the demo cluster's nonce secret"
 destinations = ["1 sip:127.0.0.1:5073", "1 sip:127.0.0.1:5074"]
 [cluster]
 zookeeper = "{zk}"
+zookeeper_user = "hasip"
+zookeeper_password_file = "{work / 'zookeeper.password'}"
 [replication]
 listen = "127.0.0.1:{5190 + i}"
 secret = "the demo cluster's replication secret"
@@ -72,6 +75,10 @@ def run_cluster_demo(work: Path) -> bool:
     _say("cluster: a private ZooKeeper and three nodes on loopback (n1 :5161, n2 :5162, "
          "n3 :5163) replicating registrations, dialogs and Asterisk health")
     zk = ZooKeeper(work, "127.0.0.1", base_port=2191).start()
+    # The control API's token (the same on every node) and the cluster's
+    # ZooKeeper password, in files of mode 0600.
+    token = write_secret(work / "control.token")
+    write_secret(work / "zookeeper.password")
     answering = [Sipp("uas.xml", port, work).start() for port in (5073, 5074, 5083)]
     nodes: dict[str, NodeProcess] = {}
     ok = True
@@ -82,7 +89,7 @@ def run_cluster_demo(work: Path) -> bool:
             nodes[name] = NodeProcess(_config(work, name, zk.hosts), work, "127.0.0.1", port,
                                       metrics_url=f"http://127.0.0.1:{9160 + int(name[1:])}"
                                                   "/metrics").start(ready_timeout=60)
-            sync = _control(name, "/replication")["sync"]
+            sync = _control(name, "/replication", token)["sync"]
             _say(f"{name} up, {sync['state']} from {sync.get('source') or 'nobody (first)'}")
         _say("agent 1003 registers through n1")
         reg = Sipp("register.xml", 5084, work, remote="127.0.0.1:5161", calls=1,
@@ -91,7 +98,7 @@ def run_cluster_demo(work: Path) -> bool:
         reg.start().wait(30)
         ok &= reg.counter("SuccessfulCall(C)") == 1
         time.sleep(0.5)
-        views = {n: _control(n, "/location") for n in NODES}
+        views = {n: _control(n, "/location", token) for n in NODES}
         same = len({v["digest"] for v in views.values()}) == 1
         _say("bindings per node: " + ", ".join(f"{n} {v['bindings']}" for n, v in views.items())
              + (" (byte-equal)" if same else " (DIFFERENT)"))
@@ -107,7 +114,7 @@ def run_cluster_demo(work: Path) -> bool:
              "calls completed")
         ok &= all(v == 5 for v in reached.values())
         time.sleep(0.5)
-        status = {n: _control(n, "/dialogs")["dialogs"] for n in ("n2", "n3")}
+        status = {n: _control(n, "/dialogs", token)["dialogs"] for n in ("n2", "n3")}
         _say(f"dialogs still open: {status} (every call ended on every survivor)")
         ok &= not any(status.values())
         return ok

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -55,6 +56,9 @@ class NodeProcess:
         self.log_path = workdir / f"hasip-{sip_port}.log"
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
+        # The control API (HOST:PORT) and its token, when the creator set one.
+        self.control = ""
+        self.token = ""
 
     def start(self, ready_timeout: float = 10.0) -> NodeProcess:
         cmd = [sys.executable, "-m", "hasip", "run"]
@@ -110,8 +114,21 @@ class NodeProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def control_get(port: int, path: str, host: str = "127.0.0.1") -> dict[str, Any]:
-    """GET ``path`` of a node's control API (JSON)."""
-    with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=30) as r:
+def write_secret(path: Path, secret: str = "") -> str:
+    """A secret file as the node wants it (mode 0600): a control API token or
+    a ZooKeeper password; a random one unless given. Returns the secret."""
+    secret = secret or secrets.token_hex(16)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fh.fileno(), 0o600)
+        fh.write(secret + "\n")
+    return secret
+
+
+def control_get(port: int, path: str, token: str, host: str = "127.0.0.1") -> dict[str, Any]:
+    """GET ``path`` of a node's control API (JSON), with its bearer token."""
+    req = urllib.request.Request(f"http://{host}:{port}{path}",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
         data: dict[str, Any] = json.loads(r.read())
     return data

@@ -30,7 +30,13 @@ from collections.abc import Callable
 from typing import Any
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionLoss,
+    NodeExistsError,
+    NoNodeError,
+    SessionExpiredError,
+)
 
 from hasip.config import socket_fault
 from hasip.dispatcher.destinations import (
@@ -129,6 +135,14 @@ class SharedSets:
                         self.path, watch=on_loop(self._loop, self.resync)))
                 except NoNodeError:
                     log.warning("dispatcher_sets_missing", path=self.path)
+                    return
+                except (ConnectionLoss, SessionExpiredError) as exc:
+                    # The session went away under the read: the reconnection
+                    # reads again (connected hook), or asked already meanwhile.
+                    log.warning("dispatcher_sets_read_interrupted", path=self.path,
+                                error=type(exc).__name__)
+                    if self._again:
+                        continue
                     return
                 self.apply(data, stat.version)
                 if not self._again:

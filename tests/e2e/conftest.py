@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from hasip.demo.node import NodeProcess
+from hasip.demo.node import NodeProcess, write_secret
 from hasip.demo.sipp import Sipp, sipp_binary
 from tests.e2e.services import FreeRadius, MariaDB, freeradius_missing, mariadb_missing
 from tests.e2e.sipphone import Phone
@@ -78,12 +78,15 @@ class NodeFactory:
                  **sections: dict[str, Any]) -> NodeProcess:
         port = free_port(host)
         hostref = f"[{host}]" if ":" in host else host
+        # The control API's token, in a file only its owner reads (as the node requires).
+        token_file = self.tmp_path / f"control-{port}.token"
+        token = write_secret(token_file)
         cfg: dict[str, dict[str, Any]] = {
             "node": {"name": f"test-{port}"},
             "sip": {"listen": [f"udp:{hostref}:{port}", f"tcp:{hostref}:{port}"]},
             "routing": {"next_hop": next_hop or []},
             "metrics": {"listen": f"127.0.0.1:{free_port()}"},
-            "control": {"listen": f"127.0.0.1:{free_port()}"},
+            "control": {"listen": f"127.0.0.1:{free_port()}", "token_file": str(token_file)},
             "log": {"level": "info"},
             # Callers on loopback act as trusted gateways unless a test says
             # otherwise (the authentication tests do).
@@ -106,7 +109,8 @@ class NodeFactory:
         path = write_config(self.tmp_path / f"node-{port}.toml", cfg)
         node = NodeProcess(path, self.tmp_path, host, port,
                            metrics_url="http://" + cfg["metrics"]["listen"] + "/metrics")
-        node.control = cfg["control"]["listen"]  # type: ignore[attr-defined]
+        node.control = cfg["control"]["listen"]
+        node.token = token
         self.nodes.append(node)
         return node.start()
 

@@ -119,8 +119,10 @@ def ctl(node, *args: str) -> tuple[int, str, str]:
     import subprocess
     import sys
 
-    res = subprocess.run([sys.executable, "-m", "hasip", "dispatcher", "--control", node.control,
-                          *args], capture_output=True, text=True, timeout=30)
+    # The node's own configuration: control.listen and control.token_file.
+    res = subprocess.run([sys.executable, "-m", "hasip", "dispatcher", "-c",
+                          str(node.config_path), *args], capture_output=True, text=True,
+                         timeout=30)
     return res.returncode, res.stdout, res.stderr
 
 

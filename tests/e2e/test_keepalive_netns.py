@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from hasip.demo.node import write_secret
 from hasip.demo.zookeeper import ZooKeeper, zookeeper_missing
 from tests.e2e.netlab import Lab, netns_missing
 
@@ -33,10 +34,13 @@ class Pair:
 
     def __init__(self, lab: Lab, zk: ZooKeeper, workdir: Path) -> None:
         self.lab, self.zk, self.workdir = lab, zk, workdir
+        self.password_file = workdir / "zookeeper.password"
+        write_secret(self.password_file)
 
     def start(self, node: str, vips: list[str]) -> None:
         self.lab.popen(node, [sys.executable, "-m", "keepalive", "--node", node,
-                              "--zookeeper", self.zk.hosts, "--check",
+                              "--zookeeper", self.zk.hosts, "--zookeeper-user", "keepalive",
+                              "--zookeeper-password-file", str(self.password_file), "--check",
                               f"test -e {self.workdir / node}.ok", "--check-interval", "0.2",
                               "--fall", "1", "--metrics", "127.0.0.1:9100",
                               *[a for v in vips for a in ("--vip", v)]],

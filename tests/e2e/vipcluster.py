@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from hasip.demo.node import write_secret
 from hasip.demo.sipp import Sipp, sipp_binary
 from hasip.demo.zookeeper import ZooKeeper, zookeeper_missing
 from tests.e2e.conftest import write_config
@@ -37,6 +38,11 @@ class Cluster:
         self.users_file = users_file
         self.replication_extra: dict = {}     # more [replication] keys for every node
         self.nodes: dict[str, subprocess.Popen[bytes]] = {}
+        # Every node's control API token, and the cluster's ZooKeeper password.
+        self.token_file = workdir / "control.token"
+        self.token = write_secret(self.token_file)
+        self.zk_password_file = workdir / "zookeeper.password"
+        write_secret(self.zk_password_file)
         self.asterisk = Sipp("uas.xml", 5080, workdir, local_ip=ASTERISK_IP,
                              netns=lab.ns("ast")).start()
 
@@ -49,13 +55,15 @@ class Cluster:
             "sip": {"listen": [f"udp:{VIP_A}:5060", f"udp:{VIP_B}:5060",
                                f"udp:198.18.0.1{index}:5060"]},
             "metrics": {"listen": "127.0.0.1:9060"},
-            "control": {"listen": "127.0.0.1:9061"},
+            "control": {"listen": "127.0.0.1:9061", "token_file": str(self.token_file)},
             "location": {"backend": "memory"},
             "auth": {"trusted": ["198.18.0.0/24"]},
             "dispatcher": {"destinations": destinations or [f"1 sip:{ASTERISK_IP}:5080"]},
             # Preemption (after 0.5 s) spreads the VIPs over the nodes
             # whatever order they start in.
-            "cluster": {"zookeeper": self.zk.hosts, "preempt": True, "preempt_delay": 0.5,
+            "cluster": {"zookeeper": self.zk.hosts, "zookeeper_user": "hasip",
+                        "zookeeper_password_file": str(self.zk_password_file),
+                        "preempt": True, "preempt_delay": 0.5,
                         "vips": [f"{VIP_A}/24@lan0,priority={prio_a}",
                                  f"{VIP_B}/24@lan0,priority={prio_b}"]},
         }
@@ -83,14 +91,18 @@ class Cluster:
         return path.read_text(errors="replace")[-tail:] if path.exists() else ""
 
     def hasip(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-        """A ``hasip`` operator command, run where ZooKeeper is reachable."""
+        """A ``hasip`` operator command, run where ZooKeeper is reachable, with
+        the cluster's credentials."""
         return self.lab.run("zk", [sys.executable, "-m", "hasip", *args, "--zookeeper",
-                                   self.zk.hosts], timeout=timeout)
+                                   self.zk.hosts, "--zookeeper-user", "hasip",
+                                   "--zookeeper-password-file", str(self.zk_password_file)],
+                            timeout=timeout)
 
     def dispatcher(self, node: str, *args: str) -> subprocess.CompletedProcess[str]:
-        """``hasip dispatcher ...`` against ``node``'s control API."""
-        return self.lab.run(node, [sys.executable, "-m", "hasip", "dispatcher", "--control",
-                                   "127.0.0.1:9061", *args], timeout=30)
+        """``hasip dispatcher ...`` against ``node``'s control API, with its
+        own configuration (address and token)."""
+        return self.lab.run(node, [sys.executable, "-m", "hasip", "dispatcher", "-c",
+                                   str(self.workdir / f"{node}.toml"), *args], timeout=30)
 
     def destinations(self, node: str) -> dict[str, str]:
         """``node``'s dispatcher view: URI -> flags ({} while it does not answer)."""
@@ -102,8 +114,9 @@ class Cluster:
 
     def control(self, node: str, path: str) -> dict:
         """GET ``path`` of ``node``'s control API ({} while it does not answer)."""
-        code = ("import json,urllib.request;print(urllib.request.urlopen("
-                f"'http://127.0.0.1:9061{path}',timeout=10).read().decode())")
+        code = ("import urllib.request as u;print(u.urlopen(u.Request("
+                f"'http://127.0.0.1:9061{path}',headers={{'Authorization':"
+                f"'Bearer {self.token}'}}),timeout=10).read().decode())")
         res = self.lab.run(node, [sys.executable, "-c", code], timeout=30)
         return json.loads(res.stdout) if res.returncode == 0 else {}
 

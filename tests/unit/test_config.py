@@ -159,3 +159,151 @@ def test_dispatcher_sets_from_config_and_list_file(tmp_path: Path) -> None:
     assert [(d.set_id, d.key, d.weight) for d in cfg.dispatcher.destinations] == [
         (1, "sip:192.168.0.4", 5), (1, "sip:192.168.0.1:5060", 1),
         (1, "sip:192.168.0.2:5060", 1), (2, "sip:192.168.0.3:5060", 1)]
+
+
+def secret(tmp_path: Path, name: str, text: str, mode: int = 0o600) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+GOOD_TOKEN = "0123456789abcdef0123456789abcdef"
+
+
+def test_the_control_api_is_off_without_a_token_and_on_loopback_with_one(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "")).control.listen is None
+    token = secret(tmp_path, "control.token", GOOD_TOKEN + "\n")
+    cfg = load_config(write(tmp_path, f'[control]\ntoken_file = "{token}"\n'))
+    assert cfg.control.listen == ("127.0.0.1", 9061) and cfg.control.token == GOOD_TOKEN
+    assert GOOD_TOKEN not in repr(cfg)
+    cfg = load_config(write(tmp_path, f'[control]\ntoken_file = "{token}"\nlisten = "off"\n'))
+    assert cfg.control.listen is None and cfg.control.token == GOOD_TOKEN
+    cfg = load_config(write(tmp_path, f'[control]\ntoken_file = "{token}"\n'
+                                      'listen = "[::1]:9100"\n'))
+    assert cfg.control.listen == ("::1", 9100)
+
+
+@pytest.mark.parametrize(
+    ("control", "files", "expected"),
+    [
+        ('listen = "127.0.0.1:9061"', {}, "control.token_file: the control API needs a token "
+                                          "file (control.listen is '127.0.0.1:9061')"),
+        ('listen = "0.0.0.0:9061"', {}, "control.token_file: the control API needs a token file"),
+        ('listen = "localhost:9061"', {}, "control.listen: 'localhost' is not an IP address"),
+        ('token_file = "{t}"', {"t": ("", 0o600)}, "control.token_file: {t} is empty"),
+        ('token_file = "{t}"', {"t": ("short-token", 0o600)},
+         "control.token_file: {t} is too short (11 characters; 16 or more"),
+        ('token_file = "{t}"', {"t": (GOOD_TOKEN, 0o644)},
+         "control.token_file: {t} is readable or writable by group or others (mode 0644): "
+         "chmod 600 {t}"),
+        ('token_file = "{t}"', {"t": (GOOD_TOKEN, 0o620)}, "(mode 0620)"),
+        ('token_file = "{t}"', {"t": ("two words in the token file", 0o600)},
+         "control.token_file: {t} must be one line of printable ASCII"),
+        ('token_file = "{t}"', {}, "control.token_file: {t}: no such file"),
+        ('token_file = "{t}"\nread_token_file = "{r}"', {"t": (GOOD_TOKEN, 0o600),
+                                                          "r": (GOOD_TOKEN, 0o600)},
+         "control.read_token_file: the read-only token must differ"),
+        ('read_token_file = "{r}"', {"r": (GOOD_TOKEN, 0o600)},
+         "control.token_file: read_token_file is given"),
+        ('token_file = "{t}"\norigins = ["*"]', {"t": (GOOD_TOKEN, 0o600)},
+         "control.origins[0]: '*' is not an origin"),
+        ('token_file = "{t}"\nhosts = ["evil.example/x"]', {"t": (GOOD_TOKEN, 0o600)},
+         "control.hosts[0]: 'evil.example/x' is not a host name"),
+        ('token_file = "{t}"\ntls_key = "{t}"', {"t": (GOOD_TOKEN, 0o600)},
+         "control.tls_cert: TLS needs tls_cert and tls_key together"),
+        ('token_file = "{t}"\ntls_cert = "{t}"\ntls_key = "{t}"', {"t": (GOOD_TOKEN, 0o600)},
+         "control.tls_cert: cannot load"),
+        ('tls_ca = "/nonexistent/ca.pem"', {}, "control.tls_ca: cannot read /nonexistent/ca.pem"),
+        ("tokenfile = 3", {}, "control: unknown key(s) tokenfile"),
+    ],
+)
+def test_control_errors_name_the_key(tmp_path: Path, control: str, files: dict[str, tuple],
+                                     expected: str) -> None:
+    names = {k: str(tmp_path / f"{k}.secret") for k in ("t", "r")}
+    for key, (text, mode) in files.items():
+        secret(tmp_path, f"{key}.secret", text, mode)
+    path = write(tmp_path, "[control]\n" + control.format(**names) + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: ")
+    assert expected.format(**names) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("control", "mode", "expected"),
+    [
+        ('listen = "127.0.0.1:9061"', 0o600, "control.token_file: the control API needs a token"),
+        ('listen = "0.0.0.0:9061"', 0o600, "control.token_file: the control API needs a token"),
+        ('token_file = "{t}"', 0o644, "control.token_file: {t} is readable or writable by"),
+    ],
+)
+def test_check_config_refuses_a_control_api_without_a_safe_token(
+        tmp_path: Path, control: str, mode: int, expected: str) -> None:
+    token = str(secret(tmp_path, "control.token", GOOD_TOKEN, mode))
+    cfg = write(tmp_path, "[control]\n" + control.format(t=token) + "\n")
+    res = subprocess.run([sys.executable, "-m", "hasip", "check-config", "-c", str(cfg)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert f"{cfg}: {expected.format(t=token)}" in res.stderr
+    assert GOOD_TOKEN not in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("cluster", "password", "expected"),
+    [
+        ("", None, "cluster.zookeeper_user: a cluster needs ZooKeeper credentials"),
+        ('zookeeper_user = "hasip"', None, "cluster.zookeeper_password_file: zookeeper_user is "
+                                           "given: give its password"),
+        ('zookeeper_password = "0123456789abcdef"', None,
+         "cluster.zookeeper_user: a ZooKeeper password is given without zookeeper_user"),
+        ('zookeeper_user = "has:ip"\nzookeeper_password = "0123456789abcdef"', None,
+         "cluster.zookeeper_user: ZooKeeper user 'has:ip'"),
+        ('zookeeper_user = "hasip"\nzookeeper_password = "short"', None,
+         "cluster.zookeeper_password: the ZooKeeper password is too short"),
+        ('zookeeper_user = "hasip"\nzookeeper_password_file = "{p}"', (GOOD_TOKEN, 0o640),
+         "cluster.zookeeper_password_file: {p} is readable or writable by group or others"),
+        ('zookeeper_user = "hasip"\nzookeeper_password_file = "{p}"', ("", 0o600),
+         "cluster.zookeeper_password_file: {p} is empty"),
+        ('zookeeper_user = "hasip"\nzookeeper_password_file = "{p}"', None,
+         "cluster.zookeeper_password_file: {p}: no such file"),
+        ('zookeeper_user = "hasip"\nzookeeper_password = "0123456789abcdef"\n'
+         'zookeeper_password_file = "{p}"', (GOOD_TOKEN, 0o600),
+         "cluster.zookeeper_password: give zookeeper_password or zookeeper_password_file"),
+    ],
+)
+def test_a_cluster_needs_zookeeper_credentials(tmp_path: Path, cluster: str,
+                                               password: tuple[str, int] | None,
+                                               expected: str) -> None:
+    path = str(tmp_path / "zk.password")
+    if password is not None:
+        secret(tmp_path, "zk.password", *password)
+    cfg = write(tmp_path, '[cluster]\nzookeeper = "127.0.0.1:2181"\n' + cluster.format(p=path)
+                + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    assert str(info.value).startswith(f"{cfg}: ")
+    assert expected.format(p=path) in str(info.value)
+
+
+def test_zookeeper_credentials_from_a_file_or_inline(tmp_path: Path) -> None:
+    password = secret(tmp_path, "zk.password", GOOD_TOKEN + "\n")
+    cfg = load_config(write(tmp_path, '[cluster]\nzookeeper = "127.0.0.1:2181"\n'
+                                      'zookeeper_user = "hasip"\n'
+                                      f'zookeeper_password_file = "{password}"\n'))
+    creds = cfg.cluster.credentials()
+    assert creds is not None and (creds.user, creds.password) == ("hasip", GOOD_TOKEN)
+    assert GOOD_TOKEN not in repr(cfg) and GOOD_TOKEN not in repr(creds)
+    inline = load_config(write(tmp_path, '[cluster]\nzookeeper = "127.0.0.1:2181"\n'
+                                         'zookeeper_user = "hasip"\n'
+                                         f'zookeeper_password = "{GOOD_TOKEN}"\n'))
+    assert inline.cluster.credentials() == creds
+    assert load_config(write(tmp_path, "")).cluster.credentials() is None
+
+
+def test_check_config_refuses_a_cluster_without_zookeeper_credentials(tmp_path: Path) -> None:
+    cfg = write(tmp_path, '[cluster]\nzookeeper = "127.0.0.1:2181"\n')
+    res = subprocess.run([sys.executable, "-m", "hasip", "check-config", "-c", str(cfg)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert f"{cfg}: cluster.zookeeper_user: a cluster needs ZooKeeper credentials" in res.stderr
