@@ -135,7 +135,8 @@ def test_no_default_passwords(tmp_path: Path) -> None:
 
 
 def test_a_cluster_needs_the_shared_secret(tmp_path: Path) -> None:
-    cfg = write(tmp_path, '[auth]\ndemo_users = true\n[cluster]\nzookeeper = "127.0.0.1:2181"\n')
+    cfg = write(tmp_path, '[auth]\ndemo_users = true\n[cluster]\nzookeeper = "127.0.0.1:2181"\n'
+                          'zookeeper_user = "hasip"\nzookeeper_password = "a-long-zk-password"\n')
     with pytest.raises(ConfigError, match=r"auth\.secret: a cluster needs a shared secret"):
         check_auth(load_config(cfg))
 
