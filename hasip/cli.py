@@ -22,6 +22,21 @@ def _load(path: str | None) -> Config:
     return load_config(path) if path else Config()
 
 
+def _control_client_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a command reaches a node's control API."""
+    parser.add_argument("-c", "--config", help="the node's configuration (for control.listen, "
+                                               "control.token_file)")
+    parser.add_argument("--control", help="HOST:PORT of the node's control API "
+                                          "(default: control.listen of the configuration)")
+    parser.add_argument("--token-file", default="", help="a file (mode 0600) holding the API "
+                                                         "token (default: control.token_file)")
+    parser.add_argument("--cacert", default="", help="CA that signed the node's certificate "
+                                                     "(TLS; default: control.tls_ca)")
+    parser.add_argument("--cert", default="", help="client certificate (mutual TLS; default: "
+                                                   "control.client_cert)")
+    parser.add_argument("--key", default="", help="its key (default: control.client_key)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hasip", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"hasip {__version__}")
@@ -31,17 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate a configuration and exit")
     check.add_argument("-c", "--config", required=False, help="TOML configuration")
     ds = sub.add_parser("dispatcher", help="list or change a running node's Asterisk nodes")
-    ds.add_argument("-c", "--config", help="the node's configuration (for control.listen, "
-                                           "control.token_file)")
-    ds.add_argument("--control", help="HOST:PORT of the node's control API "
-                                      "(default: control.listen of the configuration)")
-    ds.add_argument("--token-file", default="", help="a file (mode 0600) holding the API "
-                                                     "token (default: control.token_file)")
-    ds.add_argument("--cacert", default="", help="CA that signed the node's certificate "
-                                                 "(TLS; default: control.tls_ca)")
-    ds.add_argument("--cert", default="", help="client certificate (mutual TLS; default: "
-                                               "control.client_cert)")
-    ds.add_argument("--key", default="", help="its key (default: control.client_key)")
+    _control_client_arguments(ds)
     ds_sub = ds.add_subparsers(dest="action", required=True)
     lst = ds_sub.add_parser("list", help="every destination with its state and calls")
     lst.add_argument("--json", action="store_true", help="the control API's JSON as is")
@@ -58,6 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("uri")
     st.add_argument("state", choices=("active", "inactive", "disabled"))
     ds_sub.add_parser("reload", help="re-read dispatcher.list_file")
+    bans = sub.add_parser("bans", help="list, lift or add the sources a node (and its "
+                                       "cluster) drops")
+    _control_client_arguments(bans)
+    bans_sub = bans.add_subparsers(dest="action", required=True)
+    bl = bans_sub.add_parser("list", help="every source banned now")
+    bl.add_argument("--json", action="store_true", help="the control API's JSON as is")
+    lift = bans_sub.add_parser("lift", help="let a source back in (on every node)")
+    lift.add_argument("ip")
+    badd = bans_sub.add_parser("add", help="ban a source by hand (on every node)")
+    badd.add_argument("ip")
+    badd.add_argument("--seconds", type=float, default=3600.0, help="how long (default 3600)")
     from hasip.clusterctl import add_parsers
 
     add_parsers(sub)
@@ -82,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         from hasip.ctl import dispatcher_command
 
         return dispatcher_command(args, config)
+    if args.command == "bans":
+        from hasip.ctl import bans_command
+
+        return bans_command(args, config)
     if args.command in ("status", "failover", "drain", "undrain"):
         from hasip.clusterctl import cluster_command
 

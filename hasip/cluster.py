@@ -71,7 +71,7 @@ class Cluster:
 
         replicator = Replicator(config.replication, config.node_name, services.location,
                                 services.dialogs, services.dispatcher, ka.zk,
-                                f"{self.root}/nodes", advertise)
+                                f"{self.root}/nodes", advertise, services.guard)
         self.replicator = replicator
         await replicator.start()
         await replicator.join()

@@ -10,6 +10,9 @@
     GET  /location/bindings               -> {"bindings": [{...}, ...]}
     GET  /dialogs                         -> {"dialogs": N, "digest": "..."}
     GET  /replication                     -> peers, positions, sync state
+    GET  /bans                            -> {"bans": [{"ip", "reason", "seconds_left", ...}]}
+    POST /bans/lift             {"ip": "192.0.2.9"}
+    POST /bans/add              {"ip": "192.0.2.9", "seconds": 3600}
 
 Every request carries ``Authorization: Bearer TOKEN``; Host, Origin and the
 POST body's type are checked first (``hasip/controlauth.py`` has the rules
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import json
 import ssl
 from collections.abc import Iterable
@@ -50,6 +54,7 @@ from hasip.location.store import LocationStore
 from hasip.log import get_logger
 from hasip.replication.records import fields_of
 from hasip.replication.replicator import Replicator
+from hasip.security.guard import MANUAL, SourceGuard
 from hasip.tlsstream import TlsStream
 
 log = get_logger("hasip.control")
@@ -108,6 +113,7 @@ class ControlServer:
         self.dialogs = dialogs
         self.shared: SharedSets | None = None
         self.replicator: Replicator | None = None
+        self.guard: SourceGuard | None = None
         self.policy: AccessPolicy | None = None
         self.tls: ssl.SSLContext | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -220,6 +226,8 @@ class ControlServer:
             if method != "GET":
                 return 405, {"error": "use GET"}
             return 200, {"destinations": ds.listing()}
+        if path in ("/bans", "/bans/lift", "/bans/add"):
+            return self.bans(method, path, args, peer)
         actions = {"/dispatcher/add", "/dispatcher/remove", "/dispatcher/set-state",
                    "/dispatcher/reload"}
         if path not in actions:
@@ -264,6 +272,43 @@ class ControlServer:
                                   "nothing changed"}
         log.info("control_change", path=path, request=json.dumps(args), peer=peer)
         return 200, {"destinations": ds.listing()}
+
+    def bans(self, method: str, path: str, args: dict[str, Any],
+             peer: str) -> tuple[int, dict[str, Any]]:
+        """The sources banned now (every node's: bans are replicated), and
+        the operator's lift and ban, which reach every node too."""
+        guard = self.guard
+        if guard is None:
+            return 404, {"error": "no source guard on this node"}
+        now = asyncio.get_running_loop().time()
+        if path == "/bans":
+            if method != "GET":
+                return 405, {"error": "use GET"}
+            return 200, {"bans": [{"ip": b.ip, "reason": b.reason, "strikes": b.strikes,
+                                   "seconds_left": round(b.until - now, 1), "by": b.node}
+                                  for b in guard.active(now)]}
+        if method != "POST":
+            return 405, {"error": "use POST"}
+        ip = args.get("ip")
+        try:
+            ip = str(ipaddress.ip_address(ip)) if isinstance(ip, str) else None
+        except ValueError:
+            ip = None
+        if ip is None:
+            return 400, {"error": "give ip (an IPv4 or IPv6 address)"}
+        if path == "/bans/lift":
+            if not guard.lift(ip, now):
+                return 404, {"error": f"{ip} is not banned"}
+        else:
+            seconds = args.get("seconds", 3600)
+            if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not (
+                    1 <= seconds <= 365 * 86400):
+                return 400, {"error": "seconds must be a number from 1 to 31536000"}
+            if guard.ban(ip, now, MANUAL, float(seconds)) is None:
+                return 400, {"error": f"{ip} is exempt (trusted, a dispatcher node, or in "
+                                      "security.exempt): it is never banned"}
+        log.info("control_change", path=path, request=json.dumps(args), peer=peer)
+        return 200, {"bans": [b.ip for b in guard.active(now)]}
 
     def state(self, path: str) -> dict[str, Any]:
         """What the node holds: counts and digests, or the bindings."""

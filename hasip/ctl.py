@@ -1,4 +1,5 @@
-"""``hasip dispatcher ...``: a client of a running node's control API.
+"""``hasip dispatcher ...`` and ``hasip bans ...``: clients of a running
+node's control API.
 
 The token comes from ``--token-file`` or the configuration's
 ``control.token_file``; the address from ``--control`` or
@@ -111,25 +112,17 @@ def print_listing(destinations: list[dict[str, Any]]) -> None:
               f"{d['uri']:<32}  {d['description']}{note}")
 
 
-def dispatcher_command(args: argparse.Namespace, config: Config) -> int:
+def request(args: argparse.Namespace, config: Config, path: str,
+            body: dict[str, Any] | None = None) -> dict[str, Any] | int:
+    """One call to the node's control API: its answer, or the exit code
+    after saying on stderr what went wrong."""
     try:
         client = make_client(args, config)
     except ConfigError as exc:
         print(f"hasip: {exc}", file=sys.stderr)
         return 2
-    action = args.action
     try:
-        if action == "list":
-            status, answer = client.call("/dispatcher")
-        elif action == "reload":
-            status, answer = client.call("/dispatcher/reload", {})
-        else:
-            body: dict[str, Any] = {"set": args.set, "uri": args.uri}
-            if action == "add":
-                body["attrs"] = args.attrs
-            if action == "set-state":
-                body["state"] = args.state
-            status, answer = client.call(f"/dispatcher/{action}", body)
+        status, answer = client.call(path, body)
     except (OSError, ValueError) as exc:
         print(f"hasip: cannot reach the node's control API at {client.base}: "
               f"{getattr(exc, 'reason', None) or exc}", file=sys.stderr)
@@ -141,6 +134,24 @@ def dispatcher_command(args: argparse.Namespace, config: Config) -> int:
     if status != 200:
         print(f"hasip: {answer.get('error', status)}", file=sys.stderr)
         return 1
+    return answer
+
+
+def dispatcher_command(args: argparse.Namespace, config: Config) -> int:
+    action = args.action
+    body: dict[str, Any] | None = None
+    if action == "reload":
+        body = {}
+    elif action != "list":
+        body = {"set": args.set, "uri": args.uri}
+        if action == "add":
+            body["attrs"] = args.attrs
+        if action == "set-state":
+            body["state"] = args.state
+    answer = request(args, config, "/dispatcher" if action == "list" else f"/dispatcher/{action}",
+                     body)
+    if isinstance(answer, int):
+        return answer
     listing = answer.get("destinations")
     if isinstance(listing, list) and getattr(args, "json", False):
         print(json.dumps(listing, indent=1))
@@ -148,4 +159,29 @@ def dispatcher_command(args: argparse.Namespace, config: Config) -> int:
         print_listing(listing)
     else:
         print(f"reloaded: {listing} destinations")
+    return 0
+
+
+def bans_command(args: argparse.Namespace, config: Config) -> int:
+    """``hasip bans list|lift IP|add IP``: the sources the cluster drops."""
+    if args.action == "list":
+        answer = request(args, config, "/bans")
+        if isinstance(answer, int):
+            return answer
+        bans = answer.get("bans") or []
+        if args.json:
+            print(json.dumps(bans, indent=1))
+            return 0
+        print(f"{'source':<40}  {'reason':<7}  {'strikes':>7}  {'left_s':>8}  by")
+        for b in bans:
+            print(f"{b['ip']:<40}  {b['reason']:<7}  {b['strikes']:>7}  "
+                  f"{b['seconds_left']:>8}  {b['by']}")
+        return 0
+    body: dict[str, Any] = {"ip": args.ip}
+    if args.action == "add":
+        body["seconds"] = args.seconds
+    answer = request(args, config, f"/bans/{args.action}", body)
+    if isinstance(answer, int):
+        return answer
+    print(f"{args.ip}: {'lifted' if args.action == 'lift' else 'banned'}")
     return 0

@@ -50,6 +50,7 @@ class Node:
             metrics.start_metrics_server(host, port)
             log.info("metrics_listening", address=f"{host}:{port}")
         control = ControlServer(services.dispatcher, services.location, services.dialogs)
+        control.guard = services.guard
         if self.config.control.listen is not None:
             await control.start(self.config.control)
         self.proxy = Proxy(self.config, loop, services)

@@ -16,10 +16,12 @@ from typing import Any, TypeVar
 
 from hasip.dialog.dialog import Dialog
 from hasip.location.binding import Binding
+from hasip.security.guard import Ban
 
 BINDING = "reg"
 DIALOG = "dlg"
 DESTINATION = "dst"
+BAN = "ban"
 
 PUT = "put"
 DELETE = "del"
@@ -71,3 +73,18 @@ def binding_record(op: str, b: Binding) -> dict[str, Any]:
 
 def dialog_record(op: str, d: Dialog) -> dict[str, Any]:
     return record(DIALOG, op, d.version, d.node, fields_of(d))
+
+
+def ban_record(op: str, ban: Ban, wall_offset: float) -> dict[str, Any]:
+    """A ban or lift (``op``: hasip.security.guard's BANNED or LIFTED). Its
+    end travels as wall-clock time: each node's guard keeps its own
+    monotonic clock (``wall_offset`` = wall time - that clock)."""
+    return record(BAN, op, ban.version, ban.node,
+                  {"ip": ban.ip, "until": ban.until + wall_offset, "strikes": ban.strikes,
+                   "reason": ban.reason})
+
+
+def ban_from(record_: dict[str, Any], wall_offset: float) -> Ban:
+    data = record_["d"]
+    return Ban(str(data["ip"]), float(data["until"]) - wall_offset, int(data["strikes"]),
+               str(data["reason"]), int(record_["v"]), str(record_["n"]))

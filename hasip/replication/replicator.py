@@ -63,6 +63,7 @@ from hasip.replication.protocol import (
     SYNC_DONE,
     ProtocolError,
 )
+from hasip.security.guard import BANNED, Ban, SourceGuard
 from hasip.tasks import cancel
 from keepalive.zk import wait
 
@@ -75,13 +76,15 @@ PROGRESS_EVERY = 5000
 class Replicator:
     def __init__(self, config: ReplicationConfig, node: str, location: LocationStore,
                  dialogs: DialogStore, dispatcher: Dispatcher, zk: KazooClient,
-                 members_path: str, advertise: Callable[[dict[str, Any]], None]) -> None:
+                 members_path: str, advertise: Callable[[dict[str, Any]], None],
+                 guard: SourceGuard | None = None) -> None:
         assert config.listen is not None
         self.config = config
         self.node = node
         self.location = location
         self.dialogs = dialogs
         self.dispatcher = dispatcher
+        self.guard = guard
         self.zk = zk
         self.members_path = members_path
         self.advertise = advertise          # puts our fields in the membership data
@@ -109,6 +112,8 @@ class Replicator:
         dialogs.subscribe(self._on_dialog)
         dispatcher.state_subscribers.append(self._on_destination)
         dispatcher.probes_mine = self.probes_mine
+        if guard is not None:
+            guard.subscribers.append(self._on_ban)
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -143,6 +148,11 @@ class Replicator:
 
     def _on_destination(self, dest: Destination) -> None:
         self._queue(_destination_record(dest))
+
+    def _on_ban(self, op: str, ban: Ban, local: bool) -> None:
+        """A ban (or lift) decided here: every node drops the source."""
+        if local:
+            self._queue(rec.ban_record(op, ban, _wall_offset()))
 
     def probes_mine(self, dest: Destination) -> bool:
         """One prober per destination: the live member that hashes highest
@@ -319,6 +329,9 @@ class Replicator:
                 return self.dispatcher.apply_state(int(data["set"]), str(data["uri"]),
                                                    str(data["state"]), int(record["v"]),
                                                    str(record["n"]))
+            if kind == rec.BAN and self.guard is not None:
+                return self.guard.apply(str(op), rec.ban_from(record, _wall_offset()),
+                                        time.monotonic())
         except (TypeError, ValueError, KeyError) as exc:
             log.warning("replication_bad_record", kind=kind, error=str(exc))
         return False
@@ -369,6 +382,11 @@ class Replicator:
         for dest in list(self.dispatcher.by_key.values()):
             if dest.state_version and mine(dest.state_node):
                 items.append(_destination_record(dest))
+        if self.guard is not None:
+            offset = _wall_offset()
+            for ban in self.guard.active(time.monotonic()):
+                if mine(ban.node):
+                    items.append(rec.ban_record(BANNED, ban, offset))
         batch = self.config.batch
         for i in range(0, len(items), batch):
             link.send(RECORDS, {"origin": self.node, "epoch": self.epoch, "seqs": None,
@@ -484,6 +502,12 @@ def tls_contexts(config: ReplicationConfig) -> tuple[ssl.SSLContext | None,
     client.load_cert_chain(config.tls_cert, config.tls_key)
     client.check_hostname = False
     return server, client
+
+
+def _wall_offset() -> float:
+    """Wall-clock time minus the monotonic clock the guard keeps (the event
+    loop's): bans cross the network in wall-clock time."""
+    return time.time() - time.monotonic()
 
 
 def _destination_record(dest: Destination) -> dict[str, Any]:

@@ -121,24 +121,25 @@ class SourceGuard:
         bucket = self._buckets.get(ip)
         return bucket.exempt if bucket is not None else self.exempt(ip)
 
-    def ban(self, ip: str, now: float, reason: str) -> Ban | None:
-        """Ban ``ip`` (None when it is exempt or banned already)."""
+    def ban(self, ip: str, now: float, reason: str, length: float = 0.0) -> Ban | None:
+        """Ban ``ip`` (None when it is exempt or banned already): for
+        ``length`` seconds when given (an operator's ban), else for the
+        source's next step of ban_time, doubled per strike."""
         if self.is_exempt(ip):
             return None
         old = self._bans.get(ip)
-        if old is not None and now < old.until:
+        if old is not None and now < old.until and not length:
             return None
         strikes = 1
         if old is not None and now - old.until < self.max_ban_time:
             strikes = old.strikes + 1
-        length = min(self.ban_time * 2.0 ** min(strikes - 1, 30), self.max_ban_time)
+        if not length:
+            length = min(self.ban_time * 2.0 ** min(strikes - 1, 30), self.max_ban_time)
         self.version += 1
         ban = Ban(ip, now + length, strikes, reason, self.version, self.node)
         self._store(ban)
-        bucket = self._buckets.get(ip)
-        if bucket is not None:
-            # Back with a full allowance when the ban ends, not a debt.
-            bucket.tokens, bucket.at = self.burst, ban.until
+        # Back with a full allowance when the ban ends (or is lifted), not a debt.
+        self._buckets.pop(ip, None)
         self._notify(BANNED, ban, True)
         return ban
 
@@ -147,6 +148,7 @@ class SourceGuard:
         ban = self._bans.pop(ip, None)
         if ban is None or now >= ban.until:
             return False
+        self._buckets.pop(ip, None)
         self.version += 1
         ban.version, ban.node, ban.until = self.version, self.node, now
         self._notify(LIFTED, ban, True)

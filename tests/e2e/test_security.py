@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import sys
 import time
 import uuid
 
@@ -403,6 +405,61 @@ def test_a_flooding_source_is_banned_then_let_back(make_node, udp_peer) -> None:
     flood.send(options(node, flood), node.sip_port, "127.0.0.1")
     assert finals(flood) == [200]
     no_error_lines(node)
+
+
+def hasip_cli(node, *args: str) -> subprocess.CompletedProcess[str]:
+    """An operator's command against ``node`` (its configuration: the
+    control API's address and token)."""
+    return subprocess.run([sys.executable, "-m", "hasip", args[0], "-c",
+                           str(node.config_path), *args[1:]],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_bans_are_listed_lifted_and_added_by_command(make_node, udp_peer) -> None:
+    node = untrusted_node(make_node, security={"rate": 5.0, "burst": 10, "ban_time": 600.0})
+    flood = udp_peer("127.0.0.12")
+    for _ in range(30):
+        flood.send(options(node, flood), node.sip_port, "127.0.0.1")
+    flood.recv_all(0.3)
+    listing = hasip_cli(node, "bans", "list")
+    assert listing.returncode == 0, listing.stderr
+    assert re.search(r"^127\.0\.0\.12\s+rate\s+1\s+\d", listing.stdout, re.M), listing.stdout
+    lifted = hasip_cli(node, "bans", "lift", "127.0.0.12")
+    assert lifted.returncode == 0 and "lifted" in lifted.stdout, lifted.stderr
+    flood.send(options(node, flood), node.sip_port, "127.0.0.1")
+    assert finals(flood) == [200]
+    assert hasip_cli(node, "bans", "lift", "127.0.0.12").returncode == 1   # not banned now
+    added = hasip_cli(node, "bans", "add", "127.0.0.13", "--seconds", "60")
+    assert added.returncode == 0, added.stderr
+    other = udp_peer("127.0.0.13")
+    other.send(options(node, other), node.sip_port, "127.0.0.1")
+    assert finals(other) == []
+    assert "event=source_banned ip=127.0.0.13 reason=manual seconds=60" in node.log()
+
+
+def test_trust_follows_the_dispatcher_set_as_it_changes(make_node, udp_peer) -> None:
+    """Before: trust was a start-up snapshot of the dispatcher's nodes. A node
+    added live was challenged (Asterisk calling an agent back broke), one
+    removed stayed trusted (its unauthenticated INVITE was relayed)."""
+    ast1, ast2 = udp_peer(), udp_peer()
+    node = untrusted_node(make_node, next_hop=[f"sip:127.0.0.1:{ast1.port}"])
+    target = f"sip:5551234@127.0.0.1:{node.sip_port}"
+
+    def first_answer(asterisk: UdpPeer) -> int | None:
+        asterisk.send(request(asterisk, "INVITE", target), node.sip_port)
+        got = [status_of(m) for m in asterisk.recv_all(0.4) if status_of(m)]
+        return got[0] if got else None
+
+    assert first_answer(ast2) == 407                       # not a node of ours yet
+    added = hasip_cli(node, "dispatcher", "add", "1", f"sip:127.0.0.1:{ast2.port}")
+    assert added.returncode == 0, added.stderr
+    # Trusted at once: not challenged (a call back from Asterisk for a user
+    # who is not registered gets 404, never a loop into the dispatcher).
+    assert first_answer(ast2) == 404
+    removed = hasip_cli(node, "dispatcher", "remove", "1", f"sip:127.0.0.1:{ast1.port}")
+    assert removed.returncode == 0, removed.stderr
+    ast1.recv_all(0.2)
+    assert first_answer(ast1) == 407                       # challenged at once
 
 
 def guess(peer: UdpPeer, node, user: str, password: str) -> int | None:
