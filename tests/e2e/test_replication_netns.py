@@ -19,6 +19,7 @@ import pytest
 
 from hasip.demo.sipp import Sipp
 from tests.e2e.vipcluster import (
+    ASTERISK_IP,
     CLIENT_IP,
     VIP_A,
     VIP_B,
@@ -65,6 +66,19 @@ def replicated(tmp_path: Path) -> Iterator[Cluster]:
     users = write_users(tmp_path, 20000, PHONES)
     yield from vip_cluster(tmp_path, 1, replication=True, users_file=users,
                            nodes=("n1", "n2"))
+
+
+@pytest.fixture
+def replicated_untrusted_phones(tmp_path: Path) -> Iterator[Cluster]:
+    """As ``replicated``, but only the Asterisk side is trusted: the phones
+    (the client namespace) authenticate, and their in-dialog requests are
+    relayed only with the token of a Record-Route the cluster wrote."""
+    missing = cluster_missing()
+    if missing:
+        pytest.skip(missing)
+    users = write_users(tmp_path, 20000, 20)
+    yield from vip_cluster(tmp_path, 1, replication=True, users_file=users,
+                           nodes=("n1", "n2"), trusted=[f"{ASTERISK_IP}/32"])
 
 
 def register(cluster: Cluster, tmp_path: Path, first: int, count: int, rate: int = 400,
@@ -169,7 +183,7 @@ def test_a_link_reset_is_repaired_and_nothing_diverges(replicated, tmp_path) -> 
 
 
 def test_calls_of_a_killed_owner_end_through_the_new_one_and_its_phones_stay_reachable(
-        replicated, tmp_path) -> None:
+        replicated_untrusted_phones, tmp_path) -> None:
     """Calls in progress through VIP_A (owned by n1) in both directions: 20
     from a phone to the Asterisk side, which the caller hangs up, and 10
     from the gateway to phones registered through VIP_A, which the phone
@@ -177,8 +191,10 @@ def test_calls_of_a_killed_owner_end_through_the_new_one_and_its_phones_stay_rea
     bindings. Every BYE, from either side, reaches the other side through
     n2 and ends its dialog there; every CDR is written once; no
     registration is lost; a new call to a phone registered through VIP_A
-    reaches it."""
-    cluster = replicated
+    reaches it. The phones are not trusted: their calls authenticate, their
+    BYEs pass on the Record-Route token alone, on the new owner too, which
+    refuses a made-up To tag as the old one did."""
+    cluster = replicated_untrusted_phones
     cluster.start_node("n3")
     cluster.wait_owners({VIP_A: "n1", VIP_B: "n2"})
     phones_uas = Sipp("uas_hangup.xml", 5071, tmp_path, local_ip=CLIENT_IP,
@@ -188,16 +204,21 @@ def test_calls_of_a_killed_owner_end_through_the_new_one_and_its_phones_stay_rea
         assert phone.wait(30) == 0, phone.errors()
         wait_same_location(cluster, NODES, 5)
         out_calls, in_calls = 20, 10
-        caller = Sipp("uac.xml", 5070, tmp_path, remote=f"{VIP_A}:5060", calls=out_calls,
-                      rate=10, call_length_ms=6000, local_ip=CLIENT_IP,
-                      netns=cluster.lab.ns("client")).start()
+        caller = Sipp("uac_auth.xml", 5070, tmp_path, remote=f"{VIP_A}:5060",
+                      calls=out_calls, rate=10, call_length_ms=6000, local_ip=CLIENT_IP,
+                      netns=cluster.lab.ns("client"),
+                      extra=("-au", "20010", "-ap", "pw20010", "-key", "caller", "20010")
+                      ).start()
         gateway = Sipp("uac_callee_hangs_up.xml", 5081, tmp_path, remote=f"{VIP_A}:5060",
                        calls=in_calls, rate=5, service="20003", local_ip="198.18.0.60",
                        netns=cluster.lab.ns("ast")).start()
         time.sleep(2.6)                        # every call is up, none has ended
         before = cluster.control("n2", "/dialogs")["dialogs"]
+        assert made_up_tag(cluster) == 403    # n1 refuses it
         cluster.nodes["n1"].kill()
         cluster.wait_owners({VIP_A: "n2"}, timeout=10)
+        assert made_up_tag(cluster) == 403    # and so does n2, VIP_A's owner now
+        assert "event=in_dialog_refused" in cluster.log("n2", tail=0)
         assert caller.wait(60) == 0, caller.errors()
         assert gateway.wait(60) == 0, gateway.errors()
         results = [(s.counter("SuccessfulCall(C)"), s.counter("FailedCall(C)"))
@@ -235,6 +256,51 @@ def test_calls_of_a_killed_owner_end_through_the_new_one_and_its_phones_stay_rea
         assert phones_uas.counter("SuccessfulCall(C)") == answered + 1
     finally:
         phones_uas.stop()
+
+
+def made_up_tag(cluster: Cluster) -> int | None:
+    """An INVITE with a To tag of nobody's dialog, from a phone's address
+    through VIP_A to the Asterisk side: the answer's status."""
+    code = f"""
+import socket, uuid
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("{CLIENT_IP}", 0))
+port = s.getsockname()[1]
+call = uuid.uuid4().hex
+s.sendto((f"INVITE sip:0900123@{ASTERISK_IP}:5080 SIP/2.0\\r\\n"
+          f"Via: SIP/2.0/UDP {CLIENT_IP}:{{port}};branch=z9hG4bK{{call[:10]}};rport\\r\\n"
+          "Max-Forwards: 70\\r\\nFrom: <sip:20011@{VIP_A}>;tag=f\\r\\n"
+          "To: <sip:0900123@{VIP_A}>;tag=made-up\\r\\n"
+          f"Call-ID: {{call}}\\r\\nCSeq: 1 INVITE\\r\\n"
+          "Route: <sip:{VIP_A}:5060;lr>\\r\\nContent-Length: 0\\r\\n\\r\\n").encode(),
+         ("{VIP_A}", 5060))
+s.settimeout(2)
+print(s.recv(65535).split(b" ")[1].decode())
+"""
+    res = cluster.lab.run("client", [sys.executable, "-c", code], timeout=30)
+    return int(res.stdout.strip()) if res.returncode == 0 and res.stdout.strip() else None
+
+
+def test_a_ban_decided_by_one_node_is_applied_by_every_node(replicated) -> None:
+    """An operator's ban on n1 reaches n2 (the replication stream), and n2's
+    lift reaches n1."""
+    cluster = replicated
+
+    def bans(node: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return cluster.lab.run(node, [sys.executable, "-m", "hasip", "bans", "-c",
+                                      str(cluster.workdir / f"{node}.toml"), *args])
+
+    assert bans("n1", "add", "198.18.0.77", "--seconds", "600").returncode == 0
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "198.18.0.77" not in bans("n2", "list").stdout:
+        time.sleep(0.1)
+    listing = bans("n2", "list").stdout
+    assert re.search(r"^198\.18\.0\.77\s+manual\s+1\s+\d+\.\d\s+n1$", listing, re.M), listing
+    assert bans("n2", "lift", "198.18.0.77").returncode == 0
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "198.18.0.77" in bans("n1", "list").stdout:
+        time.sleep(0.1)
+    assert "198.18.0.77" not in bans("n1", "list").stdout
 
 
 def _inactive_at(cluster: Cluster, node: str, uri: str) -> tuple[float, str] | None:

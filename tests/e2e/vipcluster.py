@@ -37,6 +37,8 @@ class Cluster:
         self.replication = replication
         self.users_file = users_file
         self.replication_extra: dict = {}     # more [replication] keys for every node
+        # auth.trusted of every node: the whole LAN unless a test says otherwise.
+        self.trusted = ["198.18.0.0/24"]
         self.nodes: dict[str, subprocess.Popen[bytes]] = {}
         # Every node's control API token, and the cluster's ZooKeeper password.
         self.token_file = workdir / "control.token"
@@ -57,7 +59,7 @@ class Cluster:
             "metrics": {"listen": "127.0.0.1:9060"},
             "control": {"listen": "127.0.0.1:9061", "token_file": str(self.token_file)},
             "location": {"backend": "memory"},
-            "auth": {"trusted": ["198.18.0.0/24"]},
+            "auth": {"trusted": self.trusted},
             "dispatcher": {"destinations": destinations or [f"1 sip:{ASTERISK_IP}:5080"]},
             # Preemption (after 0.5 s) spreads the VIPs over the nodes
             # whatever order they start in.
@@ -171,7 +173,8 @@ def cluster_missing() -> str:
 def vip_cluster(tmp_path: Path, zk_servers: int, replication: bool = False,
                 users_file: Path | None = None,
                 nodes: tuple[str, ...] = ("n1", "n2", "n3"),
-                replication_extra: dict | None = None) -> Iterator[Cluster]:
+                replication_extra: dict | None = None,
+                trusted: list[str] | None = None) -> Iterator[Cluster]:
     """The running cluster (``nodes`` started), VIP_A on n1 and VIP_B on n2;
     torn down after."""
     lab = Lab(f"hk{os.getpid() % 10000}").create()
@@ -186,6 +189,8 @@ def vip_cluster(tmp_path: Path, zk_servers: int, replication: bool = False,
         zk = ZooKeeper(tmp_path, ZK_IP, count=zk_servers, netns=lab.ns("zk")).start()
         c = Cluster(lab, zk, tmp_path, replication, users_file)
         c.replication_extra = replication_extra or {}
+        if trusted is not None:
+            c.trusted = trusted
         for name in nodes:
             c.start_node(name)
         c.wait_owners({VIP_A: "n1", VIP_B: "n2"})
