@@ -51,6 +51,7 @@ def cluster_node(make_node, zk: ZooKeeper, tmp_path: Path, root: str) -> tuple[
     password_file = tmp_path / "zookeeper.password"
     creds = Credentials("hasip", write_secret(password_file))
     node = make_node(dispatcher={"destinations": ["1 sip:127.0.0.1:5999"]},
+                     auth={"secret": "the cluster's shared secret"},
                      cluster={"zookeeper": zk.hosts, "root": root, "zookeeper_user": "hasip",
                               "zookeeper_password_file": str(password_file)})
     return node, creds, password_file
