@@ -290,17 +290,17 @@ def test_a_ban_decided_by_one_node_is_applied_by_every_node(replicated) -> None:
         return cluster.lab.run(node, [sys.executable, "-m", "hasip", "bans", "-c",
                                       str(cluster.workdir / f"{node}.toml"), *args])
 
-    assert bans("n1", "add", "198.18.0.77", "--seconds", "600").returncode == 0
+    assert bans("n1", "add", "198.18.1.77", "--seconds", "600").returncode == 0
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and "198.18.0.77" not in bans("n2", "list").stdout:
+    while time.monotonic() < deadline and "198.18.1.77" not in bans("n2", "list").stdout:
         time.sleep(0.1)
     listing = bans("n2", "list").stdout
-    assert re.search(r"^198\.18\.0\.77\s+manual\s+1\s+\d+\.\d\s+n1$", listing, re.M), listing
-    assert bans("n2", "lift", "198.18.0.77").returncode == 0
+    assert re.search(r"^198\.18\.1\.77\s+manual\s+1\s+\d+\.\d\s+n1$", listing, re.M), listing
+    assert bans("n2", "lift", "198.18.1.77").returncode == 0
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and "198.18.0.77" in bans("n1", "list").stdout:
+    while time.monotonic() < deadline and "198.18.1.77" in bans("n1", "list").stdout:
         time.sleep(0.1)
-    assert "198.18.0.77" not in bans("n1", "list").stdout
+    assert "198.18.1.77" not in bans("n1", "list").stdout
 
 
 def _inactive_at(cluster: Cluster, node: str, uri: str) -> tuple[float, str] | None:
