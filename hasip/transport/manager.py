@@ -113,9 +113,12 @@ class Transports:
                 if sock is not None:
                     server = await self.loop.create_server(factory, sock=sock)
                 else:
+                    # The backlog of a VIP's socket too (asyncio's default, 100,
+                    # lets a burst of connections, a flood or phones that all
+                    # reconnect at once after a failover, overflow the queue).
                     server = await self.loop.create_server(
                         factory, listener.host, listener.port, family=listener.family,
-                        reuse_address=True)
+                        reuse_address=True, backlog=1024)
                 self._servers.append(server)
             log.info("listening", transport=listener.transport, address=listener.sent_by)
         self._sweeper = self.loop.create_task(self._sweep())
