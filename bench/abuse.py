@@ -278,23 +278,30 @@ def distributed_guesser(target: Target, seconds: float, sources: int = 20) -> Gu
 # -- flood -------------------------------------------------------------------------------
 
 
-def flood_worker(port: int, rate: float, seconds: float, src: str) -> None:
+def flood_worker(port: int, rate: float, seconds: float, src: str, sources: int) -> None:
     """Send INVITEs (no credentials, a new Call-ID each) at ``rate`` for
-    ``seconds``; runs in its own process."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((src, 0))
-    sport = sock.getsockname()[1]
-    head = (f"INVITE sip:0900123@127.0.0.1:{port} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {src}:{sport};branch=z9hG4bKfl").encode()
-    tail = (f"\r\nMax-Forwards: 70\r\nFrom: <sip:1001@127.0.0.1>;tag=fl\r\n"
-            f"To: <sip:0900123@127.0.0.1>\r\nCSeq: 1 INVITE\r\n"
-            f"Contact: <sip:1001@{src}:{sport}>\r\nContent-Length: 0\r\n").encode()
+    ``seconds``, from ``sources`` addresses in turn (``src`` alone when 1,
+    else 127.0.2.1 onwards: a flood spread so that no address exceeds a
+    per-source limit); runs in its own process."""
+    socks = []
+    for i in range(sources):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        ip = src if sources == 1 else f"127.0.{2 + i // 250}.{1 + i % 250}"
+        sock.bind((ip, 0))
+        sport = sock.getsockname()[1]
+        head = (f"INVITE sip:0900123@127.0.0.1:{port} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP {ip}:{sport};branch=z9hG4bKfl").encode()
+        tail = (f"\r\nMax-Forwards: 70\r\nFrom: <sip:1001@127.0.0.1>;tag=fl\r\n"
+                f"To: <sip:0900123@127.0.0.1>\r\nCSeq: 1 INVITE\r\n"
+                f"Contact: <sip:1001@{ip}:{sport}>\r\nContent-Length: 0\r\n").encode()
+        socks.append((sock, head, tail))
     dest = ("127.0.0.1", port)
     t0 = time.monotonic()
     sent = 0
     while (elapsed := time.monotonic() - t0) < seconds:
         due = int(elapsed * rate)
         while sent < due:
+            sock, head, tail = socks[sent % sources]
             n = b"%d" % sent
             try:
                 sock.sendto(head + n + b"\r\nCall-ID: fl" + n + tail + b"\r\n", dest)
@@ -343,8 +350,8 @@ class Flood:
     sent: int
 
 
-def flood(work: Path, target: Target, rate: float, seconds: float, warm: float = 4.0,
-          after: float = 8.0, call_rate: int = 20) -> Flood:
+def flood(work: Path, target: Target, rate: float, seconds: float, sources: int = 1,
+          warm: float = 4.0, after: float = 8.0, call_rate: int = 20) -> Flood:
     total = warm + seconds + after
     caller = gateway_calls(work, target, call_rate, int(call_rate * total))
     wait_for_stats(caller)
@@ -358,8 +365,8 @@ def flood(work: Path, target: Target, rate: float, seconds: float, warm: float =
 
     until(warm)
     flooder = subprocess.Popen([sys.executable, __file__, "--flood-worker", str(target.port),
-                                str(rate), str(seconds), FLOODER], stdout=subprocess.PIPE,
-                               text=True)
+                                str(rate), str(seconds), FLOODER, str(sources)],
+                               stdout=subprocess.PIPE, text=True)
     start = len(samples)
     until(warm + seconds)
     stop = len(samples)
@@ -461,7 +468,7 @@ def slow_tcp(work: Path, target: Target, connections: int = 2000, sources: int =
 def run(target_cls: type[Target], work: Path, args: argparse.Namespace,
         asterisk: int) -> dict[str, object]:
     results: dict[str, object] = {}
-    for attack in ("fast", "slow", "distributed", "flood", "tcp"):
+    for attack in ("fast", "slow", "distributed", "flood", "spread", "tcp"):
         target = target_cls(work, asterisk)  # type: ignore[call-arg]
         target.start()
         try:
@@ -474,6 +481,9 @@ def run(target_cls: type[Target], work: Path, args: argparse.Namespace,
                 results[attack] = distributed_guesser(target, args.guess_seconds)
             elif attack == "flood":
                 results[attack] = flood(work, target, args.flood_rate, args.flood_seconds)
+            elif attack == "spread":
+                results[attack] = flood(work, target, args.flood_rate, args.flood_seconds,
+                                        args.spread_sources)
             else:
                 results[attack] = slow_tcp(work, target)
             print(f"    {results[attack]}".split(", results=")[0], flush=True)
@@ -489,11 +499,13 @@ def main() -> int:
     parser.add_argument("--flood-seconds", type=float, default=10.0)
     parser.add_argument("--guess-seconds", type=float, default=10.0)
     parser.add_argument("--no-kamailio", action="store_true")
-    parser.add_argument("--flood-worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--spread-sources", type=int, default=1000,
+                        help="addresses of the spread flood (default 1000)")
+    parser.add_argument("--flood-worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.flood_worker:
-        port, rate, seconds, src = args.flood_worker
-        flood_worker(int(port), float(rate), float(seconds), src)
+        port, rate, seconds, src, sources = args.flood_worker
+        flood_worker(int(port), float(rate), float(seconds), src, int(sources))
         return 0
     if shutil.which("sipp") is None:
         print("sipp is not installed (apt-get install sip-tester)", file=sys.stderr)
@@ -541,16 +553,18 @@ def report(table: dict[str, dict[str, object]], args: argparse.Namespace) -> Non
              for g in gs])
         row("  refused unchecked / dropped",
             [f"{g.refused}/{g.dropped}" for g in gs])  # type: ignore[attr-defined]
-    fl = [table[n]["flood"] for n in names]
-    row(f"flood {args.flood_rate:.0f} INVITE/s x {args.flood_seconds:.0f} s: INVITEs sent",
-        [str(f.sent) for f in fl])  # type: ignore[attr-defined]
-    row("  gateway calls completed during the flood",
-        [f"{100 * f.during_share:.1f} %" for f in fl])  # type: ignore[attr-defined]
-    row("  gateway calls failed, flood and after", [str(f.failed) for f in fl])  # type: ignore[attr-defined]
-    row("  seconds to full service after it", [f"{f.recovery_s:.1f}" for f in fl])  # type: ignore[attr-defined]
-    row("  CPU during the flood", [f"{f.cpu_pct:.0f} %" for f in fl])  # type: ignore[attr-defined]
-    row("  memory before / peak / after (MB)",
-        [f"{f.rss_before:.0f}/{f.rss_peak:.0f}/{f.rss_after:.0f}" for f in fl])  # type: ignore[attr-defined]
+    for key, label in (("flood", "one address"),
+                       ("spread", f"{args.spread_sources} addresses")):
+        fl = [table[n][key] for n in names]
+        row(f"flood {args.flood_rate:.0f} INVITE/s x {args.flood_seconds:.0f} s from {label}",
+            [str(f.sent) for f in fl])  # type: ignore[attr-defined]
+        row("  gateway calls completed during the flood",
+            [f"{100 * f.during_share:.1f} %" for f in fl])  # type: ignore[attr-defined]
+        row("  gateway calls failed, flood and after", [str(f.failed) for f in fl])  # type: ignore[attr-defined]
+        row("  seconds to full service after it", [f"{f.recovery_s:.1f}" for f in fl])  # type: ignore[attr-defined]
+        row("  CPU during the flood", [f"{f.cpu_pct:.0f} %" for f in fl])  # type: ignore[attr-defined]
+        row("  memory before / peak / after (MB)",
+            [f"{f.rss_before:.0f}/{f.rss_peak:.0f}/{f.rss_after:.0f}" for f in fl])  # type: ignore[attr-defined]
     tc = [table[n]["tcp"] for n in names]
     row("2,000 half-sent TCP messages: closed by the node",
         [f"{t.closed_by_node}/{t.opened}" for t in tc])  # type: ignore[attr-defined]
