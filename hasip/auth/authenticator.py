@@ -203,7 +203,7 @@ class Authenticator:
                   method: str) -> Verdict:
         """The password is proven: the count is used up now (a concurrent
         copy of the same credentials loses), the user's failures forgiven."""
-        if self.nonces.use(creds.nonce, creds.nc) != VALID:
+        if self.nonces.commit(creds.nonce, creds.nc) != VALID:
             return self._challenge(proxy, realm, False, "replayed", method)
         self.failures.succeeded(creds.username)
         return self._identity(creds, identity, method)

@@ -254,7 +254,12 @@ class NonceManager:
             return INVALID  # from the future: a clock far off, or forged
         if stamp[8:16] != self.epoch:
             return STALE    # another node's, or from before a restart
-        index = int(stamp[16:24], 16)
+        return self._count(nonce, nc, record)
+
+    def _count(self, nonce: str, nc: str | None, record: bool) -> str:
+        """The nonce-count part of the check, for a nonce whose MAC, age and
+        epoch are known good."""
+        index = int(nonce[16:24], 16)
         if (self._issued - index) & _INDEX_MASK >= self.slots:
             return STALE    # its slot may serve a newer nonce now
         if nc is None:
@@ -298,6 +303,12 @@ class NonceManager:
     def use(self, nonce: str, nc: str | None, now: float | None = None) -> str:
         """As :meth:`check`, and a VALID count is recorded as used."""
         return self._state(nonce, nc, now, True)
+
+    def commit(self, nonce: str, nc: str | None) -> str:
+        """Record the count of a nonce :meth:`check` found VALID a moment
+        ago (its MAC, age and epoch are not checked again): VALID, or
+        REPLAYED when a copy of the same credentials used it meanwhile."""
+        return self._count(nonce, nc, True)
 
 
 def challenge(realm: str, nonce: str, algorithm: str, stale: bool = False,

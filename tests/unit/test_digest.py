@@ -156,6 +156,11 @@ def test_looking_at_a_count_does_not_use_it() -> None:
         assert nonces.check(nonce, "00000001") == VALID     # the guesses
     for nonce in issued:
         assert nonces.use(nonce, "00000001") == VALID       # still unused
+    # commit: the count of a nonce just checked, once.
+    fresh = nonces.issue()
+    assert nonces.check(fresh, "00000002") == VALID
+    assert nonces.commit(fresh, "00000002") == VALID
+    assert nonces.commit(fresh, "00000002") == REPLAYED
 
 
 def test_challenge_text() -> None:
