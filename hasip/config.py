@@ -325,6 +325,17 @@ class _Section:
                 raise ConfigError(f"{self.where(key)}[{i}]: expected a string, got {item!r}")
         return list(value)
 
+    def networks(self, key: str, default: list[str]) -> list[str]:
+        """A list of addresses or networks (``192.0.2.0/24``, ``2001:db8::1``)."""
+        value = self.str_list(key, default)
+        for i, net in enumerate(value):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"{self.where(key)}[{i}]: {net!r} is not an address or "
+                                  "network (e.g. 192.0.2.0/24)") from None
+        return value
+
     def listen_address(self, default: tuple[str, int] | None) -> tuple[str, int] | None:
         """The section's ``listen``: HOST:PORT, or "off" (None)."""
         if "listen" not in self.data:
@@ -544,13 +555,7 @@ def _security_section(cfg: Config, sec: _Section) -> None:
     s.user_backoff = sec.number("user_backoff", s.user_backoff, 0.0, 86400.0)
     s.max_user_backoff = sec.number("max_user_backoff", s.max_user_backoff, s.user_backoff,
                                     30 * 86400.0)
-    s.exempt = sec.str_list("exempt", s.exempt)
-    for i, net in enumerate(s.exempt):
-        try:
-            ipaddress.ip_network(net, strict=False)
-        except ValueError:
-            raise ConfigError(f"{sec.where('exempt')}[{i}]: {net!r} is not an address or "
-                              "network (e.g. 198.51.100.0/24)") from None
+    s.exempt = sec.networks("exempt", s.exempt)
     s.max_sources = sec.integer("max_sources", s.max_sources, 100, 10_000_000)
     sec.finish()
 
@@ -833,13 +838,7 @@ def _auth_section(cfg: Config, sec: _Section) -> None:
         if alg not in ("MD5", "SHA-256"):
             raise sec.error("algorithms", f"{alg!r} is not one of MD5, SHA-256")
     a.allow_no_qop = sec.get("allow_no_qop", bool, a.allow_no_qop)
-    a.trusted = sec.str_list("trusted", a.trusted)
-    for i, net in enumerate(a.trusted):
-        try:
-            ipaddress.ip_network(net, strict=False)
-        except ValueError:
-            raise ConfigError(f"{sec.where('trusted')}[{i}]: {net!r} is not an address or "
-                              "network (e.g. 192.0.2.0/24)")
+    a.trusted = sec.networks("trusted", a.trusted)
     a.retry_after = sec.integer("retry_after", a.retry_after, 1, 3600)
     sec.finish()
 
