@@ -11,9 +11,10 @@ cd "$(dirname "$0")/.."
 # benchmark's reference; zookeeper: the servers the cluster tests start
 # (a Java program: it brings a JRE); tcpdump: the GARP and answerer checks;
 # openssl: the certificates of the replication-over-TLS test; gcc and
-# python3-dev: compiling the hot path (hasip/compiled.py).
+# python3-dev: compiling the hot path (hasip/compiled.py); sipvicious: an
+# attacker's password cracker (svcrack) the security tests point at a node.
 DEBS=(sip-tester kamailio iproute2 iptables tcpdump mariadb-server freeradius freeradius-utils
-      zookeeper openssl python3-venv python3-dev gcc curl)
+      zookeeper openssl python3-venv python3-dev gcc curl sipvicious)
 missing=()
 for pkg in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -7,6 +7,7 @@ in-dialog requests still pass. Real hasip processes on loopback."""
 from __future__ import annotations
 
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import uuid
 
 import pytest
 
+from hasip.auth.digest import make_ha1
 from hasip.sip.message import Request, Response, parse_message
 from tests.e2e.conftest import UdpPeer, metric, reply_to, status_of
 from tests.e2e.sipphone import digest_header
@@ -509,4 +511,39 @@ def test_a_user_guessed_from_many_addresses_backs_off(make_node, udp_peer) -> No
     assert guess(udp_peer("127.0.1.8"), node, "1002", "demo1002") != 403   # others are fine
     time.sleep(1.1)
     assert guess(udp_peer("127.0.1.10"), node, "1001", "demo1001") not in (403, 407)
+    no_error_lines(node)
+
+
+def svcrack_missing() -> str:
+    return "" if shutil.which("svcrack") else "svcrack is not installed (Debian sipvicious)"
+
+
+@pytest.mark.parametrize("defences", [True, False])
+def test_sipvicious_svcrack_cracks_a_pin_only_without_the_defences(make_node, tmp_path,
+                                                                    defences: bool) -> None:
+    """SIPVicious's svcrack (an attacker's tool nobody here wrote) against a
+    4-digit password: with the defaults it finds nothing (five wrong
+    guesses, then the account backs off and the source is banned); with the
+    limits turned off it cracks the PIN, which shows the attack is real."""
+    missing = svcrack_missing()
+    if missing:
+        pytest.skip(missing)
+    users = tmp_path / "users"
+    users.write_text(f"1001:hasip:{make_ha1('MD5', '1001', 'hasip', '4242')}\n")
+    security = {} if defences else {"rate": 0.0, "auth_failures": 0, "user_failures": 1000000}
+    # svcrack's REGISTER names the host without a port: the node's domain.
+    node = untrusted_node(make_node, auth={"users_file": str(users)}, security=security,
+                          sip={"domains": ["127.0.0.1"]})
+    res = subprocess.run(["svcrack", "-u", "1001", "-r", "4200-4300", "-z", "4",
+                          "-b", "127.0.0.14", "-p", str(node.sip_port), "127.0.0.1"],
+                         capture_output=True, text=True, timeout=120)
+    out = res.stdout + res.stderr
+    text = node.metrics()
+    if defences:
+        assert "4242" not in out and "found nothing" in out, out[-2000:]
+        assert metric(text, "hasip_auth_total",
+                      'method="REGISTER",result="wrong_password"') <= 5
+        assert metric(text, "hasip_auth_total", 'method="REGISTER",result="ok"') == 0
+    else:
+        assert re.search(r"\|\s*1001\s*\|\s*4242\s*\|", out), out[-2000:]
     no_error_lines(node)
