@@ -54,8 +54,11 @@ class TimerQueue:
         self._handle = self._loop.call_at(when, self._run)
 
     def _run(self) -> None:
-        self._handle = None
-        self._armed_at = math.inf
+        # Forget the handle that fired without reading the attribute again
+        # here: mypyc would take it for None for the rest of the method (the
+        # narrowing of the assignment), while a timer fired in the loop may
+        # arm a new handle meanwhile (a TypeError in the compiled build).
+        self._disarm()
         heap = self._heap
         now = self._loop.time()
         while heap and heap[0][0] <= now:
@@ -66,8 +69,15 @@ class TimerQueue:
             if due is not None and due <= now:
                 self._fire(txn, now)
             self.schedule(txn)
-        if heap and self._handle is None:
+        if heap:
+            # The earliest deadline left, even if a transaction handled
+            # above armed the handle for a later one (_arm keeps the
+            # earlier of the two).
             self._arm(heap[0][0])
+
+    def _disarm(self) -> None:
+        self._handle = None
+        self._armed_at = math.inf
 
     def close(self) -> None:
         if self._handle is not None:
