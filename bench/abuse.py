@@ -30,7 +30,7 @@ per attack, and how many were refused unchecked or dropped. Run:
 from __future__ import annotations
 
 import argparse
-import os
+import itertools
 import resource
 import shutil
 import socket
@@ -40,6 +40,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -382,19 +383,11 @@ def flood(work: Path, target: Target, rate: float, seconds: float, sources: int 
     attempted = b.outgoing - a.outgoing
     failed = samples[-1].failed - a.failed      # of the calls placed from the flood on
     share = (attempted - (b.failed - a.failed)) / attempted if attempted else 0.0
-    # Full service again: the first sample after the flood from which every
-    # call placed succeeds at the gateway's pace.
-    recovery = 0.0
-    for i in range(stop, len(samples) - 1):
-        later = samples[i:]
-        if all(s.failed == later[0].failed for s in later) and \
-                later[-1].ok - later[0].ok >= 0.9 * call_rate * (later[-1].t - later[0].t) - 2:
-            recovery = max(0.0, samples[i].t - (warm + seconds))
-            break
-    else:
-        recovery = float("inf")
-    if b.failed == samples[0].failed and all(s.failed == samples[0].failed for s in samples):
-        recovery = 0.0
+    # Full service again: from the flood's end to the last failed gateway
+    # call seen (0 when none failed after the flood began).
+    failures_at = [s.t for prev, s in itertools.pairwise(samples)
+                   if s.failed > prev.failed and s.t > samples[start].t]
+    recovery = max(0.0, failures_at[-1] - (warm + seconds)) if failures_at else 0.0
     cpu = (samples[stop - 1].cpu - samples[start].cpu) / (samples[stop - 1].t - samples[start].t)
     peak = max(s.rss for s in samples[start:stop])
     return Flood(share, failed, recovery, samples[start].rss, peak, samples[-1].rss, 100 * cpu,
@@ -465,32 +458,39 @@ def slow_tcp(work: Path, target: Target, connections: int = 2000, sources: int =
 # -- the run -------------------------------------------------------------------------------
 
 
-def run(target_cls: type[Target], work: Path, args: argparse.Namespace,
-        asterisk: int) -> dict[str, object]:
-    results: dict[str, object] = {}
-    for attack in ("fast", "slow", "distributed", "flood", "spread", "tcp"):
-        target = target_cls(work, asterisk)  # type: ignore[call-arg]
+@dataclass
+class Results:
+    fast: Guessing
+    slow: Guessing
+    distributed: Guessing
+    flood: Flood
+    spread: Flood
+    tcp: SlowTcp
+
+
+def run(make: Callable[[], Target], args: argparse.Namespace) -> Results:
+    """Every attack on a fresh node of one system."""
+    attacks: list[tuple[str, Callable[[Target], Guessing | Flood | SlowTcp]]] = [
+        ("fast", lambda t: fast_guesser(t, args.guess_seconds)),
+        ("slow", lambda t: slow_guesser(t, 2 * args.guess_seconds)),
+        ("distributed", lambda t: distributed_guesser(t, args.guess_seconds)),
+        ("flood", lambda t: flood(args.work, t, args.flood_rate, args.flood_seconds)),
+        ("spread", lambda t: flood(args.work, t, args.flood_rate, args.flood_seconds,
+                                   args.spread_sources)),
+        ("tcp", lambda t: slow_tcp(args.work, t)),
+    ]
+    results: dict[str, Guessing | Flood | SlowTcp] = {}
+    for name, attack in attacks:
+        target = make()
         target.start()
         try:
-            print(f"  {target.name}: {attack} ...", flush=True)
-            if attack == "fast":
-                results[attack] = fast_guesser(target, args.guess_seconds)
-            elif attack == "slow":
-                results[attack] = slow_guesser(target, 2 * args.guess_seconds)
-            elif attack == "distributed":
-                results[attack] = distributed_guesser(target, args.guess_seconds)
-            elif attack == "flood":
-                results[attack] = flood(work, target, args.flood_rate, args.flood_seconds)
-            elif attack == "spread":
-                results[attack] = flood(work, target, args.flood_rate, args.flood_seconds,
-                                        args.spread_sources)
-            else:
-                results[attack] = slow_tcp(work, target)
-            print(f"    {results[attack]}".split(", results=")[0], flush=True)
+            print(f"  {target.name}: {name} ...", flush=True)
+            results[name] = attack(target)
+            print(f"    {results[name]}".split(", results=")[0], flush=True)
         finally:
             target.stop()
         time.sleep(1.0)
-    return results
+    return Results(**results)  # type: ignore[arg-type]
 
 
 def main() -> int:
@@ -523,56 +523,54 @@ def main() -> int:
     systems: list[type[Target]] = [Hasip]
     if not args.no_kamailio and shutil.which("kamailio"):
         systems.append(Kamailio)
-    table: dict[str, dict[str, object]] = {}
+    args.work = work
+    table: dict[str, Results] = {}
     try:
         for cls in systems:
-            table[cls.name] = run(cls, work, args, asterisk_port)
+            table[cls.name] = run(lambda c=cls: c(work, asterisk_port), args)  # type: ignore[misc]
     finally:
         asterisk.stop()
     report(table, args)
     return 0
 
 
-def report(table: dict[str, dict[str, object]], args: argparse.Namespace) -> None:
+def report(table: dict[str, Results], args: argparse.Namespace) -> None:
     print()
-    names = list(table)
-    print(f"{'attack':<52}" + "".join(f"{n:>14}" for n in names))
+    results = list(table.values())
+    print(f"{'attack':<52}" + "".join(f"{n:>14}" for n in table))
 
     def row(label: str, values: list[str]) -> None:
         print(f"{label:<52}" + "".join(f"{v:>14}" for v in values))
 
-    for key, label in (("fast", f"fast guesser, {args.guess_seconds:.0f} s"),
-                       ("slow", f"slow guesser (2/s), {2 * args.guess_seconds:.0f} s"),
-                       ("distributed", f"20 addresses on one user, {args.guess_seconds:.0f} s")):
-        gs = [table[n][key] for n in names]
-        row(f"{label}: passwords checked", [str(g.checked) for g in gs])  # type: ignore[attr-defined]
-        row("  checked per second, over the attack",
-            [f"{g.checked / g.seconds:.1f}" for g in gs])  # type: ignore[attr-defined]
+    for label, pick in (
+            (f"fast guesser, {args.guess_seconds:.0f} s", lambda r: r.fast),
+            (f"slow guesser (2/s), {2 * args.guess_seconds:.0f} s", lambda r: r.slow),
+            (f"20 addresses on one user, {args.guess_seconds:.0f} s", lambda r: r.distributed)):
+        gs: list[Guessing] = [pick(r) for r in results]
+        row(f"{label}: passwords checked", [str(g.checked) for g in gs])
+        row("  checked per second, over the attack", [f"{g.checked / g.seconds:.1f}" for g in gs])
         row("  checked per second, before the ban",
-            [f"{g.checked / g.first_drop_s:.0f}" if g.first_drop_s else "no ban"  # type: ignore[attr-defined]
-             for g in gs])
-        row("  refused unchecked / dropped",
-            [f"{g.refused}/{g.dropped}" for g in gs])  # type: ignore[attr-defined]
-    for key, label in (("flood", "one address"),
-                       ("spread", f"{args.spread_sources} addresses")):
-        fl = [table[n][key] for n in names]
+            [f"{g.checked / g.first_drop_s:.0f}" if g.first_drop_s else "no ban" for g in gs])
+        row("  refused unchecked / dropped", [f"{g.refused}/{g.dropped}" for g in gs])
+    for label, pick_flood in (("one address", lambda r: r.flood),
+                              (f"{args.spread_sources} addresses", lambda r: r.spread)):
+        fl: list[Flood] = [pick_flood(r) for r in results]
         row(f"flood {args.flood_rate:.0f} INVITE/s x {args.flood_seconds:.0f} s from {label}",
-            [str(f.sent) for f in fl])  # type: ignore[attr-defined]
+            [str(f.sent) for f in fl])
         row("  gateway calls completed during the flood",
-            [f"{100 * f.during_share:.1f} %" for f in fl])  # type: ignore[attr-defined]
-        row("  gateway calls failed, flood and after", [str(f.failed) for f in fl])  # type: ignore[attr-defined]
-        row("  seconds to full service after it", [f"{f.recovery_s:.1f}" for f in fl])  # type: ignore[attr-defined]
-        row("  CPU during the flood", [f"{f.cpu_pct:.0f} %" for f in fl])  # type: ignore[attr-defined]
+            [f"{100 * f.during_share:.1f} %" for f in fl])
+        row("  gateway calls failed, flood and after", [str(f.failed) for f in fl])
+        row("  seconds to full service after it", [f"{f.recovery_s:.1f}" for f in fl])
+        row("  CPU during the flood", [f"{f.cpu_pct:.0f} %" for f in fl])
         row("  memory before / peak / after (MB)",
-            [f"{f.rss_before:.0f}/{f.rss_peak:.0f}/{f.rss_after:.0f}" for f in fl])  # type: ignore[attr-defined]
-    tc = [table[n]["tcp"] for n in names]
+            [f"{f.rss_before:.0f}/{f.rss_peak:.0f}/{f.rss_after:.0f}" for f in fl])
+    tc = [r.tcp for r in results]
     row("2,000 half-sent TCP messages: closed by the node",
-        [f"{t.closed_by_node}/{t.opened}" for t in tc])  # type: ignore[attr-defined]
-    row("  all closed within (s)", [f"{t.closed_within_s:.1f}" for t in tc])  # type: ignore[attr-defined]
+        [f"{t.closed_by_node}/{t.opened}" for t in tc])
+    row("  all closed within (s)", [f"{t.closed_within_s:.1f}" for t in tc])
     row("  gateway calls completed, UDP / TCP",
-        [f"{100 * t.udp_share:.0f}/{100 * t.tcp_share:.0f} %" for t in tc])  # type: ignore[attr-defined]
+        [f"{100 * t.udp_share:.0f}/{100 * t.tcp_share:.0f} %" for t in tc])
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONPATH", str(ROOT))
     raise SystemExit(main())

@@ -112,6 +112,7 @@ class Authenticator:
         # Credentials hold commas: one per header line, never split. Of
         # several for our realm, the strongest algorithm we offer wins.
         best: Credentials | None = None
+        best_rank = -1
         for raw in req.get_all(key):
             value = raw.decode("latin-1")
             try:
@@ -119,12 +120,10 @@ class Authenticator:
             except CredentialsError as exc:
                 metrics.AUTH_RESULTS.inc(req.method, "malformed")
                 return Verdict(BAD, 400, f"Bad Request ({exc})".encode(), result="malformed")
-            if creds.realm != realm:
-                continue
-            if best is None or (creds.algorithm in self.algorithms and (
-                    best.algorithm not in self.algorithms
-                    or _STRENGTH.get(creds.algorithm, 0) > _STRENGTH.get(best.algorithm, 0))):
-                best = creds
+            # An algorithm we do not offer ranks below any we do.
+            rank = _STRENGTH.get(creds.algorithm, 0) if creds.algorithm in self.algorithms else 0
+            if creds.realm == realm and rank > best_rank:
+                best, best_rank = creds, rank
         return best
 
     def check(self, req: Request, proxy: bool, realm: str, identity: str | None,

@@ -81,7 +81,7 @@ _BRANCH_MARK = "z9hG4bKhs"
 
 def _rr_line(listener: Listener, token: bytes, nat: bool) -> bytes:
     """Our Record-Route for ``listener``, with the dialog's token and, for a
-    dialog with a NATed party, the seed's ``;nat=yes``."""
+    dialog with a NATed party, the seed's ``record_route_preset(";nat=yes")``."""
     return (b"Record-Route: <" + listener.rr_uri + PARAM_BYTES + token
             + (b";nat=yes>" if nat else b">"))
 
@@ -137,7 +137,7 @@ class RequestContext:
     from, and the operations it may apply (reply, record-route, forward)."""
 
     __slots__ = ("nat", "proxy", "rc", "record_route", "request", "rr_token", "send_socket",
-                 "source", "user")
+                 "source", "trusted", "user")
 
     def __init__(self, proxy: Proxy, request: Request, source: Source,
                  rc: ResponseContext | None) -> None:
@@ -154,6 +154,9 @@ class RequestContext:
         self.send_socket: Listener | None = None
         # The dialog token our Record-Route carries (hasip.security.routetoken).
         self.rr_token = b""
+        # The source is trusted (a gateway, a dispatcher node): the routing
+        # script decides it once per request.
+        self.trusted = False
 
     def reply(self, status: int, reason: bytes | None = None,
               extra: list[bytes] | None = None) -> None:
@@ -515,7 +518,7 @@ class Proxy:
         txn.owner = ResponseContext(txn, req, src, self.reply_destination(src, req.top_via))
         self.server_txns[key] = txn
         # RFC 3261 16.10: answer the CANCEL, then cancel every pending branch.
-        data = make_response(req, 200, to_tag=self._to_tag(invite))
+        data = make_response(req, 200, to_tag=self._tag_for_key(invite.key))
         self._run_server(txn, txn.send_response(200, data, src.received_at))
         self._resp_out.inc("200")
         rc = invite.owner
@@ -719,10 +722,6 @@ class Proxy:
         else:
             self._run_server(server, server.send_response(status, data, self.loop.time()))
         self._resp_out.inc(str(status))
-
-    @staticmethod
-    def _to_tag(txn: Transaction) -> str:
-        return Proxy._tag_for_key(txn.key)
 
     @staticmethod
     def _tag_for_key(key: tuple[str, ...]) -> str:

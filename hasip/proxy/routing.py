@@ -70,6 +70,7 @@ class Router:
         """The main route block: checks, then in-dialog or initial handling."""
         req = ctx.request
         method = req.method
+        ctx.trusted = self.services.is_trusted(*ctx.source.addr)
         if method == "OPTIONS" and self.is_keepalive(ctx):
             ctx.reply(200, extra=self.proxy.capabilities)
             return
@@ -101,7 +102,7 @@ class Router:
 
     def route_within_dialog(self, ctx: RequestContext) -> None:
         req = ctx.request
-        trusted = self.services.is_trusted(*ctx.source.addr)
+        trusted = ctx.trusted
         if not trusted and not self.in_our_dialog(req):
             # A To tag proves nothing: only the token of a Record-Route we
             # wrote does (hasip.security.routetoken). Never relayed.
@@ -214,7 +215,7 @@ class Router:
             self.route_register(ctx)
             return
         ctx.record_route = True
-        if self.services.is_trusted(*ctx.source.addr):
+        if ctx.trusted:
             self.route_request(ctx)
             return
         # The seed's hole: phones placed calls unauthenticated. Every initial
@@ -226,7 +227,7 @@ class Router:
         """An initial request allowed through: relay, or look up our users."""
         req = ctx.request
         self.consume_credentials(req)
-        if not self.services.is_trusted(*ctx.source.addr):
+        if not ctx.trusted:
             self.screen(ctx)
         if req.method == "INVITE":
             self.start_dialog(ctx)

@@ -16,11 +16,12 @@ class Listener:
     """One local socket (transport, address, port) the node serves.
 
     The bytes the proxy writes for it are computed once: the start of our
-    Via (``Via: SIP/2.0/UDP 127.0.0.1:5060;branch=``) and our Record-Route.
+    Via (``Via: SIP/2.0/UDP 127.0.0.1:5060;branch=``) and our Record-Route
+    URI (the proxy adds the dialog's token to it).
     """
 
-    __slots__ = ("active", "family", "host", "port", "rr_line", "rr_line_nat", "rr_uri",
-                 "sent_by", "socket", "transport", "udp", "via_prefix", "vip")
+    __slots__ = ("active", "family", "host", "port", "rr_uri", "sent_by", "socket",
+                 "transport", "udp", "via_prefix", "vip")
 
     def __init__(self, transport: str, host: str, port: int) -> None:
         self.transport = transport
@@ -33,9 +34,6 @@ class Listener:
         self.via_prefix = f"Via: SIP/2.0/{transport.upper()} {self.sent_by};branch=".encode()
         params = ";transport=tcp" if transport == "tcp" else ""
         self.rr_uri = f"sip:{self.sent_by}{params};lr".encode()
-        self.rr_line = b"Record-Route: <" + self.rr_uri + b">"
-        # For dialogs with a NATed party: the seed's record_route_preset(";nat=yes").
-        self.rr_line_nat = b"Record-Route: <" + self.rr_uri + b";nat=yes>"
         # As the location table records it: "udp:192.0.2.10:5060".
         self.socket = f"{transport}:{self.sent_by}"
         self.udp: asyncio.DatagramTransport | None = None
