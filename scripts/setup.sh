@@ -12,9 +12,10 @@ cd "$(dirname "$0")/.."
 # (a Java program: it brings a JRE); tcpdump: the GARP and answerer checks;
 # openssl: the certificates of the replication-over-TLS test; gcc and
 # python3-dev: compiling the hot path (hasip/compiled.py); sipvicious: an
-# attacker's password cracker (svcrack) the security tests point at a node.
+# attacker's password cracker (svcrack) the security tests point at a node;
+# sipsak: a SIP client of its own that registers with digest there.
 DEBS=(sip-tester kamailio iproute2 iptables tcpdump mariadb-server freeradius freeradius-utils
-      zookeeper openssl python3-venv python3-dev gcc curl sipvicious)
+      zookeeper openssl python3-venv python3-dev gcc curl sipvicious sipsak)
 missing=()
 for pkg in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
