@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hasip.config import Config
-from hasip.proxy.core import Proxy
+from hasip.proxy.shell import Proxy
 from hasip.server import tune_gc
 from hasip.sip.message import parse_message, validate_request
 from hasip.sip.uri import parse_sip_uri

@@ -24,7 +24,7 @@ import asyncio, sys
 sys.path.insert(0, {bench!r})
 import hotpath
 from hasip.config import Config
-from hasip.proxy.core import Proxy
+from hasip.proxy.shell import Proxy
 from hasip.sip.uri import parse_sip_uri
 config = Config(next_hop=[parse_sip_uri("sip:127.0.0.1:5071")], metrics_listen=None)
 config.auth.demo_users = True

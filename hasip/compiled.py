@@ -44,6 +44,7 @@ MODULES = (
     "hasip.sip.framing",
     "hasip.sip.transaction",
     "hasip.transport.base",
+    "hasip.transport.listeners",
     "hasip.transport.udp",
     "hasip.security.routetoken",
     "hasip.security.guard",
@@ -56,7 +57,10 @@ MODULES = (
     "hasip.location.registrar",
     "hasip.proxy.timers",
     "hasip.proxy.nat",
-    "hasip.proxy.core",
+    "hasip.proxy.resolver",
+    "hasip.proxy.context",
+    "hasip.proxy.engine",
+    "hasip.proxy.shell",
     "hasip.proxy.routing",
 )
 GROUP = "hasip._hot"

@@ -126,6 +126,7 @@ TCP_REFUSED = Counter("hasip_tcp_refused_total",
 UP = Gauge("hasip_up", "1 while the node serves SIP, 0 while it drains")
 BUILD = Gauge("hasip_build_info", "1; the labels say which hasip runs and whether its hot path "
               "is compiled (hasip/compiled.py)", ["version", "compiled"])
+DNS_CACHE = Gauge("hasip_dns_cache_entries", "Names held in the next-hop resolver's cache")
 
 # Registrar and location store
 REGISTERED_CONTACTS = Gauge("hasip_registrar_contacts", "Current registered contacts (bindings)")

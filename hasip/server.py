@@ -14,7 +14,7 @@ from hasip.cluster import Cluster
 from hasip.config import Config
 from hasip.control import ControlServer
 from hasip.log import get_logger
-from hasip.proxy.core import Proxy
+from hasip.proxy.shell import Proxy
 from hasip.services import Services
 from hasip.services import build as build_services
 

@@ -7,18 +7,19 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from hasip import metrics
 from hasip.auth.authenticator import AUTHENTICATED, Verdict
 from hasip.auth.digest import CredentialsError, parse_credentials
-from hasip.dialog.dialog import ENDED_BYE, ENDED_CANCELLED, ENDED_FAILED, Dialog
+from hasip.dialog.dialog import ENDED_BYE, ENDED_CANCELLED, ENDED_FAILED
 from hasip.dispatcher.destinations import ACTIVE
 from hasip.dispatcher.destinations import Destination as Node
 from hasip.dispatcher.dispatcher import FAILOVER
 from hasip.location.binding import Binding, format_socket, parse_socket
 from hasip.location.registrar import Origin, register
 from hasip.log import get_logger
+from hasip.proxy.context import Branch, Reply, RequestContext, ResponseContext
+from hasip.proxy.engine import Engine
 from hasip.proxy.nat import behind_nat, fix_contact
 from hasip.security.routetoken import PARAM
 from hasip.sip.errors import SipParseError
@@ -26,9 +27,6 @@ from hasip.sip.headers import parse_name_addr
 from hasip.sip.message import Request, Response
 from hasip.sip.uri import SipUri, Uri, parse_uri
 from hasip.transport.base import Destination
-
-if TYPE_CHECKING:
-    from hasip.proxy.core import Branch, Proxy, RequestContext, ResponseContext
 
 log = get_logger("hasip.routing")
 
@@ -57,7 +55,9 @@ _DIALOG_CREATING = ("INVITE", "REFER")
 
 
 class Router:
-    def __init__(self, proxy: Proxy) -> None:
+    """hasip's routing script (:class:`hasip.proxy.script.RoutingScript`)."""
+
+    def __init__(self, proxy: Engine) -> None:
         self.proxy = proxy
         self.config = proxy.config
         self.services = proxy.services
@@ -119,7 +119,7 @@ class Router:
             # A dialog we marked NATed at its start (media relay hooks here).
             ctx.nat = True
             if ctx.rc is not None:
-                ctx.rc.data["nat"] = True
+                ctx.rc.nat = True
         self.handle_nat(ctx)
         if req.method == "BYE":
             dialogs = self.services.dialogs
@@ -182,7 +182,7 @@ class Router:
             # Double Record-Route: the second of ours faces the next hop.
             second = parse_name_addr(values[1], "Route").uri
             if isinstance(second, SipUri):
-                ctx.send_socket = proxy.transports.listener_at(
+                ctx.send_socket = proxy.listeners.listener_at(
                     second.transport, second.host_ip, second.default_port())
         if ours:
             req.remove_all(b"route")
@@ -257,12 +257,12 @@ class Router:
             req.uri_raw.decode("latin-1"), contact.decode("latin-1") if contact else "",
             req.cseq[0], ctx.source.listener.socket, ctx.nat, ctx.user or "")
         if d is not None:
-            rc.data["dialog"] = d
+            rc.dialog = d
 
     def on_answered(self, rc: ResponseContext, resp: Response, nat: bool) -> None:
         """The first 2xx to a tracked INVITE: the dialog is confirmed."""
-        d = rc.data.get("dialog")
-        if isinstance(d, Dialog):
+        d = rc.dialog
+        if d is not None:
             contact = resp.get(b"contact")
             routes = tuple(v.decode("latin-1") for v in resp.get_all(b"record-route"))
             self.services.dialogs.confirm(d, resp.to.tag or "",
@@ -271,8 +271,8 @@ class Router:
 
     def on_final(self, rc: ResponseContext, status: int) -> None:
         """A tracked INVITE was answered with a failure: its dialog never was."""
-        d = rc.data.get("dialog")
-        if isinstance(d, Dialog):
+        d = rc.dialog
+        if d is not None and status >= 300:
             reason = ENDED_CANCELLED if rc.cancelled or status == 487 else ENDED_FAILED
             self.services.dialogs.end(d, reason, status)
 
@@ -287,7 +287,7 @@ class Router:
         metrics.NAT_DETECTED.inc(req.method)
         ctx.force_rport()
         if ctx.rc is not None:
-            ctx.rc.data["nat"] = True
+            ctx.rc.nat = True
         if req.method != "REGISTER" and src.conn is None:
             # The registrar keeps the contact as sent and records the source
             # (fix_nated_register); other requests get a reachable Contact.
@@ -355,7 +355,7 @@ class Router:
         call ``then``; an answer from RADIUS resumes the request later."""
         verdict = self.services.authenticator.check(ctx.request, proxy,
                                                     self._realm(ctx.request, proxy), identity,
-                                                    ctx.source.addr[0], ctx.source.received_at)
+                                                    ctx.source.addr[0], self.proxy.now)
         if isinstance(verdict, Verdict):
             self._authenticated(ctx, verdict, then)
         else:
@@ -433,7 +433,7 @@ class Router:
             else:
                 groups.append([b])
         assert ctx.rc is not None
-        ctx.rc.data["location"] = groups[1:]
+        ctx.rc.location = groups[1:]
         if not self.fork(ctx, groups[0]):
             self.next_contacts(ctx)
 
@@ -463,7 +463,7 @@ class Router:
         transport, host, port = where
         listener = self.proxy.listeners_by_socket.get(b.socket)
         if listener is None or listener.transport != transport:
-            listener = self.proxy.transports.listener_for(
+            listener = self.proxy.listeners.listener_for(
                 transport, socket.AF_INET6 if ":" in host else socket.AF_INET, host)
         if listener is None:
             return None
@@ -473,8 +473,8 @@ class Router:
         """Fork to the next q-group; False when there is none left (480)."""
         rc = ctx.rc
         assert rc is not None
-        groups = rc.data.get("location")
-        assert isinstance(groups, list)
+        groups = rc.location
+        assert groups is not None
         while groups:
             if self.fork(ctx, groups.pop(0)):
                 return True
@@ -496,7 +496,7 @@ class Router:
             ctx.reply(503, b"Service Unavailable (no destination available)")
             return
         assert ctx.rc is not None
-        ctx.rc.data["ds_rest"] = order[1:]
+        ctx.rc.ds_rest = order[1:]
         if not self.ds_forward(ctx, order[0]):
             self.ds_next(ctx)
 
@@ -528,12 +528,12 @@ class Router:
             self._rewritten[key] = new_uri
         rc = ctx.rc
         assert rc is not None
-        rc.data["ds_current"] = dest
+        rc.ds_current = dest
         if ctx.forward(request_uri=new_uri, dest=self.proxy.node_address(dest, ctx),
                        timers=self.services.dispatcher.timers):
             self.services.dispatcher.sent(dest)
-            d = rc.data.get("dialog")
-            if isinstance(d, Dialog):
+            d = rc.dialog
+            if d is not None:
                 self.services.dialogs.set_destination(d, dest.set_id, dest.key)
             return True
         self.services.dispatcher.failed(dest, "unusable")
@@ -543,14 +543,14 @@ class Router:
         """The seed's ds_next_domain in failure_route[1]: the next usable node,
         or 503 when none is left."""
         assert ctx.rc is not None
-        rest = ctx.rc.data["ds_rest"]
-        assert isinstance(rest, list)
-        left = ctx.rc.data.get("ds_current")
+        rest = ctx.rc.ds_rest
+        assert rest is not None
+        left = ctx.rc.ds_current
         while rest:
             dest = rest.pop(0)
             if not dest.usable():
                 continue
-            if isinstance(left, Node):
+            if left is not None:
                 metrics.DS_FAILOVERS.labels(str(left.set_id), left.key).inc()
                 left = None
             if self.ds_forward(ctx, dest):
@@ -575,17 +575,17 @@ class Router:
     def on_branch_failure(self, rc: ResponseContext, branch: Branch) -> None:
         """A branch ended with a failure (>= 300, or a timeout): a node that
         timed out or failed counts against its health (passive detection)."""
-        dest = rc.data.get("ds_current")
+        dest = rc.ds_current
         status = branch.final_status
-        if isinstance(dest, Node) and status in FAILOVER:
+        if dest is not None and status in FAILOVER:
             if status == 408 and branch.provisional:
                 return  # it rang too long (timer C): the node itself is alive
             self.services.dispatcher.failed(dest, str(status), by_call=True)
 
-    def on_branch_reply(self, rc: ResponseContext, status: int) -> None:
+    def on_branch_reply(self, rc: ResponseContext, branch: Branch, status: int) -> None:
         """A node that answers (but with a failure of its own) is alive."""
-        dest = rc.data.get("ds_current")
-        if isinstance(dest, Node) and status not in FAILOVER and (
+        dest = rc.ds_current
+        if dest is not None and status not in FAILOVER and (
                 dest.failures or dest.state != ACTIVE):
             self.services.dispatcher.succeeded(dest)
 
@@ -594,17 +594,21 @@ class Router:
         answered (the seed's failure_route; the dispatcher issue adds failover).
         A registered user whose contacts all failed: the next q-group, and
         when no contact answered at all, 480."""
-        if "location" in rc.data and rc.server is not None:
+        if rc.location is not None and rc.server is not None:
             ctx = self.proxy.context_for(rc)
             ctx.record_route = True
-            ctx.nat = bool(rc.data.get("nat"))
+            ctx.nat = rc.nat
             return self.next_contacts(ctx)
-        if "ds_rest" in rc.data and rc.server is not None:
+        if rc.ds_rest is not None and rc.server is not None:
             best = self.proxy.best_status(rc)
             if best not in FAILOVER:
                 return False  # the callee's answer (403, 486, 487...) goes back
             ctx = self.proxy.context_for(rc)
             ctx.record_route = True
-            ctx.nat = bool(rc.data.get("nat"))
+            ctx.nat = rc.nat
             return self.ds_next(ctx)
         return False
+
+    def on_reply(self, reply: Reply) -> None:
+        """Every reply on its way upstream (the media relay hooks in here)."""
+

@@ -1,17 +1,17 @@
-"""One heap of transaction deadlines behind a single ``loop.call_at`` handle.
+"""One heap of transaction deadlines, without a clock of its own.
 
 A transaction can change its next deadline many times; the heap keeps stale
-entries and skips them when they come up, which is cheaper than cancelling and
-re-arming a timer handle per transaction.
+entries and skips them when they come up, which is cheaper than removing
+them. The engine's ``get_timer()`` is the top of this heap; the asyncio
+shell keeps one ``loop.call_at`` handle for it, rounded up to
+:data:`RESOLUTION`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import itertools
 import math
-from collections.abc import Callable
 
 from hasip.sip.transaction import Transaction
 
@@ -21,15 +21,18 @@ from hasip.sip.transaction import Transaction
 RESOLUTION = 0.02
 
 
-class TimerQueue:
-    def __init__(self, loop: asyncio.AbstractEventLoop,
-                 fire: Callable[[Transaction, float], None]) -> None:
-        self._loop = loop
-        self._fire = fire
+def wake_up_time(deadline: float) -> float:
+    """When the shell arms its handle for ``deadline``: at most one
+    resolution later, never earlier."""
+    when = math.ceil(deadline / RESOLUTION) * RESOLUTION
+    # (the product can round to just below the deadline: 0.8 / 0.02 * 0.02)
+    return when if when >= deadline else when + RESOLUTION
+
+
+class TimerHeap:
+    def __init__(self) -> None:
         self._heap: list[tuple[float, int, Transaction]] = []
         self._seq = itertools.count()
-        self._handle: asyncio.TimerHandle | None = None
-        self._armed_at = math.inf
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -41,45 +44,28 @@ class TimerQueue:
             return
         txn.queued = deadline
         heapq.heappush(self._heap, (deadline, next(self._seq), txn))
-        if deadline < self._armed_at:
-            self._arm(deadline)
 
-    def _arm(self, deadline: float) -> None:
-        when = math.ceil(deadline / RESOLUTION) * RESOLUTION
-        if when >= self._armed_at:
-            return
-        if self._handle is not None:
-            self._handle.cancel()
-        self._armed_at = when
-        self._handle = self._loop.call_at(when, self._run)
-
-    def _run(self) -> None:
-        # Forget the handle that fired without reading the attribute again
-        # here: mypyc would take it for None for the rest of the method (the
-        # narrowing of the assignment), while a timer fired in the loop may
-        # arm a new handle meanwhile (a TypeError in the compiled build).
-        self._disarm()
+    def next_deadline(self) -> float | None:
+        """The earliest deadline held (perhaps a stale one: harmless, it
+        only wakes the engine once for nothing)."""
         heap = self._heap
-        now = self._loop.time()
+        return heap[0][0] if heap else None
+
+    def due(self, now: float) -> list[Transaction]:
+        """The transactions whose timer is due at ``now``, out of the heap
+        (the caller runs them and schedules them again)."""
+        heap = self._heap
+        out: list[Transaction] = []
+        seen: set[int] = set()
         while heap and heap[0][0] <= now:
             deadline, _, txn = heapq.heappop(heap)
             if txn.queued == deadline:
                 txn.queued = None
             due = txn.get_timer()
             if due is not None and due <= now:
-                self._fire(txn, now)
-            self.schedule(txn)
-        if heap:
-            # The earliest deadline left, even if a transaction handled
-            # above armed the handle for a later one (_arm keeps the
-            # earlier of the two).
-            self._arm(heap[0][0])
-
-    def _disarm(self) -> None:
-        self._handle = None
-        self._armed_at = math.inf
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-        self._heap.clear()
+                if id(txn) not in seen:
+                    seen.add(id(txn))
+                    out.append(txn)
+            else:
+                self.schedule(txn)
+        return out

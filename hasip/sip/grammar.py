@@ -66,8 +66,12 @@ SCHEME_RE = re.compile("([A-Za-z][A-Za-z0-9+\\-.]*):")
 ABSOLUTE_URI_RE = re.compile("[A-Za-z][A-Za-z0-9+\\-.]*:[^\\s<>\"]+")
 
 # generic-param = token [ EQUAL gen-value ]; gen-value = token / host / quoted-string
+# via-received = "received" EQUAL (IPv4address / IPv6address): an IPv6
+# address without brackets (RFC 5118 4.5), tried before token, which would
+# take its first group alone
+IPV6ADDRESS = "[0-9A-Fa-f.]*:[0-9A-Fa-f:.]+"
 PARAM_RE = re.compile(
-    f"{WS};{WS}({TOKEN})(?:{WS}={WS}({TOKEN}|{IPV6REF}|{QUOTED}))?"
+    f"{WS};{WS}({TOKEN})(?:{WS}={WS}({IPV6ADDRESS}|{TOKEN}|{IPV6REF}|{QUOTED}))?"
 )
 QUOTED_RE = re.compile(QUOTED)
 # The common case of a parameter list: tokens only, no white space.

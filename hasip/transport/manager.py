@@ -13,14 +13,11 @@ from hasip.config import Config
 from hasip.log import get_logger
 from hasip.transport.base import Destination, ErrorCallback, Listener, Sink, send_datagram
 from hasip.transport.limits import ConnectionLimits, EventDigest, source_of
+from hasip.transport.listeners import Listeners
 from hasip.transport.tcp import TcpConnection
 from hasip.transport.udp import UdpProtocol
 
 log = get_logger("hasip.transport")
-
-
-def _is_loopback(ip: str) -> bool:
-    return ip.startswith("127.") or ip == "::1"
 
 
 IP_FREEBIND = 15
@@ -53,28 +50,15 @@ class Transports:
     """The node's sockets: UDP listeners, TCP servers and TCP connections
     (keyed by peer address so that both directions reuse one connection)."""
 
-    def __init__(self, config: Config, sink: Sink, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, config: Config, sink: Sink, loop: asyncio.AbstractEventLoop,
+                 table: Listeners | None = None) -> None:
         self.config = config
         self.sink = sink
         self.loop = loop
-        self.listeners = [Listener(a.transport, a.host, a.port) for a in config.listen]
-        vips = set(config.cluster.vip_addresses())
-        for listener in self.listeners:
-            if listener.host in vips:
-                listener.vip = True
-                listener.active = False
-        # (transport, family, loopback destination) -> the listeners to send
-        # from, best first: a loopback socket cannot reach other hosts, nor
-        # the other way round when both kinds are configured; the node's own
-        # addresses before VIPs (a request of our own, such as a probe, is
-        # answered to us even if a VIP moves); a VIP we do not own is skipped.
-        self._by_kind: dict[tuple[str, int, bool], list[Listener]] = {}
-        for loop_dest in (True, False):
-            for listener in sorted(self.listeners,
-                                   key=lambda lst: (_is_loopback(lst.host) != loop_dest,
-                                                    lst.vip)):
-                self._by_kind.setdefault((listener.transport, listener.family, loop_dest),
-                                         []).append(listener)
+        self.table = table if table is not None else Listeners(
+            ((a.transport, a.host, a.port) for a in config.listen),
+            config.cluster.vip_addresses())
+        self.listeners = self.table.all
         self._servers: list[asyncio.AbstractServer] = []
         # Open connections by peer address, for reuse in both directions.
         self._conns: dict[tuple[str, int], TcpConnection] = {}
@@ -136,36 +120,6 @@ class Transports:
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
-
-    def listener_for(self, transport: str, family: int, dest_ip: str = "",
-                     vip: bool = False) -> Listener | None:
-        """The socket to send from to ``dest_ip``: the first configured of its
-        kind, own addresses first (with ``vip``: an owned VIP first),
-        skipping VIPs this node does not own now."""
-        listeners = self._by_kind.get((transport, family, _is_loopback(dest_ip)), ())
-        if vip:
-            for listener in listeners:
-                if listener.vip and listener.active:
-                    return listener
-        for listener in listeners:
-            if listener.active:
-                return listener
-        return None
-
-    def can_reach(self, listener: Listener, transport: str, family: int, dest_ip: str) -> bool:
-        """Whether ``listener`` may send this: same transport and family, the
-        same side of loopback, and (a VIP) still ours."""
-        return (listener.active and listener.transport == transport
-                and listener.family == family
-                and _is_loopback(listener.host) == _is_loopback(dest_ip))
-
-    def listener_at(self, transport: str, host: str, port: int) -> Listener | None:
-        """Our listener with exactly this address (from a Record-Route of ours)."""
-        for listener in self.listeners:
-            if (listener.transport == transport and listener.host == host
-                    and listener.port == port):
-                return listener
-        return None
 
     def _new_connection(self, listener: Listener) -> TcpConnection:
         return TcpConnection(listener, self.sink, self.config.max_message_size,

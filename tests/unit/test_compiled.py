@@ -17,7 +17,7 @@ from hasip import compiled
 
 ROOT = Path(compiled.__file__).resolve().parents[1]
 
-PROBE = ("import json, hasip.compiled as c, hasip.sip.message as m, hasip.proxy.core as p;"
+PROBE = ("import json, hasip.compiled as c, hasip.sip.message as m, hasip.proxy.engine as p;"
          "print(json.dumps({'state': c.state, 'files': [m.__file__, p.__file__]}))")
 
 

@@ -4,39 +4,45 @@ leaves no transaction waiting for nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterator
 
 import pytest
 
 from hasip.config import Config
-from hasip.proxy.core import Proxy
+from hasip.proxy.engine import Engine
+from hasip.proxy.routing import Router
+from hasip.services import Services
 from hasip.sip.uri import parse_sip_uri
-from hasip.transport.base import Destination
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def send(self, data: bytes, dest: Destination, on_error: object = None) -> bool:
-        self.sent.append(data)
-        return True
+from hasip.transport.base import Source
+from hasip.transport.listeners import Listeners
 
 
 @pytest.fixture
-def engine() -> Iterator[tuple[Proxy, Recorder]]:
-    loop = asyncio.new_event_loop()
+def engine() -> Iterator[tuple[Engine, Recorder]]:
     config = Config(next_hop=[parse_sip_uri("sip:127.0.0.1:5071")], metrics_listen=None)
     config.auth.demo_users = True
     config.auth.trusted = ["127.0.0.1/32"]
-    proxy = Proxy(config, loop)
-    rec = Recorder()
-    proxy.transports.send = rec.send  # type: ignore[method-assign]
-    yield proxy, rec
-    proxy.timerq.close()
-    loop.close()
+    listeners = Listeners([("udp", "127.0.0.1", 5060)])
+    engine = Engine(config, Services.in_memory(config), listeners, Router)
+    yield engine, Recorder(engine)
+
+
+class Recorder:
+    """What the engine sent, taken after each call."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sent: list[bytes] = []
+
+    @property
+    def sent(self) -> list[bytes]:
+        self._sent += [data for data, _, _ in self.engine.take_outgoing()]
+        return self._sent
+
+
+def receive(engine: Engine, data: bytes, addr: tuple[str, int]) -> None:
+    engine.receive(data, Source(engine.listeners.all[0], addr, None, 1.0))
 
 
 def invite(n: int) -> bytes:
@@ -47,10 +53,9 @@ def invite(n: int) -> bytes:
             "Content-Length: 0\r\n\r\n").encode()
 
 
-def test_an_exception_in_routing_answers_500(engine: tuple[Proxy, Recorder],
+def test_an_exception_in_routing_answers_500(engine: tuple[Engine, Recorder],
                                              caplog: pytest.LogCaptureFixture) -> None:
     proxy, rec = engine
-    listener = proxy.transports.listeners[0]
 
     def broken(*args: object) -> None:
         raise RuntimeError("a bug in a routing step")
@@ -59,7 +64,7 @@ def test_an_exception_in_routing_answers_500(engine: tuple[Proxy, Recorder],
     # through the instance, so the fault lands even in the compiled build.)
     proxy.services.dispatcher.order = broken  # type: ignore[method-assign,assignment]
     with caplog.at_level(logging.ERROR):
-        proxy.receive(invite(1), listener, ("127.0.0.1", 5090), None)
+        receive(proxy, invite(1), ("127.0.0.1", 5090))
     finals = [m for m in rec.sent if m.startswith(b"SIP/2.0 ") and not m.startswith(
         b"SIP/2.0 100")]
     assert [m.split(b"\r\n")[0] for m in finals] == [b"SIP/2.0 500 Server Internal Error"]
@@ -69,25 +74,24 @@ def test_an_exception_in_routing_answers_500(engine: tuple[Proxy, Recorder],
     assert proxy.in_flight() == 0
 
 
-def test_an_exception_after_forwarding_cancels_the_branch(engine: tuple[Proxy, Recorder],
+def test_an_exception_after_forwarding_cancels_the_branch(engine: tuple[Engine, Recorder],
                                                           caplog: pytest.LogCaptureFixture
                                                           ) -> None:
     """The script forwarded, then raised: the caller gets 500 and the branch
     it left behind is cancelled once it answers provisionally."""
     proxy, rec = engine
-    listener = proxy.transports.listeners[0]
     def fail_after_forwarding(*args: object) -> None:
         raise RuntimeError("a bug after forwarding")
 
     # Called once the INVITE went to the node.
     proxy.services.dispatcher.sent = fail_after_forwarding  # type: ignore[method-assign]
     with caplog.at_level(logging.ERROR):
-        proxy.receive(invite(2), listener, ("127.0.0.1", 5090), None)
+        receive(proxy, invite(2), ("127.0.0.1", 5090))
     forwarded = next(m for m in rec.sent if m.startswith(b"INVITE "))
     assert any(m.startswith(b"SIP/2.0 500 ") for m in rec.sent)
     assert proxy.in_flight() == 0
     # The next hop rings: the branch is cancelled (RFC 3261 9.1: after a 1xx).
-    proxy.receive(reply(forwarded, b"180 Ringing"), listener, ("127.0.0.1", 5071), None)
+    receive(proxy, reply(forwarded, b"180 Ringing"), ("127.0.0.1", 5071))
     assert any(m.startswith(b"CANCEL ") for m in rec.sent)
 
 

@@ -1,34 +1,42 @@
-"""The stateful proxy engine (RFC 3261 section 16): transactions, forwarding,
-response contexts, CANCEL, loop detection and the timer queue, glued to the
-transports. *What* to do with a request is the routing script's business
-(:mod:`hasip.proxy.routing`); this module does it."""
+"""The stateful proxy engine (RFC 3261 section 16), without I/O.
+
+Like aioquic's connection it takes what arrives and the time, and returns
+what to do: :meth:`Engine.receive` takes one datagram or framed stream
+message with its source and ``now``; :meth:`Engine.take_outgoing` hands the
+messages to send (each with its destination and, for a request we relay,
+the client transaction a failure to send is reported to with
+:meth:`Engine.transport_error`); :meth:`Engine.get_timer` says when it
+wants :meth:`Engine.handle_timer` called; :meth:`Engine.take_waits` hands
+the external answers it waits for (RADIUS, DNS, a media relay), which come
+back through :meth:`Engine.resume`.
+
+*What* to do with a request is the routing script's business
+(:class:`hasip.proxy.script.RoutingScript`); this module does it: server
+and client transactions, response contexts and branches, forwarding (16.6),
+best-response selection (16.7), CANCEL (16.10), timer C (16.8), 503 on a
+transport error (16.9), loop detection (16.3), stray responses.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import ipaddress
 import itertools
 import os
 import socket
 import zlib
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from hasip import metrics
 from hasip.config import Config
-from hasip.dialog.keepalive import BRANCH_PREFIX as KEEPALIVE_BRANCH
-from hasip.dialog.keepalive import DialogKeepalive
 from hasip.dispatcher.destinations import Destination as Node
-from hasip.dispatcher.probe import BRANCH_PREFIX as PROBE_BRANCH
-from hasip.dispatcher.probe import Prober
 from hasip.ids import hex8
-from hasip.location.natping import BRANCH_PREFIX as NAT_PING_BRANCH
-from hasip.location.natping import NatPinger
 from hasip.log import get_logger
+from hasip.proxy.context import Branch, Reply, RequestContext, ResponseContext, Wait
 from hasip.proxy.nat import fix_contact
-from hasip.proxy.routing import Router
-from hasip.proxy.timers import TimerQueue
+from hasip.proxy.resolver import Resolver, Target
+from hasip.proxy.script import RoutingScript
+from hasip.proxy.timers import TimerHeap
 from hasip.security.routetoken import PARAM_BYTES
 from hasip.services import Services
 from hasip.sip.build import REASONS, make_cancel_for, make_response, make_response_from_raw
@@ -59,13 +67,20 @@ from hasip.sip.transaction import (
     server_key,
 )
 from hasip.sip.uri import SipUri, Uri
-from hasip.transport.base import Destination, Listener, Source, send_datagram
-from hasip.transport.manager import Transports
-from hasip.transport.tcp import TcpConnection
+from hasip.transport.base import Destination, Listener, Source
+from hasip.transport.listeners import Listeners
 
 log = get_logger("hasip.proxy")
 
 T = TypeVar("T")
+
+# What take_outgoing() hands out: bytes, where to, and the client
+# transaction to tell when it cannot be sent (None: a response).
+Outgoing = tuple[bytes, Destination, ClientTransaction | None]
+
+# Latency samples: (kind, received_at); kind 0 a request sent on, 1 a response.
+REQUEST = 0
+RESPONSE_KIND = 1
 
 
 def _tag_of(data: bytes) -> str:
@@ -76,7 +91,19 @@ def _tag_of(data: bytes) -> str:
 
 # Branches we generate: magic cookie, our marker, an 8-hex loop-detection hash
 # (RFC 3261 16.6 step 8), then a per-process unique part.
-_BRANCH_MARK = "z9hG4bKhs"
+BRANCH_MARK = "z9hG4bKhs"
+
+_CHALLENGES = (b"www-authenticate", b"proxy-authenticate")
+
+# RFC 3261 16.7 step 6: the 4xx answers a proxy should prefer.
+_PREFERRED_4XX = frozenset({401, 407, 415, 420, 484})
+
+CAPABILITIES = [
+    b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, REFER, NOTIFY, SUBSCRIBE, "
+    b"INFO, MESSAGE, UPDATE, PRACK",
+    b"Accept: application/sdp",
+    b"Server: hasip",
+]
 
 
 def _rr_line(listener: Listener, token: bytes, nat: bool) -> bytes:
@@ -86,216 +113,135 @@ def _rr_line(listener: Listener, token: bytes, nat: bool) -> bytes:
             + (b";nat=yes>" if nat else b">"))
 
 
-class Branch:
-    """One client transaction of a response context (RFC 3261 16.6)."""
-
-    __slots__ = ("cancel_pending", "cancelled", "dest", "final", "final_status", "nat",
-                 "provisional", "rc", "request", "txn")
-
-    def __init__(self, rc: ResponseContext | None, request: Request, dest: Destination) -> None:
-        self.rc = rc
-        self.request = request
-        self.dest = dest
-        self.txn: ClientTransaction | None = None
-        self.provisional = False
-        self.final: Response | None = None
-        self.final_status = 0
-        self.cancel_pending = False
-        self.cancelled = False
-        # The callee is behind NAT: fix the Contact of its answers.
-        self.nat = False
-
-
-class ResponseContext:
-    """A server transaction and the branches forwarded for it (RFC 3261 16.7)."""
-
-    __slots__ = ("branches", "cancelled", "data", "final_sent", "key", "reply_dest", "request",
-                 "server", "source")
-
-    def __init__(self, server: ServerTransaction | None, request: Request, source: Source,
-                 reply_dest: Destination, key: tuple[str, ...] | None = None) -> None:
-        self.server = server
-        self.request = request
-        self.source = source
-        self.reply_dest = reply_dest
-        # The server transaction's key (RFC 3261 17.2.3): the transaction is
-        # made only when the request needs one (Proxy.stateful); until then
-        # answers go out statelessly, as Kamailio's sl does.
-        self.key = key if key is not None else (server.key if server is not None else None)
-        self.branches: list[Branch] = []
-        self.final_sent = False
-        self.cancelled = False
-        # Free for the routing script (failover state, selected destination...).
-        self.data: dict[str, object] = {}
-
-    def pending(self) -> bool:
-        return any(b.final_status == 0 for b in self.branches)
+def fix_via(req: Request, addr: tuple[str, int]) -> None:
+    """Add ``received`` and fill ``rport`` in the top Via (RFC 3261 18.2.1;
+    RFC 3581 4: a server that fills in rport MUST add received too, even
+    when it equals the sent-by host)."""
+    via = req.top_via
+    ip, port = addr
+    host = via.host[1:-1] if via.host.startswith("[") else via.host
+    want_rport = "rport" in via.params and not via.params["rport"]
+    if not want_rport and host.lower() == ip and "received" not in via.params:
+        return
+    parts = []
+    for part in via.text.split(";"):
+        name = part.strip().lower()
+        if name == "rport" and want_rport:
+            part = f"rport={port}"
+        elif name.startswith("received="):
+            continue   # ours replaces whatever the sender wrote
+        parts.append(part)
+    if want_rport or host.lower() != ip:
+        parts.append(f"received={ip}")
+    text = ";".join(parts)
+    i = req.keys.index(b"via")
+    raw = req.raws[i]
+    values = split_list(req.value_at(i).decode("latin-1"))
+    values[0] = text
+    req.set_line(i, raw[:raw.index(b":") + 1] + b" " + ", ".join(values).encode("latin-1"))
 
 
-class RequestContext:
-    """What the routing script gets for one request: the message, where it came
-    from, and the operations it may apply (reply, record-route, forward)."""
+class Engine:
+    """A stateful proxy's transactions and section-16 logic for one node."""
 
-    __slots__ = ("nat", "proxy", "rc", "record_route", "request", "rr_token", "send_socket",
-                 "source", "trusted", "user")
-
-    def __init__(self, proxy: Proxy, request: Request, source: Source,
-                 rc: ResponseContext | None) -> None:
-        self.proxy = proxy
-        self.request = request
-        self.source = source
-        self.rc = rc
-        self.record_route = False
-        # The sender is behind NAT (Record-Route gets ;nat=yes).
-        self.nat = False
-        # The authenticated user, once digest authentication succeeded.
-        self.user: str | None = None
-        # Our socket named by a double Record-Route: in-dialog requests leave from it.
-        self.send_socket: Listener | None = None
-        # The dialog token our Record-Route carries (hasip.security.routetoken).
-        self.rr_token = b""
-        # The source is trusted (a gateway, a dispatcher node): the routing
-        # script decides it once per request.
-        self.trusted = False
-
-    def reply(self, status: int, reason: bytes | None = None,
-              extra: list[bytes] | None = None) -> None:
-        self.proxy.reply(self, status, reason, extra)
-
-    def forward(self, request_uri: SipUri | None = None, next_hop: SipUri | None = None,
-                dest: Destination | None = None, routes: tuple[str, ...] = (),
-                nat: bool = False, timers: Timers | None = None) -> bool:
-        return self.proxy.forward(self, request_uri, next_hop, dest, routes, nat, timers)
-
-    def suspend(self, pending: Awaitable[T], resume: Callable[[T], None]) -> None:
-        """Wait for ``pending`` (a RADIUS answer...) off the hot path, then call
-        ``resume`` with its result unless the request was answered meanwhile
-        (a CANCEL). The server transaction absorbs retransmissions."""
-        self.proxy.suspend(self, pending, resume)
-
-    def force_rport(self) -> None:
-        """Answer to the packet's source port whatever the Via says (RFC 3581)."""
-        rc = self.rc
-        src = self.source
-        if rc is not None and src.conn is None:
-            rc.reply_dest = Destination("udp", src.addr, src.listener)
-
-    def forward_stateless(self) -> bool:
-        return self.proxy.forward_stateless(self)
-
-    def stateful(self) -> None:
-        """Keep a server transaction from now on (Kamailio's t_newtran):
-        retransmissions are absorbed and answers retransmitted. Forwarding
-        and suspending make one themselves; the registrar asks for one
-        before it changes a binding."""
-        if self.rc is not None:
-            self.proxy.stateful(self.rc)
-
-
-class Proxy:
-    """A stateful proxy bound to a node's transports."""
-
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop,
-                 services: Services | None = None) -> None:
+    def __init__(self, config: Config, services: Services, listeners: Listeners,
+                 script: Callable[[Engine], RoutingScript],
+                 resolver: Resolver | None = None, unique: str | None = None) -> None:
         self.config = config
-        self.loop = loop
-        self.services = services if services is not None else Services.in_memory(config)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.services = services
+        self.listeners = listeners
+        self.resolver = resolver if resolver is not None else Resolver()
         self.timers = config.timers
-        self.transports = Transports(config, self.receive, loop)
         self.server_txns: dict[tuple[str, ...], ServerTransaction] = {}
         self.client_txns: dict[tuple[str, ...], ClientTransaction] = {}
-        self.timerq = TimerQueue(loop, self._on_timer)
-        self._unique = os.urandom(3).hex()
+        self.timer_heap = TimerHeap()
+        self._unique = unique if unique is not None else os.urandom(3).hex()
         self._counter = itertools.count(1)
-        self._resolved: dict[str, str] = {}
         self.draining = False
+        # The time of the call into the engine being handled (every entry
+        # point sets it): what operations of the script run at, even when
+        # they run long after the request arrived (a failover, a resume).
+        self.now = 0.0
         self.my_ips = {a.host.lower() for a in config.listen}
         self.my_ports = {a.port for a in config.listen}
         self.my_domains = set(config.domains)
-        self.my_sent_by = {lst.sent_by for lst in self.transports.listeners}
-        self.guard = self.services.guard
-        self.signer = self.services.signer
-        self.max_transactions = config.max_transactions
+        self.my_sent_by = listeners.sent_by
         self._sent_by_bytes = [s.encode() for s in self.my_sent_by]
-        self.capabilities = [
-            b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, REFER, NOTIFY, SUBSCRIBE, "
-            b"INFO, MESSAGE, UPDATE, PRACK",
-            b"Accept: application/sdp",
-            b"Server: hasip",
-        ]
+        self.guard = services.guard
+        self.signer = services.signer
+        self.max_transactions = config.max_transactions
+        self.max_message_size = config.max_message_size
+        self.capabilities = CAPABILITIES
+        self.listeners_by_socket = listeners.by_socket
         stats = metrics.STATS
         self._req_in = stats.requests_in
         self._resp_in = stats.responses_in
         self._resp_out = stats.responses_out
         self._req_out = stats.requests_out
-        self._latency = stats.latency
-        self._lat_request = stats.latency.child("request")
-        self._lat_response = stats.latency.child("response")
+        # IP-literal next hops resolved once: (transport, host, port) -> where.
         self._destinations: dict[tuple[str, str, int], Destination | None] = {}
-        self.listeners_by_socket = {lst.socket: lst for lst in self.transports.listeners}
-        if self.services.cdrs is not None:
-            self.services.cdrs.owns = self.owns_socket
-        self.pinger = NatPinger(self.services.location, self.listeners_by_socket,
-                                self.transports.send, config.nat.ping_interval)
-        ds = config.dispatcher
-        probe_from_vip = ds.probe_from == "vip"
-        self.prober = Prober(self.services.dispatcher,
-                             lambda node: self.node_address(node, vip=probe_from_vip),
-                             self.transports.send,
-                             ds.probe_interval, ds.probe_timeout, frozenset(ds.probe_codes))
-        dc = config.dialog
-        self.keepalive = DialogKeepalive(self.services.dialogs, self.listeners_by_socket,
-                                         self.my_sent_by, self._from_listener,
-                                         self.transports.send, dc.keepalive_interval,
-                                         dc.keepalive_failures)
-        self.router = Router(self)
-        metrics.TRANSACTIONS.labels("server").set_function(lambda: len(self.server_txns))
-        metrics.TRANSACTIONS.labels("client").set_function(lambda: len(self.client_txns))
-        metrics.IN_FLIGHT.set_function(self.in_flight)
+        # What the shell takes after each call.
+        self._out: list[Outgoing] = []
+        self._waits: list[Wait] = []
+        self.latencies: list[tuple[int, float]] = []
+        # Responses to requests the node sent itself (probes, NAT pings,
+        # dialog keepalives): the shell's own-request registry.
+        self.own_response: Callable[[Response, float], bool] | None = None
+        self.script: RoutingScript = script(self)
 
-    async def start(self) -> None:
-        await self.transports.start()
-        self.pinger.start()
-        self.prober.start()
-        self.keepalive.start()
+    # -- the shell's side ----------------------------------------------------
 
-    async def stop(self) -> None:
-        await self.pinger.stop()
-        await self.prober.stop()
-        await self.keepalive.stop()
-        for task in list(self._tasks):
-            task.cancel()
-        await self.transports.stop()
-        self.timerq.close()
+    def take_outgoing(self) -> list[Outgoing]:
+        out = self._out
+        if out:
+            self._out = []
+        return out
 
-    def context_for(self, rc: ResponseContext) -> RequestContext:
-        """A request context to forward more branches of ``rc`` (failure route)."""
-        return RequestContext(self, rc.request, rc.source, rc)
+    def take_waits(self) -> list[Wait]:
+        waits = self._waits
+        if waits:
+            self._waits = []
+        return waits
 
-    def suspend(self, ctx: RequestContext, pending: Awaitable[T],
-                resume: Callable[[T], None]) -> None:
-        if ctx.rc is not None:
-            self.stateful(ctx.rc)   # retransmissions are absorbed while it waits
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` wants calling next (None: no timer)."""
+        return self.timer_heap.next_deadline()
 
-        async def wait() -> None:
-            try:
-                result = await pending
-            except Exception:
-                log.error("suspended_step_failed", exc_info=True, call_id=ctx.request.call_id)
-                ctx.reply(500, b"Server Internal Error")
-                return
-            if ctx.rc is not None and ctx.rc.final_sent:
-                return
-            self.run_script(ctx, resume, result)
+    def handle_timer(self, now: float) -> None:
+        self.now = now
+        for txn in self.timer_heap.due(now):
+            actions = txn.handle_timer(now)
+            if any(kind == SEND for kind, _ in actions):
+                metrics.RETRANSMITTED_OUT.labels(
+                    "request" if isinstance(txn, ClientTransaction) else "response").inc()
+            if isinstance(txn, ClientTransaction):
+                self._run_client(txn, actions, now)
+            else:
+                assert isinstance(txn, ServerTransaction)
+                self._run_server(txn, actions, now)
 
-        task = self.loop.create_task(wait())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def transport_error(self, txn: ClientTransaction, now: float) -> None:
+        """The request of ``txn`` could not be sent (RFC 3261 16.9: 503)."""
+        log.debug("transport_error", branch=txn.key[0])
+        self.now = now
+        if txn.owner is not None:
+            self._run_client(txn, txn.transport_error(), now)
+
+    def resume(self, wait: Wait, result: object, now: float) -> None:
+        """An awaitable handed out by :meth:`take_waits` finished."""
+        self.now = now
+        wait.on_result(result)
+
+    def resume_failed(self, wait: Wait, exc: BaseException, now: float) -> None:
+        self.now = now
+        wait.on_error(exc)
 
     def in_flight(self) -> int:
         """Server transactions that have not sent a final response yet."""
         return sum(1 for t in self.server_txns.values() if t.state in (PROCEEDING, TRYING))
+
+    def _emit(self, data: bytes, dest: Destination, txn: ClientTransaction | None = None) -> None:
+        self._out.append((data, dest, txn))
 
     # -- identity ----------------------------------------------------------
 
@@ -312,30 +258,28 @@ class Proxy:
 
     # -- receiving ---------------------------------------------------------
 
-    def receive(self, data: bytes, listener: Listener, addr: tuple[str, int],
-                conn: TcpConnection | None) -> None:
-        """Transport sink: one datagram or one framed stream message."""
-        now = self.loop.time()
+    def receive(self, data: bytes, src: Source) -> bool:
+        """One datagram or framed stream message from ``src`` (received at
+        ``src.received_at``, the engine's ``now``). False: the source is
+        banned and its connection should go."""
+        now = self.now = src.received_at
+        addr = src.addr
         if not self.guard.allow(addr[0], now):
-            # A banned source (hasip.security.guard): dropped unanswered;
-            # its TCP connection goes too.
-            if conn is not None:
-                conn.abort()
-            return
-        src = Source(listener, addr, conn, now)
+            # A banned source (hasip.security.guard): dropped unanswered.
+            return False
         try:
-            if len(data) > self.config.max_message_size:
+            if len(data) > self.max_message_size:
                 metrics.PARSE_ERRORS.labels("too_large").inc()
                 self._reply_unparsable(data, src, 513, b"Message Too Large")
-                return
+                return True
             try:
-                msg = parse_message(data, datagram=conn is None)
+                msg = parse_message(data, datagram=src.conn is None)
             except SipParseError as exc:
                 metrics.PARSE_ERRORS.labels("parse").inc()
                 log.debug("parse_error", peer=f"{addr[0]}:{addr[1]}", reason=exc.reason)
                 self._reply_unparsable(data, src, exc.status,
                                        REASONS.get(exc.status, b"Bad Request"))
-                return
+                return True
             if type(msg) is Request:
                 self._on_request(msg, src)
             else:
@@ -344,6 +288,7 @@ class Proxy:
         except Exception:
             # A bug must cost one message, never the node.
             log.error("message_handling_failed", exc_info=True, peer=f"{addr[0]}:{addr[1]}")
+        return True
 
     def _reply_unparsable(self, data: bytes, src: Source, status: int, reason: bytes) -> None:
         if data.startswith(b"SIP/") or data.startswith(b"ACK "):
@@ -353,19 +298,12 @@ class Proxy:
             self._send_to_source(out, src)
             self._resp_out.inc(str(status))
 
-    def send(self, data: bytes, dest: Destination) -> None:
-        """Send a message: a datagram straight to the socket (compiled), the
-        rest (TCP, or a datagram that could not go: counted there) through
-        the transports."""
-        if dest.transport == "udp" and send_datagram(data, dest):
-            return
-        self.transports.send(data, dest)
-
     def _send_to_source(self, data: bytes, src: Source) -> None:
-        dest = Destination("tcp" if src.conn else "udp", src.addr, src.listener, src.conn)
-        self.send(data, dest)
+        self._emit(data, Destination("tcp" if src.conn else "udp", src.addr, src.listener,
+                                     src.conn))
 
-    def reply_destination(self, src: Source, via: Via) -> Destination:
+    @staticmethod
+    def reply_destination(src: Source, via: Via) -> Destination:
         """Where responses to a request go (RFC 3261 18.2.2, RFC 3581 4)."""
         if src.conn is not None:
             port = int(via.params.get("rport") or 0) or via.port or 5060
@@ -373,30 +311,6 @@ class Proxy:
                                (src.addr[0], port))
         port = src.addr[1] if "rport" in via.params else (via.port or 5060)
         return Destination("udp", (src.addr[0], port), src.listener)
-
-    def _fix_via(self, req: Request, src: Source) -> None:
-        """Add ``received`` and fill ``rport`` in the top Via (RFC 3261 18.2.1, RFC 3581)."""
-        via = req.top_via
-        ip, port = src.addr
-        host = via.host[1:-1] if via.host.startswith("[") else via.host
-        add_received = host.lower() != ip
-        want_rport = "rport" in via.params and not via.params["rport"]
-        if not add_received and not want_rport:
-            return
-        text = via.text
-        if want_rport:
-            parts = text.split(";")
-            for i, part in enumerate(parts):
-                if part.strip().lower() == "rport":
-                    parts[i] = f"rport={port}"
-            text = ";".join(parts)
-        if add_received:
-            text += f";received={ip}"
-        i = req.keys.index(b"via")
-        raw = req.raws[i]
-        values = split_list(req.value_at(i).decode("latin-1"))
-        values[0] = text
-        req.set_line(i, raw[:raw.index(b":") + 1] + b" " + ", ".join(values).encode("latin-1"))
 
     def _on_request(self, req: Request, src: Source) -> None:
         method = req.method
@@ -415,7 +329,7 @@ class Proxy:
                 self._send_to_source(data, src)
                 self._resp_out.inc(str(exc.status))
             return
-        self._fix_via(req, src)
+        fix_via(req, src.addr)
         if method == "ACK":
             self._on_ack(req, src)
             return
@@ -426,7 +340,7 @@ class Proxy:
         txn = self.server_txns.get(key)
         if txn is not None:
             metrics.RETRANSMISSIONS.labels(method).inc()
-            self._run_server(txn, txn.receive_request(req, src.received_at))
+            self._run_server(txn, txn.receive_request(req, src.received_at), src.received_at)
             return
         # No transaction yet: the script's answer goes out statelessly
         # unless it forwards, suspends or saves (``stateful``). A challenge,
@@ -442,7 +356,7 @@ class Proxy:
             metrics.REFUSED.inc("overload")
             ctx.reply(503, b"Service Unavailable (overloaded)", [b"Retry-After: 5"])
             return
-        self.run_script(ctx, self.router.route, ctx)
+        self.run_script(ctx, self.script.route, ctx)
 
     def run_script(self, ctx: RequestContext, step: Callable[[T], None], arg: T) -> None:
         """Run a step of the routing script; an exception there (a bug) still
@@ -458,7 +372,7 @@ class Proxy:
                 return
             for branch in rc.branches:
                 if branch.final_status == 0:
-                    self._cancel_branch(branch)
+                    self._cancel_branch(branch, self.now)
             try:
                 self._reply_rc(rc, 500, b"Server Internal Error")
             except Exception:
@@ -483,8 +397,8 @@ class Proxy:
         if req.method == "INVITE":
             # RFC 3261 16.2: a stateful proxy answers INVITE with 100 at once.
             data = make_response(req, 100)
-            now = self.loop.time()
-            self._run_server(txn, txn.send_response(100, data, now))
+            now = self.now
+            self._run_server(txn, txn.send_response(100, data, now), now)
             self._resp_out.inc("100")
 
     def _on_ack(self, req: Request, src: Source) -> None:
@@ -492,7 +406,7 @@ class Proxy:
         txn = self.server_txns.get(key)
         if txn is not None and txn.state in (COMPLETED, CONFIRMED):
             # ACK for a non-2xx final response: hop by hop, absorbed here.
-            self._run_server(txn, txn.receive_request(req, src.received_at))
+            self._run_server(txn, txn.receive_request(req, src.received_at), src.received_at)
             return
         if txn is not None and txn.state == PROCEEDING:
             return
@@ -500,32 +414,33 @@ class Proxy:
             return   # the ACK of a failure we answered statelessly (a challenge)
         # ACK for a 2xx: its own transaction, forwarded statelessly (16.11).
         ctx = RequestContext(self, req, src, None)
-        self.run_script(ctx, self.router.route, ctx)
+        self.run_script(ctx, self.script.route, ctx)
 
     def _on_cancel(self, req: Request, src: Source) -> None:
         key = server_key(req)
+        now = src.received_at
         txn = self.server_txns.get(key)
         if txn is not None:
             metrics.RETRANSMISSIONS.labels("CANCEL").inc()
-            self._run_server(txn, txn.receive_request(req, src.received_at))
+            self._run_server(txn, txn.receive_request(req, now), now)
             return
         invite = self.server_txns.get(cancel_target_key(req))
         if invite is None:
             ctx = RequestContext(self, req, src, None)
-            self.run_script(ctx, self.router.route_unmatched_cancel, ctx)
+            self.run_script(ctx, self.script.route_unmatched_cancel, ctx)
             return
         txn = NonInviteServerTransaction(key, src.conn is not None, self.timers)
         txn.owner = ResponseContext(txn, req, src, self.reply_destination(src, req.top_via))
         self.server_txns[key] = txn
         # RFC 3261 16.10: answer the CANCEL, then cancel every pending branch.
         data = make_response(req, 200, to_tag=self._tag_for_key(invite.key))
-        self._run_server(txn, txn.send_response(200, data, src.received_at))
+        self._run_server(txn, txn.send_response(200, data, now), now)
         self._resp_out.inc("200")
         rc = invite.owner
         if isinstance(rc, ResponseContext) and not rc.final_sent:
-            self.cancel_context(rc)
+            self.cancel_context(rc, now)
 
-    def cancel_context(self, rc: ResponseContext) -> None:
+    def cancel_context(self, rc: ResponseContext, now: float) -> None:
         rc.cancelled = True
         if not rc.branches:
             self._reply_rc(rc, 487)
@@ -533,7 +448,7 @@ class Proxy:
         for branch in rc.branches:
             if branch.final_status == 0:
                 if branch.provisional:
-                    self._cancel_branch(branch)
+                    self._cancel_branch(branch, now)
                 else:
                     # RFC 3261 9.1: no CANCEL before a provisional response.
                     branch.cancel_pending = True
@@ -542,6 +457,7 @@ class Proxy:
 
     def _on_response(self, resp: Response, src: Source) -> None:
         self._resp_in.inc(str(resp.status))
+        now = src.received_at
         try:
             branch = resp.top_branch()
             method = resp.cseq[1]
@@ -550,16 +466,13 @@ class Proxy:
             return
         txn = self.client_txns.get((branch or "", method))
         if txn is None:
-            if branch and branch.startswith(PROBE_BRANCH):
-                self.prober.answered(branch, resp.status, src.received_at)
-            elif branch and branch.startswith(KEEPALIVE_BRANCH):
-                self.keepalive.answered(branch, resp.status)
-            elif not (branch and branch.startswith(NAT_PING_BRANCH)
-                      and self.pinger.answered(branch)):
-                forwarded = self._forward_stray(resp)
-                metrics.STRAY_RESPONSES.labels("forwarded" if forwarded else "dropped").inc()
+            own = self.own_response
+            if own is not None and own(resp, now):
+                return
+            forwarded = self._forward_stray(resp)
+            metrics.STRAY_RESPONSES.labels("forwarded" if forwarded else "dropped").inc()
             return
-        self._run_client(txn, txn.receive_response(resp, src.received_at), src.received_at)
+        self._run_client(txn, txn.receive_response(resp, now), now)
 
     def _forward_stray(self, resp: Response) -> bool:
         """RFC 3261 16.7: a response matching no transaction goes on as a
@@ -575,35 +488,36 @@ class Proxy:
                 return False
             top, nxt = vias[0], vias[1]
             if top.sent_by not in self.my_sent_by or not (top.branch or "").startswith(
-                    _BRANCH_MARK):
+                    BRANCH_MARK):
                 return False
             host = nxt.params.get("received") or nxt.host
             rport = nxt.params.get("rport")
             port = int(rport) if rport else (nxt.port or 5060)
         except (SipParseError, ValueError):
             return False
-        dest = self._resolve(nxt.transport.lower(), host.strip("[]"), port)
+        dest = self._destination(Target(nxt.transport.lower(), host.strip("[]"), port))
         if dest is None:
             return False
         resp.pop_first_value(b"via")
-        self.send(resp.to_bytes(), dest)
+        self._emit(resp.to_bytes(), dest)
         self._resp_out.inc(str(resp.status))
         return True
 
-    def _on_branch_response(self, branch: Branch, resp: Response, received_at: float) -> None:
+    def _on_branch_response(self, branch: Branch, resp: Response, now: float) -> None:
         status = resp.status
         rc = branch.rc
         if status < 200:
             branch.provisional = True
             if branch.cancel_pending:
-                self._cancel_branch(branch)
+                self._cancel_branch(branch, now)
         else:
             branch.final_status = status
             branch.final = resp
-        if rc is not None and rc.data:
-            self.router.on_branch_reply(rc, status)
-        if rc is None or status == 100:
-            return  # our own request (a CANCEL), or a 100 (hop by hop)
+        if rc is None:
+            return  # our own request (a CANCEL)
+        self.script.on_branch_reply(rc, branch, status)
+        if status == 100:
+            return  # hop by hop
         resp.pop_first_value(b"via")
         if not resp.has(b"via"):
             return
@@ -612,28 +526,89 @@ class Proxy:
         keys = resp.keys
         if (b"p-asserted-identity" in keys or b"remote-party-id" in keys) and not (
                 self.services.is_trusted(*branch.dest.addr)):
-            self.router.screen_identity(resp)
+            # RFC 3325 5: identities from an untrusted callee are not passed on.
+            for key in (b"p-asserted-identity", b"remote-party-id"):
+                if key in resp.keys:
+                    resp.remove_all(key)
+                    metrics.SCREENED.inc(key.decode())
+        if branch.held is not None:
+            branch.held.append(resp)   # behind a reply the hook holds
+            return
+        self._hook_reply(rc, branch, resp, now)
+
+    def _hook_reply(self, rc: ResponseContext, branch: Branch, resp: Response,
+                    now: float) -> None:
+        """The reply hook, then the relay (or a wait for the hook's answer)."""
+        reply = Reply(rc, branch, resp)
+        self.script.on_reply(reply)
+        wait = reply.wait
+        if wait is None:
+            self._relay_reply(rc, branch, reply.response, now)
+            return
+        if branch.held is None:
+            branch.held = []
+        pending, resume = wait
+
+        def done(result: Any) -> None:
+            try:
+                resume(result)
+            except Exception:
+                log.error("reply_hook_failed", exc_info=True, call_id=rc.request.call_id)
+            self._release(rc, branch, reply.response, self.now)
+
+        def failed(exc: BaseException) -> None:
+            log.warning("reply_hook_wait_failed", call_id=rc.request.call_id,
+                        status=reply.response.status, reason=str(exc) or type(exc).__name__)
+            self._release(rc, branch, reply.response, self.now)
+
+        self._waits.append(Wait(pending, done, failed, rc.request.call_id))
+
+    def _release(self, rc: ResponseContext, branch: Branch, resp: Response, now: float) -> None:
+        """A held reply goes on, then those queued behind it, each through
+        the hook again."""
+        queued = branch.held or []
+        branch.held = None
+        self._relay_reply(rc, branch, resp, now)
+        while queued:
+            nxt = queued.pop(0)
+            if branch.held is not None:
+                branch.held.append(nxt)
+                continue
+            self._hook_reply(rc, branch, nxt, now)
+            if branch.held is not None:
+                branch.held.extend(queued)
+                return
+        if branch.final_status and not rc.pending():
+            self._maybe_finish(rc, now)
+
+    def _relay_reply(self, rc: ResponseContext, branch: Branch, resp: Response,
+                     now: float) -> None:
+        status = resp.status
         if status < 200:
-            self._relay_upstream(rc, resp, received_at)
+            if not rc.final_sent:
+                self._relay_upstream(rc, resp, now)
         elif status < 300:
             first = not rc.final_sent
-            if first and rc.data:
-                self.router.on_answered(rc, resp, branch.nat)
-            self._relay_upstream(rc, resp, received_at)
+            if first:
+                self.script.on_answered(rc, resp, branch.nat)
+            # Every 2xx goes upstream (RFC 3261 16.7 step 5), so that each
+            # forked 2xx is ACKed and hung up by the caller.
+            self._relay_upstream(rc, resp, now)
             if first and rc.request.method == "INVITE":
                 # RFC 3261 16.7 step 10: a 2xx ends the other branches.
                 for other in rc.branches:
                     if other is not branch and other.final_status == 0:
-                        self._cancel_branch(other)
+                        self._cancel_branch(other, now)
         else:
-            self.router.on_branch_failure(rc, branch)
+            self.script.on_branch_failure(rc, branch)
             if status >= 600:
+                # RFC 3261 16.7 step 5: a 6xx cancels the pending branches.
                 for other in rc.branches:
                     if other.final_status == 0:
-                        self._cancel_branch(other)
-            self._maybe_finish(rc, received_at)
+                        self._cancel_branch(other, now)
+            self._maybe_finish(rc, now)
 
-    def _on_branch_timeout(self, branch: Branch, received_at: float, status: int = 408) -> None:
+    def _on_branch_timeout(self, branch: Branch, now: float, status: int = 408) -> None:
         """No answer (408), or the request could not be sent (503, RFC 3261 16.9)."""
         branch.final_status = status
         rc = branch.rc
@@ -641,14 +616,14 @@ class Proxy:
             return
         if status == 408:
             metrics.TIMEOUTS.labels(rc.request.method).inc()
-        self.router.on_branch_failure(rc, branch)
-        self._maybe_finish(rc, received_at)
+        self.script.on_branch_failure(rc, branch)
+        self._maybe_finish(rc, now)
 
-    def _maybe_finish(self, rc: ResponseContext, received_at: float) -> None:
+    def _maybe_finish(self, rc: ResponseContext, now: float) -> None:
         """All branches final: let the script fail over, else send the best answer."""
         if rc.final_sent or rc.pending():
             return
-        if not rc.cancelled and self.router.failure_route(rc):
+        if not rc.cancelled and self.script.failure_route(rc):
             return
         best = self._best_branch(rc)
         if best is None:
@@ -667,7 +642,25 @@ class Proxy:
             # RFC 3261 16.7 step 6: a 503 from downstream is not passed up as is.
             resp.status = 500
             resp.reason = b"Server Internal Error"
-        self._relay_upstream(rc, resp, received_at)
+        elif resp.status in (401, 407):
+            self._aggregate_challenges(rc, resp)
+        self._relay_upstream(rc, resp, now)
+
+    @staticmethod
+    def _aggregate_challenges(rc: ResponseContext, resp: Response) -> None:
+        """RFC 3261 16.7 step 7: a 401 or 407 going upstream carries the
+        WWW-Authenticate and Proxy-Authenticate values of every branch that
+        challenged, so that the caller can answer all of them at once."""
+        have = {raw for key, raw in zip(resp.keys, resp.raws, strict=True)
+                if key in _CHALLENGES}
+        for branch in rc.branches:
+            other = branch.final
+            if other is None or other is resp or other.status not in (401, 407):
+                continue
+            for key, raw in zip(other.keys, other.raws, strict=True):
+                if key in _CHALLENGES and raw not in have:
+                    have.add(raw)
+                    resp.append(key, raw)
 
     def best_status(self, rc: ResponseContext) -> int:
         """The status the context would answer with now (0: no branch)."""
@@ -676,35 +669,39 @@ class Proxy:
 
     @staticmethod
     def _best_branch(rc: ResponseContext) -> Branch | None:
-        """RFC 3261 16.7 step 6: a 6xx if any, else the lowest class."""
+        """RFC 3261 16.7 step 6: a 6xx if any, else the lowest class; within
+        4xx, preferably 401, 407, 415, 420 or 484 (answers the caller can act
+        on); otherwise the first to arrive."""
         best: Branch | None = None
-        best_rank = 10
+        best_rank = 100
         for branch in rc.branches:
             status = branch.final_status
-            rank = 0 if status >= 600 else status // 100
+            if status == 0:
+                continue
+            rank = 0 if status >= 600 else (status // 100) * 10
+            if status in _PREFERRED_4XX:
+                rank -= 1
             if rank < best_rank:
                 best, best_rank = branch, rank
         return best
 
     def _final(self, rc: ResponseContext, status: int) -> None:
-        """The context's final answer goes out (relayed or ours): the script
-        hears of a failure (a tracked dialog ends)."""
+        """The context's final answer goes out (relayed or ours)."""
         rc.final_sent = True
-        if status >= 300 and rc.data:
-            self.router.on_final(rc, status)
+        self.script.on_final(rc, status)
 
-    def _relay_upstream(self, rc: ResponseContext, resp: Response, received_at: float) -> None:
+    def _relay_upstream(self, rc: ResponseContext, resp: Response, now: float) -> None:
         status = resp.status
         if status >= 200:
             self._final(rc, status)
         server = rc.server
         data = resp.to_bytes()
         if server is None:
-            self.send(data, rc.reply_dest)
+            self._emit(data, rc.reply_dest)
         else:
-            self._run_server(server, server.send_response(status, data, received_at))
+            self._run_server(server, server.send_response(status, data, now), now)
         self._resp_out.inc(str(status))
-        self._latency.observe(self._lat_response, self.loop.time() - received_at)
+        self.latencies.append((RESPONSE_KIND, now))
 
     def _reply_rc(self, rc: ResponseContext, status: int, reason: bytes | None = None,
                   extra: list[bytes] | None = None) -> None:
@@ -718,9 +715,10 @@ class Proxy:
         if status >= 200:
             self._final(rc, status)
         if server is None:
-            self.send(data, rc.reply_dest)
+            self._emit(data, rc.reply_dest)
         else:
-            self._run_server(server, server.send_response(status, data, self.loop.time()))
+            now = self.now
+            self._run_server(server, server.send_response(status, data, now), now)
         self._resp_out.inc(str(status))
 
     @staticmethod
@@ -736,6 +734,27 @@ class Proxy:
 
     # -- operations for the routing script -----------------------------------
 
+    def context_for(self, rc: ResponseContext) -> RequestContext:
+        """A request context to forward more branches of ``rc`` (failure route)."""
+        return RequestContext(self, rc.request, rc.source, rc)
+
+    def suspend(self, ctx: RequestContext, pending: Awaitable[Any],
+                resume: Callable[[Any], None]) -> None:
+        if ctx.rc is not None:
+            self.stateful(ctx.rc)   # retransmissions are absorbed while it waits
+
+        def done(result: Any) -> None:
+            if ctx.rc is not None and ctx.rc.final_sent:
+                return
+            self.run_script(ctx, resume, result)
+
+        def failed(exc: BaseException) -> None:
+            log.error("suspended_step_failed", call_id=ctx.request.call_id,
+                      reason=f"{type(exc).__name__}: {exc}")
+            ctx.reply(500, b"Server Internal Error")
+
+        self._waits.append(Wait(pending, done, failed, ctx.request.call_id))
+
     def reply(self, ctx: RequestContext, status: int, reason: bytes | None = None,
               extra: list[bytes] | None = None) -> None:
         req = ctx.request
@@ -750,7 +769,7 @@ class Proxy:
         if status > 100:
             to_tag = _tag_of(req.call_id.encode("latin-1"))
         data = make_response(req, status, reason, to_tag, extra)
-        self.send(data, self.reply_destination(ctx.source, req.top_via))
+        self._emit(data, self.reply_destination(ctx.source, req.top_via))
         self._resp_out.inc(str(status))
 
     def _prepare(self, ctx: RequestContext, request_uri: SipUri | None,
@@ -802,38 +821,42 @@ class Proxy:
             return False
         out, target = prepared
         if dest is None:
-            dest = self._with_socket(ctx, self.resolve(target))
-        if dest is None:
-            if self._needs_dns(target):
-                self.loop.create_task(self._forward_after_dns(ctx, out, target))
+            targets = self.resolver.targets(target, self.now)
+            if targets is None:
+                self._forward_after_dns(ctx, out, target, nat, timers)
                 return True
+            dest = self._with_socket(ctx, self._first_usable(targets))
+        if dest is None:
             return False
         self._start_branch(ctx, out, dest, nat, timers)
         return True
 
-    async def _forward_after_dns(self, ctx: RequestContext, out: Request, target: SipUri) -> None:
-        host = target.params.get("maddr") or target.host_ip
-        try:
-            infos = await self.loop.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
-            self._resolved[host] = str(infos[0][4][0])
-        except OSError:
-            log.info("dns_failed", host=host)
-        dest = self.resolve(target)
-        if dest is None:
-            ctx.reply(503, b"Service Unavailable (cannot resolve next hop)")
-            return
-        if ctx.rc is not None and ctx.rc.final_sent:
-            return
-        self._start_branch(ctx, out, dest)
+    def _forward_after_dns(self, ctx: RequestContext, out: Request, target: SipUri,
+                           nat: bool, timers: Timers | None) -> None:
+        def resolved(_: object) -> None:
+            if ctx.rc is not None and ctx.rc.final_sent:
+                return
+            targets = self.resolver.targets(target, self.now) or []
+            dest = self._with_socket(ctx, self._first_usable(targets))
+            if dest is None:
+                ctx.reply(503, b"Service Unavailable (cannot resolve next hop)")
+                return
+            self._start_branch(ctx, out, dest, nat, timers)
 
-    @staticmethod
-    def _needs_dns(target: SipUri) -> bool:
-        host = target.params.get("maddr") or target.host_ip
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return True
-        return False
+        def failed(exc: BaseException) -> None:
+            log.warning("dns_lookup_failed", call_id=ctx.request.call_id,
+                        reason=str(exc) or type(exc).__name__)
+            ctx.reply(503, b"Service Unavailable (cannot resolve next hop)")
+
+        self._waits.append(Wait(self.resolver.lookup(target, self.now), resolved, failed,
+                                ctx.request.call_id))
+
+    def _first_usable(self, targets: list[Target]) -> Destination | None:
+        for target in targets:
+            dest = self._destination(target)
+            if dest is not None:
+                return dest
+        return None
 
     def _with_socket(self, ctx: RequestContext | None, dest: Destination | None,
                      sock: Listener | None = None) -> Destination | None:
@@ -847,15 +870,16 @@ class Proxy:
             return None
         if sock is None and ctx is not None:
             sock = ctx.send_socket or ctx.source.listener
-        if sock is None or sock is dest.listener or not self.transports.can_reach(
+        if sock is None or sock is dest.listener or not self.listeners.can_reach(
                 sock, dest.transport, dest.listener.family, dest.addr[0]):
             return dest
         return Destination(dest.transport, dest.addr, sock)
 
-    def _from_listener(self, target: SipUri, listener: Listener) -> Destination | None:
+    def from_listener(self, target: SipUri, listener: Listener,
+                      now: float) -> Destination | None:
         """Where ``target`` is, reached from ``listener`` when it can reach it."""
-        dest = self.resolve(target)
-        if dest is None or dest.listener is listener or not self.transports.can_reach(
+        dest = self.resolve(target, now)
+        if dest is None or dest.listener is listener or not self.listeners.can_reach(
                 listener, dest.transport, dest.listener.family, dest.addr[0]):
             return dest
         return Destination(dest.transport, dest.addr, listener)
@@ -867,52 +891,54 @@ class Proxy:
         return listener is not None and listener.active
 
     def node_address(self, node: Node, ctx: RequestContext | None = None,
-                     vip: bool = False) -> Destination | None:
+                     vip: bool = False, now: float = 0.0) -> Destination | None:
         """Where a dispatcher destination is reached: its URI resolved, sent
         from its ``socket`` attribute when it names one of our listeners,
         else from the incoming socket of ``ctx``, else (a probe) from the
         node's own address or, with ``vip``, a VIP it owns."""
-        dest = self.resolve(node.uri)
+        dest = self.resolve(node.uri, self.now if ctx is not None else now)
         if dest is None:
             return None
         sock = self.listeners_by_socket.get(node.socket) if node.socket else None
         if sock is None and ctx is None and vip:
-            sock = self.transports.listener_for(dest.transport, dest.listener.family,
-                                                dest.addr[0], vip=True)
+            sock = self.listeners.listener_for(dest.transport, dest.listener.family,
+                                               dest.addr[0], vip=True)
         return self._with_socket(ctx, dest, sock)
 
-    def resolve(self, target: SipUri) -> Destination | None:
-        """IP, port, transport and local listener for ``target`` (RFC 3263 for
-        IP literals and A/AAAA names: no NAPTR/SRV yet). None when unusable."""
-        transport = target.transport
-        host = target.params.get("maddr") or target.host_ip
-        key = (transport, host, target.default_port())
+    def resolve(self, target: SipUri, now: float) -> Destination | None:
+        """The first usable place ``target`` resolves to now (None: none, or
+        a name not in the cache yet)."""
+        targets = self.resolver.targets(target, now)
+        return self._first_usable(targets) if targets else None
+
+    def _destination(self, target: Target) -> Destination | None:
+        """IP, port, transport and local listener for a resolved target."""
+        key = (target.transport, target.host, target.port)
         dest = self._destinations.get(key)
         if dest is not None and dest.listener.active:
             return dest
         # Not seen yet, or its socket is a VIP this node no longer owns.
-        dest = self._resolve(transport, host, key[2])
-        if dest is not None or not self._needs_dns(target):
-            if len(self._destinations) >= 4096:
-                self._destinations.clear()
-            self._destinations[key] = dest
+        dest = self._make_destination(target)
+        if len(self._destinations) >= 4096:
+            self._destinations.clear()
+        self._destinations[key] = dest
         return dest
 
-    def _resolve(self, transport: str, host: str, port: int) -> Destination | None:
+    def _make_destination(self, target: Target) -> Destination | None:
+        transport = target.transport
         if transport not in ("udp", "tcp"):
             return None
-        ip = self._resolved.get(host, host)
         try:
-            addr = ipaddress.ip_address(ip)
+            addr = ipaddress.ip_address(target.host)
         except ValueError:
             return None
         if addr.is_multicast or addr.is_unspecified or str(addr) == "255.255.255.255":
             return None
-        listener = self.transports.listener_for(
+        listener = self.listeners.listener_for(
             transport, socket.AF_INET6 if addr.version == 6 else socket.AF_INET, str(addr))
         if listener is None:
             return None
-        return Destination(transport, (str(addr), port), listener)
+        return Destination(transport, (str(addr), target.port), listener)
 
     def _loop_hash(self, req: Request) -> str:
         fields = (req.uri_raw, (req.to.tag or "").encode("latin-1"),
@@ -929,7 +955,7 @@ class Proxy:
         wanted = self._loop_hash(req)
         for via in req.vias:
             branch = via.branch or ""
-            if (via.sent_by in self.my_sent_by and branch.startswith(_BRANCH_MARK)
+            if (via.sent_by in self.my_sent_by and branch.startswith(BRANCH_MARK)
                     and branch[9:17] == wanted):
                 return True
         return False
@@ -962,7 +988,7 @@ class Proxy:
                 # can reach (Kamailio's double Record-Route).
                 out.insert_top(b"record-route", _rr_line(in_listener, token, marked))
             out.insert_top(b"record-route", _rr_line(dest.listener, token, marked))
-        branch_id = (_BRANCH_MARK + self._loop_hash(req) + self._unique
+        branch_id = (BRANCH_MARK + self._loop_hash(req) + self._unique
                      + hex(next(self._counter))[2:])
         out.insert_top(b"via", dest.listener.via_prefix + branch_id.encode())
         data = out.to_bytes()
@@ -979,10 +1005,10 @@ class Proxy:
         self.client_txns[txn.key] = txn
         if rc is not None:
             rc.branches.append(branch)
-        now = self.loop.time()
+        now = self.now
         self._run_client(txn, txn.start(now), now)
         self._req_out.inc(out.method)
-        self._latency.observe(self._lat_request, self.loop.time() - ctx.source.received_at)
+        self.latencies.append((REQUEST, ctx.source.received_at))
 
     def forward_stateless(self, ctx: RequestContext) -> bool:
         """Forward without a transaction (ACK for 2xx, RFC 3261 16.11): the
@@ -991,19 +1017,19 @@ class Proxy:
         if prepared is None:
             return False
         out, target = prepared
-        dest = self._with_socket(ctx, self.resolve(target))
+        dest = self._with_socket(ctx, self.resolve(target, self.now))
         if dest is None:
             return False
         req = ctx.request
         seed = (req.top_via.branch or req.top_via.text) + req.call_id
         branch_id = "z9hG4bKsl" + hex8(zlib.crc32(seed.encode("latin-1")))
         out.insert_top(b"via", dest.listener.via_prefix + branch_id.encode())
-        self.send(out.to_bytes(), dest)
+        self._emit(out.to_bytes(), dest)
         self._req_out.inc(out.method)
-        self._latency.observe(self._lat_request, self.loop.time() - ctx.source.received_at)
+        self.latencies.append((REQUEST, ctx.source.received_at))
         return True
 
-    def _cancel_branch(self, branch: Branch) -> None:
+    def _cancel_branch(self, branch: Branch, now: float) -> None:
         if branch.cancelled or branch.final_status or branch.txn is None:
             return
         if branch.request.method != "INVITE":
@@ -1022,7 +1048,6 @@ class Proxy:
         txn.owner = cancel_branch
         cancel_branch.txn = txn
         self.client_txns[txn.key] = txn
-        now = self.loop.time()
         self._run_client(txn, txn.start(now), now)
 
     # -- running transaction actions -------------------------------------------
@@ -1033,8 +1058,7 @@ class Proxy:
         for kind, data in actions:
             if kind == SEND:
                 assert isinstance(data, bytes)
-                self.transports.send(data, branch.dest,
-                                     functools.partial(self._transport_error, txn))
+                self._out.append((data, branch.dest, txn))
             elif kind == RESPONSE:
                 assert isinstance(data, Response)
                 self._on_branch_response(branch, data, now)
@@ -1044,7 +1068,7 @@ class Proxy:
                 self._on_branch_timeout(branch, now, 503)
             elif kind == TIMER_C:
                 # RFC 3261 16.8: cancel the branch and answer it with 408 ourselves.
-                self._cancel_branch(branch)
+                self._cancel_branch(branch, now)
                 self._on_branch_timeout(branch, now)
             elif kind == TERMINATED:
                 self.client_txns.pop(txn.key, None)
@@ -1053,13 +1077,9 @@ class Proxy:
                 branch.txn = None
                 txn.owner = None
                 return
-        self.timerq.schedule(txn)
+        self.timer_heap.schedule(txn)
 
-    def _transport_error(self, txn: ClientTransaction) -> None:
-        log.debug("transport_error", branch=txn.key[0])
-        self._run_client(txn, txn.transport_error(), self.loop.time())
-
-    def _run_server(self, txn: ServerTransaction, actions: list[Action]) -> None:
+    def _run_server(self, txn: ServerTransaction, actions: list[Action], now: float) -> None:
         owner = txn.owner
         if isinstance(owner, ResponseContext):
             rc: ResponseContext | None = owner
@@ -1071,7 +1091,7 @@ class Proxy:
         for kind, data in actions:
             if kind == SEND:
                 assert isinstance(data, bytes)
-                self.send(data, dest)
+                self._out.append((data, dest, None))
             elif kind == TERMINATED:
                 self.server_txns.pop(txn.key, None)
                 if rc is not None:
@@ -1086,15 +1106,8 @@ class Proxy:
             # Timer J's 32 s, and the garbage collector does not walk them
             # meanwhile (they were most of its work under registration load).
             txn.owner = dest
-        self.timerq.schedule(txn)
+        self.timer_heap.schedule(txn)
 
-    def _on_timer(self, txn: Transaction, now: float) -> None:
-        actions = txn.handle_timer(now)
-        if any(kind == SEND for kind, _ in actions):
-            metrics.RETRANSMITTED_OUT.labels(
-                "request" if isinstance(txn, ClientTransaction) else "response").inc()
-        if isinstance(txn, ClientTransaction):
-            self._run_client(txn, actions, now)
-        else:
-            assert isinstance(txn, ServerTransaction)
-            self._run_server(txn, actions)
+
+# The transaction classes the engine drives (for the shell's type hints).
+__all__ = ["BRANCH_MARK", "Engine", "Outgoing", "Transaction", "fix_via"]
