@@ -11,6 +11,7 @@ import ipaddress
 import re
 import ssl
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from hasip.sip.uri import SipUri, parse_sip_uri
 from keepalive.config import Credentials, Timing, VipSpec, parse_vip, read_secret
 
 TRANSPORTS = ("udp", "tcp")
+RADIUS_PORT = 1812             # a radius.servers entry without port
+NAT_TESTS = ("private_contact", "via_address", "via_port")
 
 
 class ConfigError(Exception):
@@ -46,11 +49,24 @@ class ListenAddress:
         return f"{self.transport}:{host}:{self.port}"
 
 
+# Each TOML section ([node], [sip], ...) is one dataclass below and one
+# attribute of Config named as the section; a section's keys are its fields
+# (ControlConfig and ClusterConfig say where they differ). Every default is
+# written once, in its field: the parser takes it from there.
+
+
 @dataclass
-class Config:
-    path: str = "<embedded defaults>"
-    node_name: str = "hasip-1"
-    event_loop: str = "uvloop"
+class NodeConfig:
+    """``[node]``."""
+
+    name: str = "hasip-1"              # shows in logs; the replication and cluster identity
+    event_loop: str = "uvloop"         # or "asyncio"
+
+
+@dataclass
+class SipConfig:
+    """``[sip]``."""
+
     listen: list[ListenAddress] = field(default_factory=lambda: [
         ListenAddress("udp", "127.0.0.1", 5060), ListenAddress("tcp", "127.0.0.1", 5060)])
     domains: list[str] = field(default_factory=list)
@@ -59,40 +75,62 @@ class Config:
     # Server transactions held at most; past it new requests get 503 +
     # Retry-After (memory stays bounded whatever arrives).
     max_transactions: int = 100_000
-    timers: Timers = field(default_factory=Timers)
+
+
+# ``[timers]`` is hasip.sip.transaction.Timers itself (its defaults are those
+# of Timers.__init__): the transactions read the very object the parser fills.
+
+
+@dataclass
+class RoutingConfig:
+    """``[routing]``."""
+
     next_hop: list[SipUri] = field(default_factory=lambda: [
         parse_sip_uri("sip:127.0.0.1:5071"), parse_sip_uri("sip:127.0.0.1:5072")])
-    tcp_idle_timeout: float = 600.0
-    tcp_max_connections: int = 4096
+
+
+@dataclass
+class TcpConfig:
+    """``[tcp]``."""
+
+    idle_timeout: float = 600.0
+    max_connections: int = 4096
     # Accepted connections from one source (an IPv4 address, an IPv6 /64).
     # A call centre floor behind one NAT address keeps one connection per
     # TCP phone, so a couple of hundred is ordinary; an attacker's host still
     # gets no more than 1/16 of the default table. Left unset with a small
     # max_connections, it is a quarter of that instead (see _tcp_section).
-    tcp_max_connections_per_source: int = 256
+    max_connections_per_source: int = 256
     # A message begun on a connection must be complete within this (a
     # half-sent message holds its buffer and a connection slot).
-    tcp_message_timeout: float = 5.0
+    message_timeout: float = 5.0
     # An accepted connection must deliver its first whole message within
     # this; CRLF keepalives alone do not count (RFC 5626 clients REGISTER
     # first). Connections the node opened itself are exempt.
-    tcp_first_message_timeout: float = 10.0
-    tcp_max_write_buffer: int = 1 << 20
-    metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9060)
-    control: ControlConfig = field(default_factory=lambda: ControlConfig())
-    log_level: str = "info"
-    log_format: str = "logfmt"
-    shutdown_grace: float = 5.0
-    registrar: RegistrarConfig = field(default_factory=lambda: RegistrarConfig())
-    location: LocationConfig = field(default_factory=lambda: LocationConfig())
-    auth: AuthConfig = field(default_factory=lambda: AuthConfig())
-    radius: RadiusConfig = field(default_factory=lambda: RadiusConfig())
-    nat: NatConfig = field(default_factory=lambda: NatConfig())
-    dispatcher: DispatcherConfig = field(default_factory=lambda: DispatcherConfig())
-    dialog: DialogConfig = field(default_factory=lambda: DialogConfig())
-    cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig())
-    replication: ReplicationConfig = field(default_factory=lambda: ReplicationConfig())
-    security: SecurityConfig = field(default_factory=lambda: SecurityConfig())
+    first_message_timeout: float = 10.0
+    max_write_buffer: int = 1 << 20
+
+
+@dataclass
+class MetricsConfig:
+    """``[metrics]``: the Prometheus listener; None: off."""
+
+    listen: tuple[str, int] | None = ("127.0.0.1", 9060)
+
+
+@dataclass
+class LogConfig:
+    """``[log]``."""
+
+    level: str = "info"
+    format: str = "logfmt"
+
+
+@dataclass
+class ShutdownConfig:
+    """``[shutdown]``."""
+
+    grace: float = 5.0                 # seconds for transactions in flight after SIGTERM
 
 
 @dataclass
@@ -120,7 +158,9 @@ CONTROL_DEFAULT_LISTEN = ("127.0.0.1", 9061)
 @dataclass
 class ControlConfig:
     """The control API (hasip/control.py). It never listens without a
-    token: off unless ``token_file`` (or ``listen`` with it) is given."""
+    token: off unless ``token_file`` (or ``listen`` with it) is given; with
+    one and no ``listen``, it listens on CONTROL_DEFAULT_LISTEN. ``token``
+    and ``read_token`` are no keys: they are read from the files."""
 
     listen: tuple[str, int] | None = None
     token_file: str = ""                   # the bearer token: every request carries it
@@ -145,7 +185,8 @@ class ControlConfig:
 
 @dataclass
 class ClusterConfig:
-    """VIP ownership through ZooKeeper (keepalive); empty zookeeper: none."""
+    """VIP ownership through ZooKeeper (keepalive); empty zookeeper: none.
+    ``timing`` is no key: its fields are keys of ``[cluster]`` themselves."""
 
     zookeeper: str = ""
     root: str = "/hasip"
@@ -267,18 +308,48 @@ class RadiusConfig:
 
 @dataclass
 class NatConfig:
-    detect: list[str] = field(default_factory=lambda: ["private_contact", "via_address",
-                                                       "via_port"])
+    detect: list[str] = field(default_factory=lambda: list(NAT_TESTS))
     ping_interval: float = 10.0
 
 
+@dataclass
+class Config:
+    """The whole file: one attribute per TOML section, named as the section."""
+
+    path: str = "<embedded defaults>"
+    node: NodeConfig = field(default_factory=NodeConfig)
+    sip: SipConfig = field(default_factory=SipConfig)
+    timers: Timers = field(default_factory=Timers)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    tcp: TcpConfig = field(default_factory=TcpConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
+    registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
+    location: LocationConfig = field(default_factory=LocationConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    radius: RadiusConfig = field(default_factory=RadiusConfig)
+    nat: NatConfig = field(default_factory=NatConfig)
+    dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
+    dialog: DialogConfig = field(default_factory=DialogConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+
+
 class _Section:
-    """Reads one TOML table, checking types and rejecting unknown keys."""
+    """Reads one TOML table, checking types and rejecting unknown keys.
+
+    A key's default is the one its dataclass field holds: the parsers pass
+    the field's value (``sec.number("t1", t.t1, ...)``), never a literal."""
 
     def __init__(self, path: str, name: str, data: dict[str, Any]) -> None:
         self.path = path
         self.name = name
         self.data = dict(data)
+        # Every key the parser looked for, given or not: the section's keys.
+        self.keys: set[str] = set()
 
     def where(self, key: str) -> str:
         return f"{self.path}: {self.name}.{key}"
@@ -286,9 +357,16 @@ class _Section:
     def error(self, key: str, what: str) -> ConfigError:
         return ConfigError(f"{self.where(key)}: {what}")
 
+    def given(self, key: str) -> bool:
+        """Whether the file gives ``key`` (which the section knows either way)."""
+        self.keys.add(key)
+        return key in self.data
+
     def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
-        if key not in self.data:
-            return default
+        return self.take(key, kind) if self.given(key) else default
+
+    def take(self, key: str, kind: type | tuple[type, ...]) -> Any:
+        """The value of a given key, of type ``kind``."""
         value = self.data.pop(key)
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if isinstance(value, bool) and bool not in kinds:
@@ -319,7 +397,15 @@ class _Section:
         return str(value)
 
     def str_list(self, key: str, default: list[str]) -> list[str]:
-        value = self.get(key, list, default)
+        return self._strings(key) if self.given(key) else list(default)
+
+    def given_list(self, key: str) -> list[str] | None:
+        """The strings listed under ``key``; None when it is absent (for a
+        field whose default is not in the file's form: it stays as it is)."""
+        return self._strings(key) if self.given(key) else None
+
+    def _strings(self, key: str) -> list[str]:
+        value = self.take(key, list)
         for i, item in enumerate(value):
             if not isinstance(item, str):
                 raise ConfigError(f"{self.where(key)}[{i}]: expected a string, got {item!r}")
@@ -338,9 +424,9 @@ class _Section:
 
     def listen_address(self, default: tuple[str, int] | None) -> tuple[str, int] | None:
         """The section's ``listen``: HOST:PORT, or "off" (None)."""
-        if "listen" not in self.data:
+        if not self.given("listen"):
             return default
-        text = self.get("listen", str, "")
+        text = self.take("listen", str)
         return None if text in ("", "off") else parse_host_port(text, self.where("listen"))
 
     def finish(self) -> None:
@@ -349,24 +435,105 @@ class _Section:
             raise ConfigError(f"{self.path}: {self.name}: unknown key(s) {unknown}")
 
 
-def _tcp_section(cfg: Config, tcp: _Section) -> None:
-    cfg.tcp_idle_timeout = tcp.number("idle_timeout", cfg.tcp_idle_timeout, 1.0, 86400.0)
-    cfg.tcp_max_connections = tcp.integer("max_connections", cfg.tcp_max_connections, 1, 1 << 20)
+def _node_section(cfg: Config, sec: _Section) -> None:
+    n = cfg.node
+    n.name = sec.get("name", str, n.name)
+    if not n.name:
+        raise sec.error("name", "must not be empty")
+    n.event_loop = sec.choice("event_loop", n.event_loop, ("uvloop", "asyncio"))
+    sec.finish()
+
+
+def _sip_section(cfg: Config, sec: _Section) -> None:
+    s = cfg.sip
+    items = sec.given_list("listen")
+    if items is not None:
+        if not items:
+            raise sec.error("listen", "needs at least one address")
+        s.listen = [parse_listen(item, f"{sec.where('listen')}[{i}]")
+                    for i, item in enumerate(items)]
+    seen = set()
+    for addr in s.listen:
+        if (addr.transport, addr.host, addr.port) in seen:
+            raise sec.error("listen", f"{addr} is listed twice")
+        seen.add((addr.transport, addr.host, addr.port))
+    s.domains = [d.lower() for d in sec.str_list("domains", s.domains)]
+    s.max_message_size = sec.integer("max_message_size", s.max_message_size, 1024,
+                                     MAX_MESSAGE_SIZE)
+    s.max_forwards = sec.integer("max_forwards", s.max_forwards, 1, 255)
+    s.max_transactions = sec.integer("max_transactions", s.max_transactions, 100, 10_000_000)
+    sec.finish()
+
+
+def _timers_section(cfg: Config, sec: _Section) -> None:
+    t = cfg.timers
+    t.t1 = sec.number("t1", t.t1, 0.05, 10.0)
+    t.t2 = sec.number("t2", t.t2, t.t1, 60.0)
+    t.t4 = sec.number("t4", t.t4, 0.0, 60.0)
+    t.non_invite_final = sec.number("non_invite_final", t.non_invite_final, 0.5, 300.0)
+    t.invite_final = sec.number("invite_final", t.invite_final, 1.0, 3600.0)
+    sec.finish()
+
+
+def _routing_section(cfg: Config, sec: _Section) -> None:
+    hops = sec.given_list("next_hop")
+    if hops is not None:
+        cfg.routing.next_hop = []
+        for i, text in enumerate(hops):
+            try:
+                uri = parse_sip_uri(text)
+            except SipParseError as exc:
+                raise ConfigError(f"{sec.where('next_hop')}[{i}]: {exc.reason}")
+            if uri.transport not in TRANSPORTS:
+                raise ConfigError(f"{sec.where('next_hop')}[{i}]: transport "
+                                  f"{uri.transport!r} is not supported (udp, tcp)")
+            cfg.routing.next_hop.append(uri)
+    sec.finish()
+
+
+def _tcp_section(cfg: Config, sec: _Section) -> None:
+    t = cfg.tcp
+    t.idle_timeout = sec.number("idle_timeout", t.idle_timeout, 1.0, 86400.0)
+    t.max_connections = sec.integer("max_connections", t.max_connections, 1, 1 << 20)
     # Unset, the per-source limit leaves room for at least three other
     # sources however small the table is; set, it may be up to the table.
-    default_per_source = min(cfg.tcp_max_connections_per_source,
-                             max(1, cfg.tcp_max_connections // 4))
-    per_source = tcp.integer("max_connections_per_source", default_per_source, 1, 1 << 20)
-    if per_source > cfg.tcp_max_connections:
-        raise tcp.error("max_connections_per_source",
-                        f"{per_source} is above tcp.max_connections ({cfg.tcp_max_connections})")
-    cfg.tcp_max_connections_per_source = per_source
-    cfg.tcp_message_timeout = tcp.number("message_timeout", cfg.tcp_message_timeout, 0.5, 600.0)
-    cfg.tcp_first_message_timeout = tcp.number("first_message_timeout",
-                                               cfg.tcp_first_message_timeout, 0.5, 3600.0)
-    cfg.tcp_max_write_buffer = tcp.integer("max_write_buffer", cfg.tcp_max_write_buffer,
-                                           65536, 1 << 30)
-    tcp.finish()
+    default_per_source = min(t.max_connections_per_source, max(1, t.max_connections // 4))
+    per_source = sec.integer("max_connections_per_source", default_per_source, 1, 1 << 20)
+    if per_source > t.max_connections:
+        raise sec.error("max_connections_per_source",
+                        f"{per_source} is above tcp.max_connections ({t.max_connections})")
+    t.max_connections_per_source = per_source
+    t.message_timeout = sec.number("message_timeout", t.message_timeout, 0.5, 600.0)
+    t.first_message_timeout = sec.number("first_message_timeout", t.first_message_timeout,
+                                         0.5, 3600.0)
+    t.max_write_buffer = sec.integer("max_write_buffer", t.max_write_buffer, 65536, 1 << 30)
+    sec.finish()
+
+
+def _metrics_section(cfg: Config, sec: _Section) -> None:
+    cfg.metrics.listen = sec.listen_address(cfg.metrics.listen)
+    sec.finish()
+
+
+def _log_section(cfg: Config, sec: _Section) -> None:
+    g = cfg.log
+    g.level = sec.choice("level", g.level, ("debug", "info", "warning", "error"))
+    g.format = sec.choice("format", g.format, ("logfmt", "json"))
+    sec.finish()
+
+
+def _shutdown_section(cfg: Config, sec: _Section) -> None:
+    cfg.shutdown.grace = sec.number("grace", cfg.shutdown.grace, 0.0, 600.0)
+    sec.finish()
+
+
+def _dialog_section(cfg: Config, sec: _Section) -> None:
+    d = cfg.dialog
+    d.timeout = sec.number("timeout", d.timeout, 1.0, 30 * 86400.0)
+    d.cdr = sec.get("cdr", bool, d.cdr)
+    d.keepalive_interval = sec.number("keepalive_interval", d.keepalive_interval, 0.0, 3600.0)
+    d.keepalive_failures = sec.integer("keepalive_failures", d.keepalive_failures, 1, 100)
+    sec.finish()
 
 
 def _kind_name(kinds: tuple[type, ...]) -> str:
@@ -406,10 +573,6 @@ def parse_host_port(text: str, where: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-_SECTIONS = ("node", "sip", "timers", "routing", "tcp", "metrics", "control", "log",
-             "shutdown", "registrar", "location", "auth", "radius", "nat", "dispatcher",
-             "dialog", "cluster", "replication", "security")
-NAT_TESTS = ("private_contact", "via_address", "via_port")
 
 
 def load_config(path: str | Path) -> Config:
@@ -436,91 +599,8 @@ def config_from_dict(raw: dict[str, Any], path: str = "<dict>") -> Config:
         if name in raw and not isinstance(raw[name], dict):
             raise ConfigError(f"{path}: {name}: expected a table [{name}]")
     cfg = Config(path=path)
-
-    node = _Section(path, "node", raw.get("node", {}))
-    cfg.node_name = node.get("name", str, cfg.node_name)
-    if not cfg.node_name:
-        raise node.error("name", "must not be empty")
-    cfg.event_loop = node.choice("event_loop", cfg.event_loop, ("uvloop", "asyncio"))
-    node.finish()
-
-    sip = _Section(path, "sip", raw.get("sip", {}))
-    if "listen" in sip.data:
-        items = sip.str_list("listen", [])
-        if not items:
-            raise sip.error("listen", "needs at least one address")
-        cfg.listen = [parse_listen(item, f"{sip.where('listen')}[{i}]")
-                      for i, item in enumerate(items)]
-    seen = set()
-    for addr in cfg.listen:
-        if (addr.transport, addr.host, addr.port) in seen:
-            raise sip.error("listen", f"{addr} is listed twice")
-        seen.add((addr.transport, addr.host, addr.port))
-    cfg.domains = [d.lower() for d in sip.str_list("domains", cfg.domains)]
-    cfg.max_message_size = sip.integer("max_message_size", cfg.max_message_size, 1024,
-                                       MAX_MESSAGE_SIZE)
-    cfg.max_forwards = sip.integer("max_forwards", cfg.max_forwards, 1, 255)
-    cfg.max_transactions = sip.integer("max_transactions", cfg.max_transactions, 100,
-                                       10_000_000)
-    sip.finish()
-
-    tm = _Section(path, "timers", raw.get("timers", {}))
-    t1 = tm.number("t1", 0.5, 0.05, 10.0)
-    t2 = tm.number("t2", 4.0, t1, 60.0)
-    t4 = tm.number("t4", 5.0, 0.0, 60.0)
-    non_invite = tm.number("non_invite_final", 10.0, 0.5, 300.0)
-    invite = tm.number("invite_final", 120.0, 1.0, 3600.0)
-    cfg.timers = Timers(t1, t2, t4, non_invite, invite)
-    tm.finish()
-
-    routing = _Section(path, "routing", raw.get("routing", {}))
-    if "next_hop" in routing.data:
-        hops = routing.str_list("next_hop", [])
-        cfg.next_hop = []
-        for i, text in enumerate(hops):
-            try:
-                uri = parse_sip_uri(text)
-            except SipParseError as exc:
-                raise ConfigError(f"{routing.where('next_hop')}[{i}]: {exc.reason}")
-            if uri.transport not in TRANSPORTS:
-                raise ConfigError(f"{routing.where('next_hop')}[{i}]: transport "
-                                  f"{uri.transport!r} is not supported (udp, tcp)")
-            cfg.next_hop.append(uri)
-    routing.finish()
-
-    _tcp_section(cfg, _Section(path, "tcp", raw.get("tcp", {})))
-
-    _control_section(cfg, _Section(path, "control", raw.get("control", {})))
-
-    metrics = _Section(path, "metrics", raw.get("metrics", {}))
-    cfg.metrics_listen = metrics.listen_address(cfg.metrics_listen)
-    metrics.finish()
-
-    log = _Section(path, "log", raw.get("log", {}))
-    cfg.log_level = log.choice("level", cfg.log_level, ("debug", "info", "warning", "error"))
-    cfg.log_format = log.choice("format", cfg.log_format, ("logfmt", "json"))
-    log.finish()
-
-    shutdown = _Section(path, "shutdown", raw.get("shutdown", {}))
-    cfg.shutdown_grace = shutdown.number("grace", cfg.shutdown_grace, 0.0, 600.0)
-    shutdown.finish()
-    _registrar_section(cfg, _Section(path, "registrar", raw.get("registrar", {})))
-    _location_section(cfg, _Section(path, "location", raw.get("location", {})))
-    _auth_section(cfg, _Section(path, "auth", raw.get("auth", {})))
-    _radius_section(cfg, _Section(path, "radius", raw.get("radius", {})))
-    _nat_section(cfg, _Section(path, "nat", raw.get("nat", {})))
-    _dispatcher_section(cfg, _Section(path, "dispatcher", raw.get("dispatcher", {})))
-    dialog = _Section(path, "dialog", raw.get("dialog", {}))
-    cfg.dialog.timeout = dialog.number("timeout", cfg.dialog.timeout, 1.0, 30 * 86400.0)
-    cfg.dialog.cdr = dialog.get("cdr", bool, cfg.dialog.cdr)
-    cfg.dialog.keepalive_interval = dialog.number("keepalive_interval",
-                                                  cfg.dialog.keepalive_interval, 0.0, 3600.0)
-    cfg.dialog.keepalive_failures = dialog.integer("keepalive_failures",
-                                                   cfg.dialog.keepalive_failures, 1, 100)
-    dialog.finish()
-    _cluster_section(cfg, _Section(path, "cluster", raw.get("cluster", {})))
-    _replication_section(cfg, _Section(path, "replication", raw.get("replication", {})))
-    _security_section(cfg, _Section(path, "security", raw.get("security", {})))
+    for name, parse in _SECTIONS.items():
+        parse(cfg, _Section(path, name, raw.get(name, {})))
     return cfg
 
 
@@ -562,14 +642,16 @@ def _security_section(cfg: Config, sec: _Section) -> None:
 
 def _replication_section(cfg: Config, sec: _Section) -> None:
     r = cfg.replication
-    listen = sec.get("listen", str, "")
-    if listen:
-        r.listen = parse_host_port(listen, sec.where("listen"))
+    if sec.given("listen"):
+        listen = sec.take("listen", str)
+        if listen:     # empty: off, as when absent
+            r.listen = parse_host_port(listen, sec.where("listen"))
     r.secret = sec.get("secret", str, r.secret)
     r.log_size = sec.integer("log_size", r.log_size, 1000, 100_000_000)
     r.batch = sec.integer("batch", r.batch, 1, 100_000)
     r.sync_timeout = sec.number("sync_timeout", r.sync_timeout, 1.0, 3600.0)
-    tls = {name: sec.get(name, str, "") for name in ("tls_cert", "tls_key", "tls_ca")}
+    tls = {name: sec.get(name, str, getattr(r, name)) for name in ("tls_cert", "tls_key",
+                                                                    "tls_ca")}
     if any(tls.values()):
         for name, value in tls.items():
             if not value:
@@ -604,27 +686,27 @@ _HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
 def _control_section(cfg: Config, sec: _Section) -> None:
     c = cfg.control
     given = sec.data.get("listen")
-    listen = sec.listen_address(None)
+    listen = sec.listen_address(c.listen)
     if listen is not None:
         try:
             ipaddress.ip_address(listen[0])
         except ValueError:
             raise sec.error("listen", f"{listen[0]!r} is not an IP address (listen on an "
                                       "address, not a name)") from None
-    c.token_file = sec.get("token_file", str, "")
-    c.read_token_file = sec.get("read_token_file", str, "")
-    c.hosts = [h.lower() for h in sec.str_list("hosts", [])]
+    c.token_file = sec.get("token_file", str, c.token_file)
+    c.read_token_file = sec.get("read_token_file", str, c.read_token_file)
+    c.hosts = [h.lower() for h in sec.str_list("hosts", c.hosts)]
     for i, host in enumerate(c.hosts):
         if not _HOST_NAME.fullmatch(host):
             raise ConfigError(f"{sec.where('hosts')}[{i}]: {host!r} is not a host name "
                               "(a name the operators use for this node, without port)")
-    c.origins = [o.lower().rstrip("/") for o in sec.str_list("origins", [])]
+    c.origins = [o.lower().rstrip("/") for o in sec.str_list("origins", c.origins)]
     for i, origin in enumerate(c.origins):
         if not _ORIGIN.fullmatch(origin):
             raise ConfigError(f"{sec.where('origins')}[{i}]: {origin!r} is not an origin "
                               "(SCHEME://HOST[:PORT], e.g. https://ops.example.com)")
     for key in ("tls_cert", "tls_key", "tls_ca", "client_cert", "client_key"):
-        value = sec.get(key, str, "")
+        value = sec.get(key, str, getattr(c, key))
         if value and not Path(value).is_file():
             raise sec.error(key, f"cannot read {value}")
         setattr(c, key, value)
@@ -685,19 +767,23 @@ def _cluster_section(cfg: Config, sec: _Section) -> None:
     t.garp_refresh = sec.number("garp_refresh", t.garp_refresh, 0.0, 3600.0)
     t.conflict_window = sec.number("conflict_window", t.conflict_window, 0.0, 5.0)
     t.handover_timeout = sec.number("handover_timeout", t.handover_timeout, 0.5, 120.0)
-    for i, text in enumerate(sec.str_list("vips", [])):
-        try:
-            c.vips.append(parse_vip(text))
-        except ValueError as exc:
-            raise ConfigError(f"{sec.where('vips')}[{i}]: {exc}") from None
-    c.zookeeper_user = sec.get("zookeeper_user", str, "")
-    c.zookeeper_password = sec.get("zookeeper_password", str, "")
-    c.zookeeper_password_file = sec.get("zookeeper_password_file", str, "")
+    vips = sec.given_list("vips")
+    if vips is not None:
+        c.vips = []
+        for i, text in enumerate(vips):
+            try:
+                c.vips.append(parse_vip(text))
+            except ValueError as exc:
+                raise ConfigError(f"{sec.where('vips')}[{i}]: {exc}") from None
+    c.zookeeper_user = sec.get("zookeeper_user", str, c.zookeeper_user)
+    c.zookeeper_password = sec.get("zookeeper_password", str, c.zookeeper_password)
+    c.zookeeper_password_file = sec.get("zookeeper_password_file", str,
+                                        c.zookeeper_password_file)
     sec.finish()
     if c.vips and not c.zookeeper:
         raise sec.error("zookeeper", "VIPs are listed: give the ZooKeeper servers "
                                      "(HOST:PORT[,HOST:PORT...])")
-    hosts = {a.host for a in cfg.listen}
+    hosts = {a.host for a in cfg.sip.listen}
     for i, vip in enumerate(c.vips):
         if vip.address not in hosts:
             raise ConfigError(f"{sec.where('vips')}[{i}]: {vip.address} is in no sip.listen "
@@ -743,8 +829,8 @@ def _dispatcher_section(cfg: Config, sec: _Section) -> None:
     except ValueError as exc:
         raise sec.error("algorithm", str(exc)) from None
     d.set = sec.integer("set", d.set, 0, 1 << 30)
-    lines = sec.str_list("destinations", [])
-    list_file = d.list_file = sec.get("list_file", str, "")
+    lines = sec.given_list("destinations")
+    list_file = d.list_file = sec.get("list_file", str, d.list_file)
     d.failures = sec.integer("failures", d.failures, 1, 1000)
     d.successes = sec.integer("successes", d.successes, 1, 1000)
     d.probe_interval = sec.number("probe_interval", d.probe_interval, 0.0, 3600.0)
@@ -760,7 +846,8 @@ def _dispatcher_section(cfg: Config, sec: _Section) -> None:
     d.probe_codes = list(codes)
     sec.finish()
     try:
-        d.destinations = parse_list("\n".join(lines), sec.where("destinations"))
+        if lines is not None:
+            d.destinations = parse_list("\n".join(lines), sec.where("destinations"))
         if list_file:
             try:
                 with open(list_file, encoding="utf-8") as fh:
@@ -787,7 +874,7 @@ def socket_fault(cfg: Config, dest: Destination) -> str:
     it must be one of ``sip.listen``, with the destination's transport."""
     if not dest.socket:
         return ""
-    sockets = [str(a) for a in cfg.listen]
+    sockets = [str(a) for a in cfg.sip.listen]
     if dest.socket not in sockets:
         return (f"{dest.key}: socket {dest.socket!r} is not one of sip.listen "
                 f"({', '.join(sockets)})")
@@ -845,19 +932,21 @@ def _auth_section(cfg: Config, sec: _Section) -> None:
 
 def _radius_section(cfg: Config, sec: _Section) -> None:
     r = cfg.radius
-    servers = sec.str_list("servers", [])
-    r.servers = []
-    for i, text in enumerate(servers):
-        if is_digits(text.rpartition(":")[2]):
-            r.servers.append(parse_host_port(text, f"{sec.where('servers')}[{i}]"))
-        else:
-            r.servers.append((text, 1812))
+    servers = sec.given_list("servers")
+    if servers is not None:
+        r.servers = []
+        for i, text in enumerate(servers):
+            if is_digits(text.rpartition(":")[2]):
+                r.servers.append(parse_host_port(text, f"{sec.where('servers')}[{i}]"))
+            else:
+                r.servers.append((text, RADIUS_PORT))
     r.secret = sec.get("secret", str, r.secret)
     r.timeout = sec.number("timeout", r.timeout, 0.05, 30.0)
     r.retries = sec.integer("retries", r.retries, 0, 10)
     r.dead_time = sec.number("dead_time", r.dead_time, 0.0, 3600.0)
     r.attributes = sec.choice("attributes", r.attributes, ("sterman", "rfc5090"))
-    r.nas_identifier = sec.get("nas_identifier", str, r.nas_identifier) or cfg.node_name
+    # Empty (the default): the node's name.
+    r.nas_identifier = sec.get("nas_identifier", str, r.nas_identifier) or cfg.node.name
     r.service_type = sec.integer("service_type", r.service_type, 1, 1 << 31)
     sec.finish()
     if cfg.auth.source == "radius":
@@ -877,3 +966,30 @@ def _nat_section(cfg: Config, sec: _Section) -> None:
             raise sec.error("detect", f"{test!r} is not one of {', '.join(NAT_TESTS)}")
     n.ping_interval = sec.number("ping_interval", n.ping_interval, 0.0, 3600.0)
     sec.finish()
+
+
+# The sections, each with its parser, in the order they are read (a section
+# may look at one before it: cluster and dispatcher at sip.listen, radius at
+# auth.source, replication at cluster.zookeeper). Each is the Config
+# attribute of the same name.
+_SECTIONS: dict[str, Callable[[Config, _Section], None]] = {
+    "node": _node_section,
+    "sip": _sip_section,
+    "timers": _timers_section,
+    "routing": _routing_section,
+    "tcp": _tcp_section,
+    "metrics": _metrics_section,
+    "control": _control_section,
+    "log": _log_section,
+    "shutdown": _shutdown_section,
+    "registrar": _registrar_section,
+    "location": _location_section,
+    "auth": _auth_section,
+    "radius": _radius_section,
+    "nat": _nat_section,
+    "dispatcher": _dispatcher_section,
+    "dialog": _dialog_section,
+    "cluster": _cluster_section,
+    "replication": _replication_section,
+    "security": _security_section,
+}

@@ -1,12 +1,31 @@
 """Configuration: examples load, errors name the file, the key and the fault."""
 
+import ast
+import inspect
 import subprocess
 import sys
+import tomllib
+from dataclasses import fields, is_dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hasip.config import ConfigError, check_auth, load_config
+from hasip import config as config_module
+from hasip.config import (
+    _SECTIONS,
+    ClusterConfig,
+    Config,
+    ConfigError,
+    ControlConfig,
+    _Section,
+    check_auth,
+    config_from_dict,
+    load_config,
+)
+from hasip.sip.transaction import Timers
+from hasip.sip.uri import SipUri
+from keepalive.config import Timing
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,8 +42,9 @@ def test_examples_are_valid() -> None:
     for path in examples:
         load_config(path)
     single = load_config(ROOT / "examples" / "single-node.toml")
-    assert [str(a) for a in single.listen] == ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
-    assert [str(u) for u in single.next_hop] == ["sip:127.0.0.1:5071", "sip:127.0.0.1:5072"]
+    assert [str(a) for a in single.sip.listen] == ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
+    assert [str(u) for u in single.routing.next_hop] == ["sip:127.0.0.1:5071",
+                                                         "sip:127.0.0.1:5072"]
     assert single.timers.non_invite_final == 10.0 and single.timers.invite_final == 120.0
 
 
@@ -308,3 +328,100 @@ def test_check_config_refuses_a_cluster_without_zookeeper_credentials(tmp_path: 
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert f"{cfg}: cluster.zookeeper_user: a cluster needs ZooKeeper credentials" in res.stderr
+
+
+def plain(value: Any) -> Any:
+    """A configuration as dicts, lists and scalars, to compare by value
+    (Timers has slots and no __eq__; URIs compare by their text)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Timers):
+        return {name: getattr(value, name) for name in Timers.__slots__}
+    if isinstance(value, SipUri):
+        return str(value)
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def section_fields(value: object) -> set[str]:
+    """The keys a section's object stands for: its fields, but for the
+    documented exceptions."""
+    if isinstance(value, Timers):
+        # [timers] is the transactions' own Timers: slots, not a dataclass;
+        # its constructor takes the same names (and holds the defaults).
+        assert set(inspect.signature(Timers).parameters) == set(Timers.__slots__)
+        return set(Timers.__slots__)
+    assert is_dataclass(value)
+    names = {f.name for f in fields(value)}
+    if isinstance(value, ControlConfig):
+        names -= {"token", "read_token"}          # read from token_file, read_token_file
+    if isinstance(value, ClusterConfig):
+        # timing is keepalive's Timing, shared with the standalone command:
+        # its fields are keys of [cluster] itself.
+        names = (names - {"timing"}) | {f.name for f in fields(Timing)}
+    return names
+
+
+def test_every_section_is_the_config_attribute_of_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each TOML section is the Config attribute of the same name, an object
+    whose fields are exactly the keys the parser accepts in that section."""
+    keys: dict[str, set[str]] = {}
+    finish = _Section.finish
+
+    def record(sec: _Section) -> None:
+        keys[sec.name] = set(sec.keys)
+        finish(sec)
+
+    monkeypatch.setattr(_Section, "finish", record)
+    cfg = config_from_dict({})
+    assert [f.name for f in fields(Config)] == ["path", *_SECTIONS]
+    assert list(keys) == list(_SECTIONS)
+    for name in _SECTIONS:
+        assert keys[name] == section_fields(getattr(cfg, name)), name
+    # Those are the keys a file may give: each is read (a wrong type, not
+    # an unknown key).
+    for name, names in keys.items():
+        for key in names:
+            with pytest.raises(ConfigError, match=rf": {name}\.{key}: expected "):
+                config_from_dict({name: {key: object()}})
+
+
+def test_the_parser_takes_every_default_from_the_dataclasses() -> None:
+    """Nothing given, the parser yields the dataclasses' defaults (what
+    ``hasip run`` without -c uses, Config()): it writes no default of its own."""
+    parsed = plain(config_from_dict({}, "<embedded defaults>"))
+    embedded = plain(Config())
+    # The one derived default: an empty radius.nas_identifier is the node's name.
+    assert embedded["radius"].pop("nas_identifier") == ""
+    assert parsed["radius"].pop("nas_identifier") == Config().node.name
+    assert parsed == embedded
+
+
+def test_the_parser_writes_no_literal_default() -> None:
+    """Every default the section readers get is a dataclass field's value
+    (``sec.number("t1", t.t1, ...)``), never a literal written a second time."""
+    default_at = {"get": 2, "number": 1, "integer": 1, "choice": 1, "str_list": 1,
+                  "networks": 1, "listen_address": 0}
+    tree = ast.parse(Path(config_module.__file__).read_text())
+    defaults = [(node, node.args[default_at[node.func.attr]]) for node in ast.walk(tree)
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "sec"
+                and node.func.attr in default_at]
+    assert len(defaults) > 50
+    literals = (ast.Constant, ast.List, ast.Tuple, ast.Dict, ast.Set)
+    written_twice = [f"line {call.lineno}: {ast.unparse(call)}" for call, default in defaults
+                     if isinstance(default, literals)]
+    assert written_twice == []
+
+
+def test_the_example_holds_the_embedded_defaults() -> None:
+    """The README says examples/single-node.toml is the embedded defaults:
+    every key it gives has the default value, but for two."""
+    example = ROOT / "examples" / "single-node.toml"
+    raw = tomllib.loads(example.read_text())
+    loaded, defaults = plain(load_config(example)), plain(Config())
+    differ = {(name, key) for name, section in raw.items() for key in section
+              if loaded[name][key] != defaults[name][key]}
+    # A users file (there are no default passwords) and a domain for the demo.
+    assert differ == {("auth", "users_file"), ("sip", "domains")}
