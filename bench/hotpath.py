@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hasip.config import Config
+from hasip.config import Config, MetricsConfig, RoutingConfig
 from hasip.proxy.shell import Proxy
 from hasip.server import tune_gc
 from hasip.sip.message import parse_message, validate_request
@@ -130,7 +130,8 @@ def main() -> int:
     parser.add_argument("--register", action="store_true")
     args = parser.parse_args()
     loop = asyncio.new_event_loop()
-    config = Config(next_hop=[parse_sip_uri("sip:127.0.0.1:5071")], metrics_listen=None)
+    config = Config(routing=RoutingConfig(next_hop=[parse_sip_uri("sip:127.0.0.1:5071")]),
+                    metrics=MetricsConfig(listen=None))
     config.auth.demo_users = True
     config.security.exempt = ["127.0.0.0/8"]   # one source sends everything
     config.auth.trusted = ["127.0.0.1/32"] if not args.register else []

@@ -23,10 +23,11 @@ LOOP = """
 import asyncio, sys
 sys.path.insert(0, {bench!r})
 import hotpath
-from hasip.config import Config
+from hasip.config import Config, MetricsConfig, RoutingConfig
 from hasip.proxy.shell import Proxy
 from hasip.sip.uri import parse_sip_uri
-config = Config(next_hop=[parse_sip_uri("sip:127.0.0.1:5071")], metrics_listen=None)
+config = Config(routing=RoutingConfig(next_hop=[parse_sip_uri("sip:127.0.0.1:5071")]),
+              metrics=MetricsConfig(listen=None))
 config.auth.demo_users = True
 config.security.exempt = ["127.0.0.0/8"]   # one source sends everything
 register = sys.argv[2] == "register"

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return cluster_command(args, config)
     if args.command == "run":
-        setup_logging(config.log_level, config.log_format)
+        setup_logging(config.log.level, config.log.format)
     if args.command in ("check-config", "run"):
         from hasip.services import build
 
@@ -118,12 +118,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hasip: configuration error: {exc}", file=sys.stderr)
             return 2
     if args.command == "check-config":
-        listen = ", ".join(str(a) for a in config.listen)
+        listen = ", ".join(str(a) for a in config.sip.listen)
         ctl = config.control.listen
         control = "off" if ctl is None else (
             f"{ctl[0]}:{ctl[1]}" + (" TLS" if config.control.tls else ""))
-        print(f"{config.path}: OK (node {config.node_name}, listen {listen}, "
-              f"{len(config.next_hop)} next hop(s), auth {config.auth.source}, "
+        print(f"{config.path}: OK (node {config.node.name}, listen {listen}, "
+              f"{len(config.routing.next_hop)} next hop(s), auth {config.auth.source}, "
               f"locations {config.location.backend}, control API {control})")
         return 0
     if args.command == "run":

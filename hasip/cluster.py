@@ -30,7 +30,7 @@ class Cluster:
         self.acquired_hooks: list[Callable[[str], object]] = []
         self.listeners = listeners
         self.keepalive = Keepalive(
-            KeepaliveConfig(node=config.node_name, zookeeper=c.zookeeper, vips=list(c.vips),
+            KeepaliveConfig(node=config.node.name, zookeeper=c.zookeeper, vips=list(c.vips),
                             root=c.root, timing=c.timing, credentials=c.credentials(),
                             advertise={"sip": [lst.socket for lst in listeners]}),
             on_acquired=self._acquired, on_released=self._released)
@@ -69,7 +69,7 @@ class Cluster:
             ka.config.advertise.update(fields)
             ka.publish()
 
-        replicator = Replicator(config.replication, config.node_name, services.location,
+        replicator = Replicator(config.replication, config.node.name, services.location,
                                 services.dialogs, services.dispatcher, ka.zk,
                                 f"{self.root}/nodes", advertise, services.guard)
         self.replicator = replicator

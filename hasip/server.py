@@ -33,7 +33,7 @@ class Node:
         self._signals += 1
         if self._signals == 1:
             log.info("shutdown_requested", signal=signal.Signals(signum).name,
-                     grace_s=self.config.shutdown_grace)
+                     grace_s=self.config.shutdown.grace)
             self._stop.set()
         else:
             log.warning("shutdown_forced", signal=signal.Signals(signum).name)
@@ -45,8 +45,8 @@ class Node:
         await services.start()
         # Metrics and control listen before SIP does: whoever sees the node
         # answer SIP can already scrape and steer it.
-        if self.config.metrics_listen is not None:
-            host, port = self.config.metrics_listen
+        if self.config.metrics.listen is not None:
+            host, port = self.config.metrics.listen
             metrics.start_metrics_server(host, port)
             log.info("metrics_listening", address=f"{host}:{port}")
         control = ControlServer(services.dispatcher, services.location, services.dialogs)
@@ -71,7 +71,7 @@ class Node:
             loop.add_signal_handler(signum, self._on_signal, signum)
         metrics.UP.set(1)
         metrics.BUILD.labels(__version__, str(compiled.state["compiled"]).lower()).set(1)
-        log.info("node_started", node=self.config.node_name, config=self.config.path,
+        log.info("node_started", node=self.config.node.name, config=self.config.path,
                  loop=type(loop).__module__, compiled=compiled.state["compiled"],
                  interpreted_because=compiled.state["reason"] or None)
         await self._stop.wait()
@@ -82,8 +82,8 @@ class Node:
             await cluster.stop()
         await control.stop()
         await self.proxy.stop()
-        await services.stop(self.config.shutdown_grace)
-        log.info("node_stopped", node=self.config.node_name)
+        await services.stop(self.config.shutdown.grace)
+        log.info("node_stopped", node=self.config.node.name)
         return 0
 
     async def drain(self) -> None:
@@ -93,7 +93,7 @@ class Node:
         self.proxy.draining = True
         metrics.UP.set(0)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.shutdown_grace
+        deadline = loop.time() + self.config.shutdown.grace
         last_report = 0.0
         while loop.time() < deadline:
             pending = self.proxy.in_flight()
@@ -120,7 +120,7 @@ def tune_gc() -> None:
 def run_node(config: Config, services: Services | None = None) -> int:
     tune_gc()
     node = Node(config, services if services is not None else build_services(config))
-    if config.event_loop == "uvloop":
+    if config.node.event_loop == "uvloop":
         import uvloop
 
         return int(uvloop.run(node.run()))

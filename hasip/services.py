@@ -151,7 +151,7 @@ def _in_networks(ip: str, networks: list[Network]) -> bool:
 def build(config: Config, durable: bool = True) -> Services:
     """Services from ``config``; ConfigError names the field and file on trouble."""
     check_auth(config)
-    store = LocationStore(config.node_name)
+    store = LocationStore(config.node.name)
     metrics.REGISTERED_CONTACTS.set_function(lambda: len(store))
     metrics.REGISTERED_AORS.set_function(store.aor_count)
     a = config.auth
@@ -200,7 +200,7 @@ def build(config: Config, durable: bool = True) -> Services:
         writer = WriteBehind(backend, loc.max_pending, loc.batch, interval=loc.flush_interval,
                              remote=loc.backend != "mysql")
         store.subscribe(writer.on_change)
-    dialogs = DialogStore(config.node_name, config.dialog.timeout)
+    dialogs = DialogStore(config.node.name, config.dialog.timeout)
     dialogs.subscribe(dispatcher.on_dialog)
     dialogs.subscribe(_count_ended)
     cdrs: CdrWriter | None = None
@@ -210,7 +210,7 @@ def build(config: Config, durable: bool = True) -> Services:
         dialogs.subscribe(cdrs.on_dialog)
     for state in dialogs.counts:
         metrics.DIALOGS.labels(state).set_function(_counter_of(dialogs.counts, state))
-    guard = SourceGuard(config.node_name, sc.rate, sc.burst, sc.ban_time, sc.max_ban_time,
+    guard = SourceGuard(config.node.name, sc.rate, sc.burst, sc.ban_time, sc.max_ban_time,
                         lambda ip: False, sc.max_sources)
     # Record-Route tokens under the cluster's secret (hasip.security.routetoken).
     services = Services(store, authenticator, policy, dispatcher, trusted, guard,

@@ -49,7 +49,7 @@ class Dispatcher:
         self.sets: dict[int, DestinationSet] = {}
         # Without dispatcher destinations, routing.next_hop is the set.
         dests = config.dispatcher.destinations or [
-            Destination(uri, self.set_id) for uri in config.next_hop]
+            Destination(uri, self.set_id) for uri in config.routing.next_hop]
         for dest in dests:
             self.sets.setdefault(dest.set_id, DestinationSet(dest.set_id)).destinations.append(
                 dest)
@@ -69,7 +69,7 @@ class Dispatcher:
         self.draining: list[Destination] = []
         # Dialog id -> the destination its active-call count is on.
         self._counted: dict[str, Destination] = {}
-        self.node = config.node_name
+        self.node = config.node.name
         # Health shared with the cluster: each state change is numbered (a
         # Lamport counter, as the stores'), handed to the subscribers (the
         # replicator) and applied from peers by ``apply_state``.

@@ -162,15 +162,15 @@ class Engine:
         # point sets it): what operations of the script run at, even when
         # they run long after the request arrived (a failover, a resume).
         self.now = 0.0
-        self.my_ips = {a.host.lower() for a in config.listen}
-        self.my_ports = {a.port for a in config.listen}
-        self.my_domains = set(config.domains)
+        self.my_ips = {a.host.lower() for a in config.sip.listen}
+        self.my_ports = {a.port for a in config.sip.listen}
+        self.my_domains = set(config.sip.domains)
         self.my_sent_by = listeners.sent_by
         self._sent_by_bytes = [s.encode() for s in self.my_sent_by]
         self.guard = services.guard
         self.signer = services.signer
-        self.max_transactions = config.max_transactions
-        self.max_message_size = config.max_message_size
+        self.max_transactions = config.sip.max_transactions
+        self.max_message_size = config.sip.max_message_size
         self.capabilities = CAPABILITIES
         self.listeners_by_socket = listeners.by_socket
         stats = metrics.STATS
@@ -785,7 +785,7 @@ class Engine:
             out.insert_top(b"route", b"Route: " + value.encode("latin-1"))
         mf = req.max_forwards
         if mf is None:
-            out.append(b"max-forwards", b"Max-Forwards: %d" % self.config.max_forwards)
+            out.append(b"max-forwards", b"Max-Forwards: %d" % self.config.sip.max_forwards)
         else:
             out.replace(b"max-forwards", b"Max-Forwards: %d" % (mf - 1))
         target: Uri

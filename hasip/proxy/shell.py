@@ -46,7 +46,7 @@ class Proxy:
         self.config = config
         self.loop = loop
         self.services = services if services is not None else Services.in_memory(config)
-        self.table = Listeners(((a.transport, a.host, a.port) for a in config.listen),
+        self.table = Listeners(((a.transport, a.host, a.port) for a in config.sip.listen),
                                config.cluster.vip_addresses())
         self.transports = Transports(config, self.receive, loop, self.table)
         self.engine = Engine(config, self.services, self.table, Router, Resolver())

@@ -56,7 +56,7 @@ class Transports:
         self.sink = sink
         self.loop = loop
         self.table = table if table is not None else Listeners(
-            ((a.transport, a.host, a.port) for a in config.listen),
+            ((a.transport, a.host, a.port) for a in config.sip.listen),
             config.cluster.vip_addresses())
         self.listeners = self.table.all
         self._servers: list[asyncio.AbstractServer] = []
@@ -66,8 +66,8 @@ class Transports:
         # what the limits count, the idle sweep walks and stop() closes.
         self._live: set[TcpConnection] = set()
         self._outbound = 0
-        self._limits = ConnectionLimits(config.tcp_max_connections,
-                                        config.tcp_max_connections_per_source)
+        self._limits = ConnectionLimits(config.tcp.max_connections,
+                                        config.tcp.max_connections_per_source)
         # Connections that may be holding a slot for nothing: accepted ones
         # without a first message yet, and any with a message half-arrived.
         # The sweep looks at these every second, not at the whole table.
@@ -122,8 +122,8 @@ class Transports:
                 await asyncio.wait_for(server.wait_closed(), 1.0)
 
     def _new_connection(self, listener: Listener) -> TcpConnection:
-        return TcpConnection(listener, self.sink, self.config.max_message_size,
-                             self.config.tcp_max_write_buffer, self._forget, self.loop,
+        return TcpConnection(listener, self.sink, self.config.sip.max_message_size,
+                             self.config.tcp.max_write_buffer, self._forget, self.loop,
                              on_open=self._admit, on_partial=self._suspects.add,
                              on_fault=self._fault)
 
@@ -183,8 +183,8 @@ class Transports:
     def _connect(self, dest: Destination) -> TcpConnection:
         # Ours: exempt from the limits and the first-message timeout, not
         # from the message timeout (a half-sent response holds it as well).
-        conn = TcpConnection(dest.listener, self.sink, self.config.max_message_size,
-                             self.config.tcp_max_write_buffer, self._forget, self.loop,
+        conn = TcpConnection(dest.listener, self.sink, self.config.sip.max_message_size,
+                             self.config.tcp.max_write_buffer, self._forget, self.loop,
                              on_partial=self._suspects.add, on_fault=self._fault)
         conn.peer = dest.addr
         self._conns[dest.addr] = conn
@@ -210,8 +210,8 @@ class Transports:
         every ``idle_every``: any connection quiet for ``tcp.idle_timeout``.
         No timer per connection: reading stays one timestamp per read."""
         cfg = self.config
-        tick = min(1.0, cfg.tcp_message_timeout / 2, cfg.tcp_first_message_timeout / 2)
-        idle_every = min(10.0, cfg.tcp_idle_timeout / 2)
+        tick = min(1.0, cfg.tcp.message_timeout / 2, cfg.tcp.first_message_timeout / 2)
+        idle_every = min(10.0, cfg.tcp.idle_timeout / 2)
         next_idle = self.loop.time() + idle_every
         while True:
             await asyncio.sleep(tick)
@@ -227,8 +227,8 @@ class Transports:
                 log.error("tcp_sweep_failed", exc_info=True)
 
     def _sweep_suspects(self, now: float) -> None:
-        message_cutoff = now - self.config.tcp_message_timeout
-        first_cutoff = now - self.config.tcp_first_message_timeout
+        message_cutoff = now - self.config.tcp.message_timeout
+        first_cutoff = now - self.config.tcp.first_message_timeout
         for conn in list(self._suspects):
             if conn.closed or conn.aborted:
                 self._suspects.discard(conn)
@@ -241,7 +241,7 @@ class Transports:
                 self._suspects.discard(conn)  # cleared: nothing half-arrived
 
     def _sweep_idle(self, now: float) -> None:
-        cutoff = now - self.config.tcp_idle_timeout
+        cutoff = now - self.config.tcp.idle_timeout
         for conn in list(self._live):
             if not (conn.closed or conn.aborted) and conn.last_activity < cutoff:
                 self._close(conn, "idle", now, quiet=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hasip.config import Config
+from hasip.config import Config, MetricsConfig
 from hasip.proxy.context import Branch, Reply, RequestContext, ResponseContext, Wait
 from hasip.proxy.engine import Engine
 from hasip.proxy.resolver import Resolver
@@ -94,12 +94,12 @@ class Lab:
     def __init__(self, targets: list[str] | None = None,
                  script: Callable[[Engine], RoutingScript] | None = None,
                  config: Config | None = None) -> None:
-        self.config = config or Config(metrics_listen=None)
+        self.config = config or Config(metrics=MetricsConfig(listen=None))
         self.config.auth.demo_users = True
         self.now = 1000.0
         listen = [("udp", PROXY[0], PROXY[1]), ("tcp", PROXY[0], PROXY[1])]
         self.listeners = Listeners(listen)
-        self.config.listen = [type(self.config.listen[0])(t, h, p) for t, h, p in listen]
+        self.config.sip.listen = [type(self.config.sip.listen[0])(t, h, p) for t, h, p in listen]
         services = Services.in_memory(self.config)
         self.fork: ForkScript | None = None
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from hasip.config import Config
+from hasip.config import Config, MetricsConfig, RoutingConfig
 from hasip.proxy.engine import Engine
 from hasip.proxy.routing import Router
 from hasip.services import Services
@@ -20,7 +20,8 @@ from hasip.transport.listeners import Listeners
 
 @pytest.fixture
 def engine() -> Iterator[tuple[Engine, Recorder]]:
-    config = Config(next_hop=[parse_sip_uri("sip:127.0.0.1:5071")], metrics_listen=None)
+    config = Config(routing=RoutingConfig(next_hop=[parse_sip_uri("sip:127.0.0.1:5071")]),
+                    metrics=MetricsConfig(listen=None))
     config.auth.demo_users = True
     config.auth.trusted = ["127.0.0.1/32"]
     listeners = Listeners([("udp", "127.0.0.1", 5060)])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from hasip.config import Config
+from hasip.config import Config, MetricsConfig
 from hasip.proxy.routing import Router
 from tests.unit.enginelab import (
     CALLEE_A,
@@ -199,7 +199,7 @@ def test_strict_router_next_hop_gets_the_route_as_request_uri() -> None:
 def test_request_from_a_strict_router_is_restored() -> None:
     """16.4: a strict router before us put our Record-Route URI in the
     Request-URI and the real one last in Route: hasip's script undoes it."""
-    config = Config(metrics_listen=None)
+    config = Config(metrics=MetricsConfig(listen=None))
     config.auth.trusted = ["198.18.1.0/24"]
     lab = Lab(script=Router, config=config)
     bye = ("BYE sip:198.18.0.1:5060;lr SIP/2.0\n"

@@ -85,27 +85,27 @@ def test_digest_names_a_bounded_number_of_sources() -> None:
 
 def test_tcp_defaults() -> None:
     cfg = config_from_dict({})
-    assert cfg.tcp_max_connections == 4096
-    assert cfg.tcp_max_connections_per_source == 256
-    assert cfg.tcp_message_timeout == 5.0
-    assert cfg.tcp_first_message_timeout == 10.0
-    assert Config().tcp_max_connections_per_source == 256
+    assert cfg.tcp.max_connections == 4096
+    assert cfg.tcp.max_connections_per_source == 256
+    assert cfg.tcp.message_timeout == 5.0
+    assert cfg.tcp.first_message_timeout == 10.0
+    assert Config().tcp.max_connections_per_source == 256
 
 
 def test_per_source_default_leaves_room_in_a_small_table() -> None:
     cfg = config_from_dict({"tcp": {"max_connections": 100}})
-    assert cfg.tcp_max_connections_per_source == 25
-    assert config_from_dict({"tcp": {"max_connections": 2}}).tcp_max_connections_per_source == 1
+    assert cfg.tcp.max_connections_per_source == 25
+    assert config_from_dict({"tcp": {"max_connections": 2}}).tcp.max_connections_per_source == 1
     cfg = config_from_dict({"tcp": {"max_connections": 100, "max_connections_per_source": 100}})
-    assert cfg.tcp_max_connections_per_source == 100
+    assert cfg.tcp.max_connections_per_source == 100
 
 
 def test_tcp_keys_are_read() -> None:
     cfg = config_from_dict({"tcp": {"max_connections_per_source": 64, "message_timeout": 1.5,
                                     "first_message_timeout": 3}})
-    assert cfg.tcp_max_connections_per_source == 64
-    assert cfg.tcp_message_timeout == 1.5
-    assert cfg.tcp_first_message_timeout == 3.0
+    assert cfg.tcp.max_connections_per_source == 64
+    assert cfg.tcp.message_timeout == 1.5
+    assert cfg.tcp.first_message_timeout == 3.0
 
 
 @pytest.mark.parametrize(
