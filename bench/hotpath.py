@@ -59,13 +59,24 @@ def answer(request: bytes, status: int, reason: str, extra: str = "") -> bytes:
     return ("\r\n".join(lines) + f"\r\n{extra}Content-Length: 0\r\n\r\n").encode()
 
 
-class Recorder:
+class Recorder(asyncio.DatagramTransport):
+    """Stands in for the listeners' UDP sockets: what the proxy sends."""
+
     def __init__(self) -> None:
+        super().__init__()
         self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def sendto(self, data: bytes, addr: object = None) -> None:  # type: ignore[override]
+        self.sent.append((data, addr))  # type: ignore[arg-type]
 
     def send(self, data: bytes, dest: Destination, on_error: object = None) -> bool:
         self.sent.append((data, dest.addr))
         return True
+
+    def attach(self, proxy: Proxy) -> None:
+        proxy.transports.send = self.send  # type: ignore[method-assign]
+        for listener in proxy.transports.listeners:
+            listener.udp = self
 
 
 def one_call(proxy: Proxy, listener: object, rec: Recorder, n: int) -> None:
@@ -137,7 +148,7 @@ def main() -> int:
     config.auth.trusted = ["127.0.0.1/32"] if not args.register else []
     proxy = Proxy(config, loop)
     rec = Recorder()
-    proxy.transports.send = rec.send  # type: ignore[method-assign]
+    rec.attach(proxy)
     listener = proxy.transports.listeners[0]
     tune_gc()  # as a running node does
     step = one_registration if args.register else one_call

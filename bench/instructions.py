@@ -37,7 +37,7 @@ from hasip.server import tune_gc
 tune_gc()
 step = hotpath.one_registration if register else hotpath.one_call
 rec = hotpath.Recorder()
-proxy.transports.send = rec.send
+rec.attach(proxy)
 listener = proxy.transports.listeners[0]
 for n in range(int(sys.argv[1])):
     step(proxy, listener, rec, n)
