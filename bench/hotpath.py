@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hasip.config import Config, MetricsConfig, RoutingConfig
+from hasip.app.config import Config, MetricsConfig, RoutingConfig
+from hasip.app.node import tune_gc
 from hasip.proxy.shell import Proxy
-from hasip.server import tune_gc
 from hasip.sip.message import parse_message, validate_request
 from hasip.sip.uri import parse_sip_uri
 from hasip.transport.base import Destination

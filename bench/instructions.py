@@ -23,7 +23,7 @@ LOOP = """
 import asyncio, sys
 sys.path.insert(0, {bench!r})
 import hotpath
-from hasip.config import Config, MetricsConfig, RoutingConfig
+from hasip.app.config import Config, MetricsConfig, RoutingConfig
 from hasip.proxy.shell import Proxy
 from hasip.sip.uri import parse_sip_uri
 config = Config(routing=RoutingConfig(next_hop=[parse_sip_uri("sip:127.0.0.1:5071")]),
@@ -33,7 +33,7 @@ config.security.exempt = ["127.0.0.0/8"]   # one source sends everything
 register = sys.argv[2] == "register"
 config.auth.trusted = [] if register else ["127.0.0.1/32"]
 proxy = Proxy(config, asyncio.new_event_loop())
-from hasip.server import tune_gc
+from hasip.app.node import tune_gc
 tune_gc()
 step = hotpath.one_registration if register else hotpath.one_call
 rec = hotpath.Recorder()

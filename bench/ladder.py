@@ -230,7 +230,7 @@ def summary(steps: list[Step]) -> tuple[Step | None, Step | None]:
 def _build_line() -> str:
     """Whether the hasip under test runs its compiled hot path: figures from
     the interpreted one are about half as good and not the ones to compare."""
-    from hasip import compiled
+    from hasip.app import compiled
 
     if compiled.state["compiled"]:
         return "hasip build: compiled hot path"

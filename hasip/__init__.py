@@ -5,10 +5,10 @@ protocol layer (``hasip.sip``) and a thin asyncio transport shell
 (``hasip.transport``). See docs/architecture.md for how a request flows.
 """
 
-from hasip import compiled as _compiled
+from hasip.app import compiled as _compiled
 
 __version__ = "0.1.0"
 
 # Before any hot-path module loads: compiled extension modules when they
-# were built from these very sources, else the sources (hasip/compiled.py).
+# were built from these very sources, else the sources (hasip/app/compiled.py).
 _compiled.guard()

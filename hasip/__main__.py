@@ -1,5 +1,5 @@
 """Allow ``python -m hasip``."""
 
-from hasip.cli import main
+from hasip.cli.main import main
 
 raise SystemExit(main())

@@ -103,7 +103,7 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from hasip.log import setup_logging
+    from hasip.telemetry.log import setup_logging
 
     setup_logging("info", args.log_format)
     try:

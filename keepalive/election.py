@@ -20,26 +20,43 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from keepalive import metrics
 from keepalive.announce import Announcer
-from keepalive.config import VipSpec
+from keepalive.config import KeepaliveConfig, VipSpec
 from keepalive.holder import AddressHolder, HoldError
 from keepalive.ranking import candidate_prefix, may_acquire, predecessor, ranked, should_yield
 from keepalive.zk import on_loop, wait
 
-if TYPE_CHECKING:
-    from keepalive.manager import Keepalive
+
+class ElectionHost(Protocol):
+    """What an election needs from the node it runs in (the manager, which
+    owns the ZooKeeper session and the membership record)."""
+
+    config: KeepaliveConfig
+    zk: KazooClient
+    loop: asyncio.AbstractEventLoop
+    connected: bool
+    session_id: int
+    healthy: bool
+    draining: bool
+
+    def log(self, event: str, level: str = "info", **fields: Any) -> None: ...
+
+    def hooks_acquired(self, election: VipElection) -> None: ...
+    def hooks_released(self, election: VipElection) -> None: ...
+    def publish(self) -> None: ...
 
 # Re-evaluate at least this often even without a watch firing (a safety net).
 _PERIOD = 1.0
 
 
 class VipElection:
-    def __init__(self, node: Keepalive, spec: VipSpec) -> None:
+    def __init__(self, node: ElectionHost, spec: VipSpec) -> None:
         self.node = node
         self.spec = spec
         self.name = spec.name

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # benchmark's reference; zookeeper: the servers the cluster tests start
 # (a Java program: it brings a JRE); tcpdump: the GARP and answerer checks;
 # openssl: the certificates of the replication-over-TLS test; gcc and
-# python3-dev: compiling the hot path (hasip/compiled.py); sipvicious: an
+# python3-dev: compiling the hot path (hasip/app/compiled.py); sipvicious: an
 # attacker's password cracker (svcrack) the security tests point at a node;
 # sipsak: a SIP client of its own that registers with digest there.
 DEBS=(sip-tester kamailio iproute2 iptables tcpdump mariadb-server freeradius freeradius-utils

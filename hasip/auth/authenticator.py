@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from hasip import metrics
 from hasip.auth.digest import (
     INVALID,
     REPLAYED,
@@ -30,6 +29,7 @@ from hasip.security.authfail import AuthFailures
 from hasip.sip.errors import SipParseError
 from hasip.sip.message import Request
 from hasip.sip.uri import SipUri, parse_uri
+from hasip.telemetry import metrics
 
 # Verdict kinds
 AUTHENTICATED = "ok"

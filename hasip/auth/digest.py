@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from random import getrandbits as _random_bits
 from typing import Final
 
-from hasip.ids import hex8
+from hasip.util.ids import hex8
 
 ALGORITHMS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
 HA1_LENGTHS = {32: "MD5", 64: "SHA-256"}

@@ -22,9 +22,9 @@ from typing import cast
 from pyrad.dictionary import Dictionary
 from pyrad.packet import AccessAccept, AccessReject, AccessRequest, AuthPacket, Packet
 
-from hasip import metrics
 from hasip.auth.digest import Credentials
-from hasip.log import get_logger
+from hasip.telemetry import metrics
+from hasip.telemetry.log import get_logger
 
 log = get_logger("hasip.radius")
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from hasip import metrics
 from hasip.dialog.dialog import Dialog
 from hasip.dialog.store import END, EXPIRY, LOCAL
 from hasip.dialog.store import Change as DialogChange
 from hasip.location.backend import Backend
-from hasip.writebehind import QueueMetrics, WriteBehind
+from hasip.storage.writebehind import QueueMetrics, WriteBehind
+from hasip.telemetry import metrics
 
 CDR_METRICS = QueueMetrics(metrics.CDR_QUEUE, metrics.CDR_WRITES, metrics.CDR_WRITE_ERRORS,
                            metrics.CDR_DROPPED)

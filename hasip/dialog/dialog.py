@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hasip.ids import id_maker
+from hasip.util.ids import id_maker
 
 EARLY = "early"
 CONFIRMED = "confirmed"

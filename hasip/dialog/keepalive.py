@@ -21,15 +21,15 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hasip import metrics
 from hasip.dialog.dialog import CONFIRMED, ENDED_KEEPALIVE, Dialog
 from hasip.dialog.store import DialogStore
-from hasip.log import get_logger
 from hasip.sip.errors import SipParseError
 from hasip.sip.headers import parse_name_addr, split_list
 from hasip.sip.uri import SipUri, parse_sip_uri
-from hasip.tasks import Periodic
+from hasip.telemetry import metrics
+from hasip.telemetry.log import get_logger
 from hasip.transport.base import Destination, Listener
+from hasip.util.tasks import Periodic
 
 log = get_logger("hasip.dialog")
 

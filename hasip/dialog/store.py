@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from hasip.cluster.lamport import newer
 from hasip.dialog.dialog import (
     CONFIRMED,
     EARLY,
@@ -21,7 +22,6 @@ from hasip.dialog.dialog import (
     TERMINATED,
     Dialog,
 )
-from hasip.lamport import newer
 
 PUT = "put"
 END = "end"

@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from hasip import metrics
-from hasip.config import Config, socket_fault
+from hasip.app.config import Config, socket_fault
+from hasip.cluster.lamport import newer
 from hasip.dialog.store import PUT
 from hasip.dialog.store import Change as DialogChange
 from hasip.dispatcher.destinations import (
@@ -22,9 +22,9 @@ from hasip.dispatcher.destinations import (
     parse_list,
 )
 from hasip.dispatcher.select import HASHED, Selector
-from hasip.lamport import newer
-from hasip.log import get_logger
 from hasip.sip.transaction import Timers
+from hasip.telemetry import metrics
+from hasip.telemetry.log import get_logger
 
 log = get_logger("hasip.dispatcher")
 

@@ -15,12 +15,12 @@ import asyncio
 import os
 from collections.abc import Callable
 
-from hasip import metrics
 from hasip.dispatcher.destinations import Destination
 from hasip.dispatcher.dispatcher import Dispatcher
-from hasip.log import get_logger
-from hasip.tasks import cancel
+from hasip.telemetry import metrics
+from hasip.telemetry.log import get_logger
 from hasip.transport.base import Destination as Address
+from hasip.util.tasks import cancel
 
 log = get_logger("hasip.probe")
 

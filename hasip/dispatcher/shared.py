@@ -38,7 +38,7 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 
-from hasip.config import socket_fault
+from hasip.app.config import socket_fault
 from hasip.dispatcher.destinations import (
     Destination,
     ListFileError,
@@ -46,7 +46,7 @@ from hasip.dispatcher.destinations import (
     parse_list,
 )
 from hasip.dispatcher.dispatcher import STATES, Dispatcher, DispatcherError
-from hasip.log import get_logger
+from hasip.telemetry.log import get_logger
 from keepalive.zk import on_loop, wait
 
 log = get_logger("hasip.dispatcher.shared")

@@ -16,12 +16,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from hasip import metrics
 from hasip.location.binding import Binding, parse_socket
 from hasip.location.store import LocationStore
-from hasip.log import get_logger
-from hasip.tasks import Periodic
+from hasip.telemetry import metrics
+from hasip.telemetry.log import get_logger
 from hasip.transport.base import Destination, Listener
+from hasip.util.tasks import Periodic
 
 log = get_logger("hasip.natping")
 

@@ -1,17 +1,18 @@
 """The location change feed written behind to the durable store (see
-``hasip.writebehind``: the registrar never waits for the database), and the
+``hasip.storage.writebehind``: the registrar never waits for the database), and the
 load of the stored bindings at start."""
 
 from __future__ import annotations
 
 import asyncio
 
-from hasip import metrics, writebehind
 from hasip.location.backend import Backend
 from hasip.location.binding import Binding
 from hasip.location.store import DELETE, REMOTE, Change, LocationStore
-from hasip.log import get_logger
-from hasip.writebehind import QueueMetrics
+from hasip.storage import writebehind
+from hasip.storage.writebehind import QueueMetrics
+from hasip.telemetry import metrics
+from hasip.telemetry.log import get_logger
 
 log = get_logger("hasip.location")
 

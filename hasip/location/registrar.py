@@ -30,7 +30,7 @@ class Policy:
 
 
 # The records below write their __init__ out instead of letting @dataclass
-# generate it: a compiled build (hasip/compiled.py) compiles only what is written.
+# generate it: a compiled build (hasip/app/compiled.py) compiles only what is written.
 @dataclass(init=False)
 class Origin:
     """Where the REGISTER came from, as the registrar records it."""

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from hasip.lamport import newer
+from hasip.cluster.lamport import newer
 from hasip.location.binding import Binding
 
 PUT = "put"

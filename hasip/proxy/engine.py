@@ -27,18 +27,15 @@ import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from hasip import metrics
-from hasip.config import Config
+from hasip.app.config import Config
+from hasip.app.services import Services
 from hasip.dispatcher.destinations import Destination as Node
-from hasip.ids import hex8
-from hasip.log import get_logger
 from hasip.proxy.context import Branch, Reply, RequestContext, ResponseContext, Wait
 from hasip.proxy.nat import fix_contact
 from hasip.proxy.resolver import Resolver, Target
 from hasip.proxy.script import RoutingScript
 from hasip.proxy.timers import TimerHeap
 from hasip.security.routetoken import PARAM_BYTES
-from hasip.services import Services
 from hasip.sip.build import REASONS, make_cancel_for, make_response, make_response_from_raw
 from hasip.sip.errors import SipParseError
 from hasip.sip.headers import Via, parse_name_addr, split_list
@@ -67,8 +64,11 @@ from hasip.sip.transaction import (
     server_key,
 )
 from hasip.sip.uri import SipUri, Uri
+from hasip.telemetry import metrics
+from hasip.telemetry.log import get_logger
 from hasip.transport.base import Destination, Listener, Source
 from hasip.transport.listeners import Listeners
+from hasip.util.ids import hex8
 
 log = get_logger("hasip.proxy")
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import ipaddress
 
-from hasip.memo import remember
 from hasip.sip.errors import SipParseError
 from hasip.sip.headers import parse_name_addr
 from hasip.sip.message import SipMessage
 from hasip.sip.uri import SipUri
+from hasip.util.memo import remember
 
 # RFC 1918, RFC 6598 shared space, RFC 4193 unique local, link local.
 _PRIVATE = [ipaddress.ip_network(n) for n in (

@@ -22,8 +22,8 @@ import socket
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
-from hasip.log import get_logger
 from hasip.sip.uri import SipUri
+from hasip.telemetry.log import get_logger
 
 log = get_logger("hasip.dns")
 

@@ -8,7 +8,6 @@ import socket
 import time
 from collections.abc import Callable
 
-from hasip import metrics
 from hasip.auth.authenticator import AUTHENTICATED, Verdict
 from hasip.auth.digest import CredentialsError, parse_credentials
 from hasip.dialog.dialog import ENDED_BYE, ENDED_CANCELLED, ENDED_FAILED
@@ -17,7 +16,6 @@ from hasip.dispatcher.destinations import Destination as Node
 from hasip.dispatcher.dispatcher import FAILOVER
 from hasip.location.binding import Binding, format_socket, parse_socket
 from hasip.location.registrar import Origin, register
-from hasip.log import get_logger
 from hasip.proxy.context import Branch, Reply, RequestContext, ResponseContext
 from hasip.proxy.engine import Engine
 from hasip.proxy.nat import behind_nat, fix_contact
@@ -26,6 +24,8 @@ from hasip.sip.errors import SipParseError
 from hasip.sip.headers import parse_name_addr
 from hasip.sip.message import Request, Response
 from hasip.sip.uri import SipUri, Uri, parse_uri
+from hasip.telemetry import metrics
+from hasip.telemetry.log import get_logger
 from hasip.transport.base import Destination
 
 log = get_logger("hasip.routing")

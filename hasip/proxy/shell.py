@@ -11,8 +11,8 @@ import functools
 import math
 from typing import Any
 
-from hasip import metrics
-from hasip.config import Config
+from hasip.app.config import Config
+from hasip.app.services import Services
 from hasip.dialog.keepalive import BRANCH_PREFIX as KEEPALIVE_BRANCH
 from hasip.dialog.keepalive import DialogKeepalive
 from hasip.dispatcher.destinations import Destination as Node
@@ -20,20 +20,19 @@ from hasip.dispatcher.probe import BRANCH_PREFIX as PROBE_BRANCH
 from hasip.dispatcher.probe import Prober
 from hasip.location.natping import BRANCH_PREFIX as NAT_PING_BRANCH
 from hasip.location.natping import NatPinger
-from hasip.log import get_logger
 from hasip.proxy.context import Wait
 from hasip.proxy.engine import REQUEST, Engine
 from hasip.proxy.resolver import Resolver
 from hasip.proxy.routing import Router
 from hasip.proxy.timers import wake_up_time
-from hasip.services import Services
 from hasip.sip.message import Response
 from hasip.sip.transaction import ClientTransaction
 from hasip.sip.uri import SipUri
-from hasip.transport.base import Destination, Listener, Source, send_datagram
+from hasip.telemetry import metrics
+from hasip.telemetry.log import get_logger
+from hasip.transport.base import Connection, Destination, Listener, Source, send_datagram
 from hasip.transport.listeners import Listeners
 from hasip.transport.manager import Transports
-from hasip.transport.tcp import TcpConnection
 
 log = get_logger("hasip.proxy")
 
@@ -111,7 +110,7 @@ class Proxy:
     # -- into the engine ---------------------------------------------------
 
     def receive(self, data: bytes, listener: Listener, addr: tuple[str, int],
-                conn: TcpConnection | None) -> None:
+                conn: Connection | None) -> None:
         """Transport sink: one datagram or one framed stream message."""
         if not self.engine.receive(data, Source(listener, addr, conn, self.loop.time())) and (
                 conn is not None):

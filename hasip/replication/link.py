@@ -9,7 +9,6 @@ import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from hasip.log import get_logger
 from hasip.replication.protocol import (
     AUTH,
     HELLO,
@@ -22,6 +21,7 @@ from hasip.replication.protocol import (
     proof,
     session_key,
 )
+from hasip.telemetry.log import get_logger
 
 log = get_logger("hasip.replication")
 

@@ -3,7 +3,7 @@ states as JSON-able records, and the one merge rule every node applies.
 
 A record is ``{"t": TYPE, "op": "put" | "del", "v": VERSION, "n": NODE,
 "d": {fields}}``. VERSION is a Lamport clock, merged by the one rule of
-``hasip.lamport`` (version, then node) wherever a record is applied.
+``hasip.cluster.lamport`` (version, then node) wherever a record is applied.
 
 Field names are the dataclasses' own; a reader drops fields it does not
 know and leaves missing ones at their defaults (nodes of two releases).

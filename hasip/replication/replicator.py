@@ -38,8 +38,7 @@ from typing import Any
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
-from hasip import metrics
-from hasip.config import ReplicationConfig
+from hasip.app.config import ReplicationConfig
 from hasip.dialog.dialog import Dialog
 from hasip.dialog.store import END, DialogStore
 from hasip.dialog.store import LOCAL as DIALOG_LOCAL
@@ -53,7 +52,6 @@ from hasip.location.store import LOCAL as LOC_LOCAL
 from hasip.location.store import PUT as LOC_PUT
 from hasip.location.store import Change as LocationChange
 from hasip.location.store import LocationStore
-from hasip.log import get_logger
 from hasip.replication import records as rec
 from hasip.replication.link import Link
 from hasip.replication.protocol import (
@@ -64,7 +62,9 @@ from hasip.replication.protocol import (
     ProtocolError,
 )
 from hasip.security.guard import BANNED, Ban, SourceGuard
-from hasip.tasks import cancel
+from hasip.telemetry import metrics
+from hasip.telemetry.log import get_logger
+from hasip.util.tasks import cancel
 from keepalive.zk import wait
 
 log = get_logger("hasip.replication")

@@ -16,7 +16,7 @@ banned. Memory is bounded: at most ``max_sources`` buckets (a full bucket
 says nothing, so idle ones are swept first) and as many bans.
 
 Bans are cluster state: each ban and lift is numbered with a Lamport
-version (:mod:`hasip.lamport`, as the stores' records), handed to the
+version (:mod:`hasip.cluster.lamport`, as the stores' records), handed to the
 subscribers (the node logs it, counts it and replicates it), and
 :meth:`SourceGuard.apply` takes a peer's, so a source banned by one node is
 dropped by all.
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from hasip.lamport import newer
+from hasip.cluster.lamport import newer
 
 # Why a source was banned.
 RATE = "rate"

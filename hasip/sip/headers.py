@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from hasip.memo import remember
 from hasip.sip.errors import SipParseError
 from hasip.sip.grammar import (
     ABSOLUTE_URI_RE,
@@ -22,6 +21,7 @@ from hasip.sip.grammar import (
     is_digits,
 )
 from hasip.sip.uri import Uri, parse_uri
+from hasip.util.memo import remember
 
 # Compact forms (RFC 3261 section 7.3.3 and later RFCs) -> canonical lowercase names.
 COMPACT_FORMS: dict[bytes, bytes] = {

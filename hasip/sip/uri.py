@@ -11,9 +11,9 @@ import ipaddress
 import re
 from urllib.parse import unquote
 
-from hasip.memo import remember
 from hasip.sip.errors import SipParseError
 from hasip.sip.grammar import ABSOLUTE_URI_RE, SIP_URI_RE
+from hasip.util.memo import remember
 
 _TEL_RE = re.compile(r"[Tt][Ee][Ll]:(\+?[0-9A-Fa-f*#().\-]+|[0-9A-Fa-f*#().\-pPwW]+)((?:;[^;]+)*)")
 

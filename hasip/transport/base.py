@@ -6,10 +6,19 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from hasip.transport.tcp import TcpConnection
+ErrorCallback = Callable[[], None]
+
+
+class Connection(Protocol):
+    """A stream connection as the layers above the transports see it
+    (:class:`hasip.transport.tcp.TcpConnection` is the one there is)."""
+
+    closed: bool
+
+    def write(self, data: bytes, on_error: ErrorCallback | None = None) -> bool: ...
+    def abort(self) -> None: ...
 
 
 class Listener:
@@ -52,7 +61,7 @@ class Source:
 
     __slots__ = ("addr", "conn", "listener", "received_at")
 
-    def __init__(self, listener: Listener, addr: tuple[str, int], conn: TcpConnection | None,
+    def __init__(self, listener: Listener, addr: tuple[str, int], conn: Connection | None,
                  received_at: float) -> None:
         self.listener = listener
         self.addr = addr
@@ -70,7 +79,7 @@ class Destination:
     __slots__ = ("addr", "conn", "fallback", "listener", "transport")
 
     def __init__(self, transport: str, addr: tuple[str, int], listener: Listener,
-                 conn: TcpConnection | None = None,
+                 conn: Connection | None = None,
                  fallback: tuple[str, int] | None = None) -> None:
         self.transport = transport
         self.addr = addr
@@ -107,5 +116,4 @@ def send_datagram(data: bytes, dest: Destination) -> bool:
 
 
 # Sink signature: (data, listener, remote address, TCP connection or None)
-Sink = Callable[[bytes, Listener, tuple[str, int], "TcpConnection | None"], None]
-ErrorCallback = Callable[[], None]
+Sink = Callable[[bytes, Listener, tuple[str, int], Connection | None], None]

@@ -8,9 +8,9 @@ import functools
 import socket
 from typing import cast
 
-from hasip import metrics
-from hasip.config import Config
-from hasip.log import get_logger
+from hasip.app.config import Config
+from hasip.telemetry import metrics
+from hasip.telemetry.log import get_logger
 from hasip.transport.base import Destination, ErrorCallback, Listener, Sink, send_datagram
 from hasip.transport.limits import ConnectionLimits, EventDigest, source_of
 from hasip.transport.listeners import Listeners

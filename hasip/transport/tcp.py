@@ -7,10 +7,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, cast
 
-from hasip import metrics
-from hasip.log import get_logger
 from hasip.sip.errors import SipParseError
 from hasip.sip.framing import PING, StreamFramer
+from hasip.telemetry import metrics
+from hasip.telemetry.log import get_logger
 from hasip.transport.base import ErrorCallback, Listener, Sink
 
 log = get_logger("hasip.transport.tcp")

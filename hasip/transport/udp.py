@@ -6,7 +6,7 @@ import asyncio
 import socket
 from typing import Any
 
-from hasip.log import get_logger
+from hasip.telemetry.log import get_logger
 from hasip.transport.base import Listener, Sink
 
 log = get_logger("hasip.transport.udp")

@@ -7,12 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hasip.config import Config, MetricsConfig
+from hasip.app.config import Config, MetricsConfig
+from hasip.app.services import Services
 from hasip.proxy.context import Branch, Reply, RequestContext, ResponseContext, Wait
 from hasip.proxy.engine import Engine
 from hasip.proxy.resolver import Resolver
 from hasip.proxy.script import RoutingScript
-from hasip.services import Services
 from hasip.sip.message import Response
 from hasip.sip.uri import parse_sip_uri
 from hasip.transport.base import Source

@@ -1,4 +1,4 @@
-"""The compiled hot path (hasip/compiled.py): used when built from these very
+"""The compiled hot path (hasip/app/compiled.py): used when built from these very
 sources, the sources otherwise, never a mix. Run on a copy of the package so
 that the tree under test is not touched."""
 
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from hasip import compiled
+from hasip.app import compiled
 
-ROOT = Path(compiled.__file__).resolve().parents[1]
+ROOT = Path(compiled.__file__).resolve().parents[2]
 
-PROBE = ("import json, hasip.compiled as c, hasip.sip.message as m, hasip.proxy.engine as p;"
+PROBE = ("import json, hasip.app.compiled as c, hasip.sip.message as m, hasip.proxy.engine as p;"
          "print(json.dumps({'state': c.state, 'files': [m.__file__, p.__file__]}))")
 
 

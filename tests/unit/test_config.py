@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from hasip import config as config_module
-from hasip.config import (
+from hasip.app import config as config_module
+from hasip.app.config import (
     _SECTIONS,
     ClusterConfig,
     Config,

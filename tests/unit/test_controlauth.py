@@ -1,11 +1,11 @@
-"""The control API's access rules (hasip/controlauth.py), without sockets."""
+"""The control API's access rules (hasip/app/controlauth.py), without sockets."""
 
 from __future__ import annotations
 
 import pytest
 
-from hasip.config import ControlConfig
-from hasip.controlauth import AccessPolicy, Refusal, json_type, split_host
+from hasip.app.config import ControlConfig
+from hasip.app.controlauth import AccessPolicy, Refusal, json_type, split_host
 
 FULL_TOKEN = "f" * 32
 READ_TOKEN = "r" * 32

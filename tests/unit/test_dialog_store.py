@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from hasip.config import ConfigError, config_from_dict
+from hasip.app.config import ConfigError, config_from_dict
 from hasip.dialog.dialog import (
     CONFIRMED,
     EARLY,

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from hasip.config import Config, MetricsConfig, RoutingConfig
+from hasip.app.config import Config, MetricsConfig, RoutingConfig
+from hasip.app.services import Services
 from hasip.proxy.engine import Engine
 from hasip.proxy.routing import Router
-from hasip.services import Services
 from hasip.sip.uri import parse_sip_uri
 from hasip.transport.base import Source
 from hasip.transport.listeners import Listeners

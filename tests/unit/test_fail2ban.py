@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hasip.log import JsonFormatter, LogfmtFormatter
+from hasip.app.services import _log_ban
 from hasip.security.guard import AUTH, BANNED, Ban
-from hasip.services import _log_ban
+from hasip.telemetry.log import JsonFormatter, LogfmtFormatter
 
 FILTER = Path(__file__).resolve().parents[2] / "ops" / "fail2ban" / "filter.d" / "hasip.conf"
 

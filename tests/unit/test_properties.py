@@ -3,10 +3,10 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hasip.ids import hex8
 from hasip.sip.errors import SipParseError
 from hasip.sip.framing import StreamFramer
 from hasip.sip.message import Request, parse_message, validate_request
+from hasip.util.ids import hex8
 
 token = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~",
                 min_size=1, max_size=12)

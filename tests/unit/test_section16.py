@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from hasip.config import Config, MetricsConfig
+from hasip.app.config import Config, MetricsConfig
 from hasip.proxy.routing import Router
 from tests.unit.enginelab import (
     CALLEE_A,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hasip.config import Config, ConfigError, config_from_dict, load_config
+from hasip.app.config import Config, ConfigError, config_from_dict, load_config
 from hasip.transport.limits import ConnectionLimits, EventDigest, source_of
 
 

@@ -8,7 +8,7 @@ from typing import Any, cast
 
 from prometheus_client import REGISTRY
 
-from hasip.config import config_from_dict
+from hasip.app.config import config_from_dict
 from hasip.transport.base import Listener
 from hasip.transport.manager import Transports
 from hasip.transport.tcp import TcpConnection

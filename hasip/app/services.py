@@ -13,12 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 
-from hasip import metrics
+from hasip.app.config import Config, ConfigError, check_auth
 from hasip.auth.authenticator import Authenticator
 from hasip.auth.digest import NonceManager
 from hasip.auth.radius import RadiusClient
 from hasip.auth.users import LocalUsers, UsersFileError
-from hasip.config import Config, ConfigError, check_auth
 from hasip.dialog.cdr import CdrWriter
 from hasip.dialog.store import END, Change, DialogStore
 from hasip.dispatcher.dispatcher import Dispatcher
@@ -26,10 +25,11 @@ from hasip.location.backend import Backend, MysqlBackend, SqliteBackend
 from hasip.location.persist import WriteBehind, load_into
 from hasip.location.registrar import Policy
 from hasip.location.store import LocationStore
-from hasip.log import get_logger
 from hasip.security.authfail import AuthFailures
 from hasip.security.guard import AUTH, BANNED, Ban, SourceGuard
 from hasip.security.routetoken import RouteSigner
+from hasip.telemetry import metrics
+from hasip.telemetry.log import get_logger
 
 log = get_logger("hasip.services")
 

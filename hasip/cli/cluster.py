@@ -25,7 +25,7 @@ from typing import Any
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError, NodeExistsError, NoNodeError
 
-from hasip.config import Config
+from hasip.app.config import Config
 from keepalive.config import Credentials, read_secret
 from keepalive.ranking import ranked
 from keepalive.zk import auth_args

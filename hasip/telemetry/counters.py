@@ -1,6 +1,6 @@
 """Counters the hot path updates: plain dicts of numbers, no locks and no
-prometheus-client objects (``hasip.metrics`` turns them into Prometheus
-families when scraped). Compiled with the hot path (hasip/compiled.py).
+prometheus-client objects (``hasip.telemetry.metrics`` turns them into Prometheus
+families when scraped). Compiled with the hot path (hasip/app/compiled.py).
 Updated from the event loop's thread only."""
 
 from __future__ import annotations

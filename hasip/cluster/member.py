@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from hasip.config import Config
+from hasip.app.config import Config
+from hasip.app.services import Services
 from hasip.dispatcher.dispatcher import Dispatcher
 from hasip.dispatcher.shared import SharedSets
-from hasip.log import get_logger
 from hasip.replication.replicator import Replicator
-from hasip.services import Services
+from hasip.telemetry.log import get_logger
 from hasip.transport.base import Listener
 from keepalive.config import KeepaliveConfig
 from keepalive.manager import Keepalive

@@ -9,14 +9,16 @@ import gc
 import os
 import signal
 
-from hasip import __version__, compiled, metrics
-from hasip.cluster import Cluster
-from hasip.config import Config
-from hasip.control import ControlServer
-from hasip.log import get_logger
+from hasip import __version__
+from hasip.app import compiled
+from hasip.app.config import Config
+from hasip.app.control import ControlServer
+from hasip.app.services import Services
+from hasip.app.services import build as build_services
+from hasip.cluster.member import Cluster
 from hasip.proxy.shell import Proxy
-from hasip.services import Services
-from hasip.services import build as build_services
+from hasip.telemetry import metrics
+from hasip.telemetry.log import get_logger
 
 log = get_logger("hasip.server")
 

@@ -19,8 +19,8 @@ from typing import Generic, TypeVar
 
 from prometheus_client import Counter, Gauge
 
-from hasip.log import get_logger
-from hasip.tasks import cancel
+from hasip.telemetry.log import get_logger
+from hasip.util.tasks import cancel
 
 log = get_logger("hasip.writebehind")
 

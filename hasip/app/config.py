@@ -157,7 +157,7 @@ CONTROL_DEFAULT_LISTEN = ("127.0.0.1", 9061)
 
 @dataclass
 class ControlConfig:
-    """The control API (hasip/control.py). It never listens without a
+    """The control API (hasip/app/control.py). It never listens without a
     token: off unless ``token_file`` (or ``listen`` with it) is given; with
     one and no ``listen``, it listens on CONTROL_DEFAULT_LISTEN. ``token``
     and ``read_token`` are no keys: they are read from the files."""

@@ -1,7 +1,7 @@
 """Prometheus metrics of a node, and the HTTP listener that exposes them.
 
 The per-message counters and the latency histogram are plain Python numbers
-(hasip/counters.py, compiled with the hot path) that collectors here turn
+(hasip/telemetry/counters.py, compiled with the hot path) that collectors here turn
 into Prometheus families when scraped: counting a message costs a dict
 update, not a locked ``Counter.inc``. Rare events use prometheus-client
 metrics directly.
@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_se
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from hasip.counters import Counts, LabelledCount, Latency
+from hasip.telemetry.counters import Counts, LabelledCount, Latency
 
 
 def counter_family(c: LabelledCount | Counts) -> CounterMetricFamily:
@@ -60,7 +60,7 @@ REGISTRY.register(_COUNTS)
 
 
 def labelled_counter(name: str, doc: str, labels: list[str]) -> Counts:
-    """A labelled counter family the hot path can afford (hasip/counters.py),
+    """A labelled counter family the hot path can afford (hasip/telemetry/counters.py),
     exported with the others."""
     c = Counts(name, doc, labels)
     _COUNTS.families.append(c)
@@ -125,7 +125,7 @@ TCP_REFUSED = Counter("hasip_tcp_refused_total",
                       ["reason"])
 UP = Gauge("hasip_up", "1 while the node serves SIP, 0 while it drains")
 BUILD = Gauge("hasip_build_info", "1; the labels say which hasip runs and whether its hot path "
-              "is compiled (hasip/compiled.py)", ["version", "compiled"])
+              "is compiled (hasip/app/compiled.py)", ["version", "compiled"])
 DNS_CACHE = Gauge("hasip_dns_cache_entries", "Names held in the next-hop resolver's cache")
 
 # Registrar and location store

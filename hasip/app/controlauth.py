@@ -30,7 +30,7 @@ import hmac
 import ipaddress
 from dataclasses import dataclass
 
-from hasip.config import ControlConfig
+from hasip.app.config import ControlConfig
 
 Headers = dict[str, list[str]]
 

@@ -15,7 +15,7 @@
     POST /bans/add              {"ip": "192.0.2.9", "seconds": 3600}
 
 Every request carries ``Authorization: Bearer TOKEN``; Host, Origin and the
-POST body's type are checked first (``hasip/controlauth.py`` has the rules
+POST body's type are checked first (``hasip/app/controlauth.py`` has the rules
 and their reasons); optional TLS, with client certificates when
 ``control.tls_ca`` is given. Refusals are logged (peer, reason) and counted
 in ``hasip_control_requests_total{result}`` with every other answer.
@@ -44,18 +44,18 @@ from typing import Any, Protocol
 
 from kazoo.exceptions import KazooException
 
-from hasip import metrics
-from hasip.config import ControlConfig
-from hasip.controlauth import WWW_AUTHENTICATE, AccessPolicy, Headers, Refusal
+from hasip.app.config import ControlConfig
+from hasip.app.controlauth import WWW_AUTHENTICATE, AccessPolicy, Headers, Refusal
 from hasip.dialog.store import DialogStore
 from hasip.dispatcher.dispatcher import Dispatcher, DispatcherError
 from hasip.dispatcher.shared import SharedSets
 from hasip.location.store import LocationStore
-from hasip.log import get_logger
 from hasip.replication.records import fields_of
 from hasip.replication.replicator import Replicator
 from hasip.security.guard import MANUAL, SourceGuard
-from hasip.tlsstream import TlsStream
+from hasip.telemetry import metrics
+from hasip.telemetry.log import get_logger
+from hasip.util.tlsstream import TlsStream
 
 log = get_logger("hasip.control")
 

@@ -31,10 +31,10 @@ from types import ModuleType
 # run once per call set-up or less (config, metrics, logging, cluster) stay
 # interpreted.
 MODULES = (
-    "hasip.ids",
-    "hasip.lamport",
-    "hasip.counters",
-    "hasip.memo",
+    "hasip.util.ids",
+    "hasip.cluster.lamport",
+    "hasip.telemetry.counters",
+    "hasip.util.memo",
     "hasip.sip.errors",
     "hasip.sip.grammar",
     "hasip.sip.uri",
@@ -64,7 +64,8 @@ MODULES = (
     "hasip.proxy.routing",
 )
 GROUP = "hasip._hot"
-PACKAGE_DIR = Path(__file__).resolve().parent
+# The hasip package (this file is hasip/app/compiled.py).
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 MANIFEST = PACKAGE_DIR / "compiled.json"
 
 # What guard() decided, for `hasip_build_info` and the start-up log.

@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from hasip.log import get_logger
+from hasip.telemetry.log import get_logger
 
 log = get_logger("hasip.tasks")
 

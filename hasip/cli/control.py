@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from hasip.config import Config, ConfigError, parse_host_port
+from hasip.app.config import Config, ConfigError, parse_host_port
 from keepalive.config import read_secret
 
 

@@ -13,8 +13,8 @@ import os
 import sys
 
 from hasip import __version__
-from hasip.config import Config, ConfigError, load_config
-from hasip.log import setup_logging
+from hasip.app.config import Config, ConfigError, load_config
+from hasip.telemetry.log import setup_logging
 
 
 def _load(path: str | None) -> Config:
@@ -74,11 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     badd = bans_sub.add_parser("add", help="ban a source by hand (on every node)")
     badd.add_argument("ip")
     badd.add_argument("--seconds", type=float, default=3600.0, help="how long (default 3600)")
-    from hasip.clusterctl import add_parsers
+    from hasip.cli.cluster import add_parsers
 
     add_parsers(sub)
     comp = sub.add_parser("compile", help="compile the hot path with mypyc (or clean, status)")
-    from hasip import compiled
+    from hasip.app import compiled
 
     compiled.add_arguments(comp)
     demo = sub.add_parser("demo", help="a node with SIPp answering nodes and a caller")
@@ -95,21 +95,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     if args.command == "dispatcher":
-        from hasip.ctl import dispatcher_command
+        from hasip.cli.control import dispatcher_command
 
         return dispatcher_command(args, config)
     if args.command == "bans":
-        from hasip.ctl import bans_command
+        from hasip.cli.control import bans_command
 
         return bans_command(args, config)
     if args.command in ("status", "failover", "drain", "undrain"):
-        from hasip.clusterctl import cluster_command
+        from hasip.cli.cluster import cluster_command
 
         return cluster_command(args, config)
     if args.command == "run":
         setup_logging(config.log.level, config.log.format)
     if args.command in ("check-config", "run"):
-        from hasip.services import build
+        from hasip.app.services import build
 
         try:
             # Reads the users file, the RADIUS dictionary...: errors before serving.
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
               f"locations {config.location.backend}, control API {control})")
         return 0
     if args.command == "run":
-        from hasip.server import run_node
+        from hasip.app.node import run_node
 
         return run_node(config, services)
     from hasip.demo.run import run_demo

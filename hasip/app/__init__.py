@@ -1,0 +1,1 @@
+"""The node as a program: configuration, wiring, life cycle, control API."""

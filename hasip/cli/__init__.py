@@ -1,0 +1,1 @@
+"""The ``hasip`` command line and its subcommands."""

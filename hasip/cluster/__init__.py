@@ -1,0 +1,1 @@
+"""The node in its cluster: VIP ownership and the merge rule of replicated records."""

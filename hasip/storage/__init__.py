@@ -1,0 +1,1 @@
+"""Durable storage helpers shared by the stores."""

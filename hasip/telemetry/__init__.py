@@ -1,0 +1,1 @@
+"""Structured logs, hot-path counters and Prometheus metrics."""
