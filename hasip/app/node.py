@@ -61,7 +61,7 @@ class Node:
             # Joined (not contending yet) before SIP is served, so that the
             # first call already uses the cluster's dispatcher sets.
             cluster = Cluster(self.config, self.proxy.transports.listeners)
-            cluster.acquired_hooks.append(self.proxy.pinger.ping_address)
+            cluster.acquired_hooks.append(self.proxy.ping_address)
             await cluster.start()
             control.shared = await cluster.share_dispatcher(services.dispatcher)
             if self.config.replication.listen is not None:

@@ -12,32 +12,35 @@ remote sequence number: RFC 3261 12.2.2 accepts it), along the part of
 the route set beyond this node. A 481 (the UA does not know the dialog),
 a 408, or ``dialog.keepalive_failures`` unanswered rounds in a row end the
 dialog (reason ``keepalive``) and a BYE goes to the end that is still
-there. Requests are stateless; answers match by branch.
+there. Requests go out through the node's own-request table
+(hasip/proxy/uac.py), which hears their answers and their deadlines; the
+shell calls :meth:`DialogKeepalive.round` on its clock.
 """
 
 from __future__ import annotations
 
-import os
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from hasip.dialog.dialog import CONFIRMED, ENDED_KEEPALIVE, Dialog
 from hasip.dialog.store import DialogStore
+from hasip.proxy.uac import OwnRequests
 from hasip.sip.errors import SipParseError
 from hasip.sip.headers import parse_name_addr, split_list
 from hasip.sip.uri import SipUri, parse_sip_uri
 from hasip.telemetry import metrics
 from hasip.telemetry.log import get_logger
 from hasip.transport.base import Destination, Listener
-from hasip.util.tasks import Periodic
 
 log = get_logger("hasip.dialog")
 
-BRANCH_PREFIX = "z9hG4bKka"
 CALLER, CALLEE = "caller", "callee"
 
 Resolve = Callable[[SipUri, Listener], Destination | None]
-Send = Callable[[bytes, Destination], object]
+
+# How long the answer to a dialog-ending BYE is waited for (timer F).
+BYE_TIMEOUT = 32.0
 
 
 @dataclass
@@ -53,79 +56,65 @@ class _Leg:
 
 class DialogKeepalive:
     def __init__(self, dialogs: DialogStore, listeners: dict[str, Listener],
-                 my_sent_by: set[str], resolve: Resolve, send: Send, interval: float,
+                 my_sent_by: set[str], resolve: Resolve, own: OwnRequests, interval: float,
                  failures: int = 2) -> None:
         self.dialogs = dialogs
         self.listeners = listeners
         self.my_sent_by = my_sent_by
         self.resolve = resolve
-        self.send = send
+        self.own = own
         self.interval = interval
         self.failures = failures
-        # branch -> (dialog id, side); answered ones are removed
-        self.outstanding: dict[str, tuple[str, str]] = {}
         self.missed: dict[tuple[str, str], int] = {}     # unanswered rounds in a row
-        self._tag = os.urandom(4).hex()
-        self._counter = 0
-        self._rounds = Periodic(interval, self.round, "dialog_keepalive")
 
-    def start(self) -> None:
-        self._rounds.start()
-
-    async def stop(self) -> None:
-        await self._rounds.stop()
-
-    def round(self) -> int:
-        """Count last round's unanswered keepalives, send this round's."""
-        for dialog_id, side in self.outstanding.values():
-            key = (dialog_id, side)
-            self.missed[key] = self.missed.get(key, 0) + 1
-            metrics.DIALOG_KEEPALIVES.inc("timeout")
-        self.outstanding.clear()
+    def round(self, now: float) -> int:
+        """End the dialogs an end of which missed too many rounds, send this
+        round's keepalives (a keepalive's deadline comes before the next
+        round: a tenth of an interval earlier, so that the loop's clock
+        resolution never lets a round start before it)."""
+        self.own.expire(now)        # last round's, before they are counted
         sent = 0
         for d in list(self.dialogs):
             for side in (CALLER, CALLEE):
                 if self.missed.get((d.id, side), 0) >= self.failures:
-                    self._dead(d, side, "no answer")
+                    self._dead(d, side, "no answer", now)
                     break
             else:
                 if d.state == CONFIRMED:
                     listener = self.listeners.get(d.socket)
                     if listener is not None and listener.active:
-                        sent += self._ping(d, listener, CALLER) + self._ping(d, listener, CALLEE)
+                        sent += (self._ping(d, listener, CALLER, now)
+                                 + self._ping(d, listener, CALLEE, now))
         live = {d.id for d in self.dialogs}
         self.missed = {k: v for k, v in self.missed.items() if k[0] in live}
         return sent
 
-    def _ping(self, d: Dialog, listener: Listener, side: str) -> int:
+    def _ping(self, d: Dialog, listener: Listener, side: str, now: float) -> int:
         leg = self._leg(d, side)
         if leg is None:
             return 0
-        self._counter += 1
-        branch = f"{BRANCH_PREFIX}{self._tag}{self._counter:x}"
-        if self._send(d, listener, leg, "OPTIONS", branch):
-            self.outstanding[branch] = (d.id, side)
+        if self._send(d, listener, leg, "OPTIONS", now, self.interval * 0.9,
+                      functools.partial(self._answered, d.id, side)):
             metrics.DIALOG_KEEPALIVES.inc("sent")
             return 1
         return 0
 
-    def answered(self, branch: str, status: int) -> bool:
-        """A response to one of our keepalives (True when it was one)."""
-        entry = self.outstanding.pop(branch, None)
-        if entry is None:
-            return branch.startswith(BRANCH_PREFIX)   # a late one, or a BYE's answer
-        dialog_id, side = entry
+    def _answered(self, dialog_id: str, side: str, status: int | None, now: float) -> None:
+        if status is None:
+            key = (dialog_id, side)
+            self.missed[key] = self.missed.get(key, 0) + 1
+            metrics.DIALOG_KEEPALIVES.inc("timeout")
+            return
         if status in (408, 481):
             metrics.DIALOG_KEEPALIVES.inc(str(status))
             d = self.dialogs.by_id.get(dialog_id)
             if d is not None:
-                self._dead(d, side, str(status))
-            return True
+                self._dead(d, side, str(status), now)
+            return
         metrics.DIALOG_KEEPALIVES.inc("answered")
         self.missed.pop((dialog_id, side), None)
-        return True
 
-    def _dead(self, d: Dialog, side: str, why: str) -> None:
+    def _dead(self, d: Dialog, side: str, why: str, now: float) -> None:
         """``side`` is gone: end the dialog, BYE the other end."""
         listener = self.listeners.get(d.socket)
         other = CALLEE if side == CALLER else CALLER
@@ -134,10 +123,8 @@ class DialogKeepalive:
         if self.dialogs.end(d, ENDED_KEEPALIVE) and listener is not None:
             leg = self._leg(d, other)
             if leg is not None:
-                self._counter += 1
                 leg.cseq += 1
-                self._send(d, listener, leg, "BYE",
-                           f"{BRANCH_PREFIX}{self._tag}{self._counter:x}")
+                self._send(d, listener, leg, "BYE", now, BYE_TIMEOUT, None)
         self.missed.pop((d.id, CALLER), None)
         self.missed.pop((d.id, CALLEE), None)
 
@@ -172,7 +159,8 @@ class DialogKeepalive:
         return isinstance(uri, SipUri) and (
             f"{uri.host.lower()}:{uri.default_port()}" in self.my_sent_by)
 
-    def _send(self, d: Dialog, listener: Listener, leg: _Leg, method: str, branch: str) -> bool:
+    def _send(self, d: Dialog, listener: Listener, leg: _Leg, method: str, now: float,
+              timeout: float, on_result: Callable[[int | None, float], None] | None) -> bool:
         hop_text = leg.routes[0] if leg.routes else leg.target
         try:
             hop = parse_sip_uri(parse_name_addr(hop_text, "Route").uri_text
@@ -182,12 +170,6 @@ class DialogKeepalive:
         dest = self.resolve(hop, listener)
         if dest is None:
             return False
-        route_lines = "".join(f"Route: {r}\r\n" for r in leg.routes)
-        data = (f"{method} {leg.target} SIP/2.0\r\n"
-                f"Via: SIP/2.0/{dest.transport.upper()} {listener.sent_by};branch={branch}"
-                f";rport\r\n{route_lines}"
-                f"From: {leg.from_}\r\nTo: {leg.to}\r\n"
-                f"Call-ID: {d.call_id}\r\nCSeq: {leg.cseq} {method}\r\n"
-                f"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode("latin-1", "replace")
-        self.send(data, dest)
-        return True
+        return self.own.send(method, leg.target, dest, now, timeout=timeout,
+                             on_result=on_result, from_=leg.from_, to=leg.to,
+                             call_id=d.call_id, cseq=leg.cseq, routes=leg.routes)

@@ -2,8 +2,9 @@
 ``nat.ping_interval`` seconds, sent from the socket the contact registered
 on (Kamailio nathelper's ``natping_interval`` with ``sipping``).
 
-Pings are stateless; a reply is matched by its branch. A ping not answered
-before the next round counts as failed.
+Pings go out through the node's own-request table (hasip/proxy/uac.py);
+one not answered within an interval counts as failed. The shell calls
+:meth:`NatPinger.ping_all` on its clock.
 
 In a cluster every node holds every binding, but only the node that holds
 a binding's socket (the owner of the VIP it registered through) can and
@@ -13,65 +14,45 @@ bindings at once (``ping_address``), not an interval later.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-
 from hasip.location.binding import Binding, parse_socket
 from hasip.location.store import LocationStore
+from hasip.proxy.uac import OwnRequests
 from hasip.telemetry import metrics
 from hasip.telemetry.log import get_logger
 from hasip.transport.base import Destination, Listener
-from hasip.util.tasks import Periodic
 
 log = get_logger("hasip.natping")
 
-BRANCH_PREFIX = "z9hG4bKnp"
-
-Send = Callable[[bytes, Destination], object]
-
 
 class NatPinger:
-    def __init__(self, store: LocationStore, listeners: dict[str, Listener], send: Send,
+    def __init__(self, store: LocationStore, listeners: dict[str, Listener], own: OwnRequests,
                  interval: float) -> None:
         self.store = store
         self.listeners = listeners
-        self.send = send
+        self.own = own
         self.interval = interval
-        self.outstanding: set[str] = set()
-        self._tag = os.urandom(4).hex()
-        self._counter = 0
-        self._rounds = Periodic(interval, self.ping_all, "nat_ping")
 
-    def start(self) -> None:
-        self._rounds.start()
-
-    async def stop(self) -> None:
-        await self._rounds.stop()
-
-    def ping_all(self) -> int:
-        """One round: count the unanswered pings of the last one, send new ones."""
-        if self.outstanding:
-            metrics.NAT_PINGS.inc("failed", amount=len(self.outstanding))
-            self.outstanding.clear()
+    def ping_all(self, now: float) -> int:
+        """One round: a ping to every NATed binding whose socket is ours."""
         sent = 0
         for binding in list(self.store.all()):
-            if binding.nat and self.ping(binding):
+            if binding.nat and self.ping(binding, now):
                 sent += 1
         return sent
 
-    def ping_address(self, address: str) -> int:
+    def ping_address(self, address: str, now: float) -> int:
         """Ping now the NATed bindings registered through ``address`` (a VIP
         this node just took over)."""
         sent = 0
         for binding in list(self.store.all()):
             where = parse_socket(binding.socket) if binding.nat else None
-            if where is not None and where[1] == address and self.ping(binding):
+            if where is not None and where[1] == address and self.ping(binding, now):
                 sent += 1
         if sent:
             log.info("nat_pings_resumed", address=address, bindings=sent)
         return sent
 
-    def ping(self, binding: Binding) -> bool:
+    def ping(self, binding: Binding, now: float) -> bool:
         if binding.received is None:
             return False
         where = parse_socket(binding.received)
@@ -80,26 +61,15 @@ class NatPinger:
             return False  # TCP keeps its own connection open
         if not listener.active:
             return False  # a VIP another node owns: that node pings it
-        self._counter += 1
-        branch = f"{BRANCH_PREFIX}{self._tag}{self._counter:x}"
-        sent_by = listener.sent_by
-        data = (f"OPTIONS {binding.contact} SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP {sent_by};branch={branch};rport\r\n"
-                f"From: <sip:keepalive@{sent_by}>;tag={self._tag}\r\n"
-                f"To: <{binding.contact}>\r\n"
-                f"Call-ID: {branch}@{sent_by}\r\n"
-                f"CSeq: 1 OPTIONS\r\n"
-                f"Max-Forwards: 70\r\n"
-                f"Content-Length: 0\r\n\r\n").encode("latin-1", "replace")
-        self.send(data, Destination("udp", (where[1], where[2]), listener))
-        self.outstanding.add(branch)
+        if not self.own.send("OPTIONS", binding.contact,
+                             Destination("udp", (where[1], where[2]), listener), now,
+                             timeout=self.interval, on_result=self._result,
+                             from_=f"<sip:keepalive@{listener.sent_by}>;tag={self.own.tag}"):
+            return False
         metrics.NAT_PINGS.inc("sent")
         return True
 
-    def answered(self, branch: str) -> bool:
-        """A response to one of our pings (any status keeps the binding open)."""
-        if branch in self.outstanding:
-            self.outstanding.discard(branch)
-            metrics.NAT_PINGS.inc("answered")
-            return True
-        return False
+    @staticmethod
+    def _result(status: int | None, now: float) -> None:
+        # Any answer means the NAT binding is open.
+        metrics.NAT_PINGS.inc("failed" if status is None else "answered")

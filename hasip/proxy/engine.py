@@ -35,6 +35,7 @@ from hasip.proxy.nat import fix_contact
 from hasip.proxy.resolver import Resolver, Target
 from hasip.proxy.script import RoutingScript
 from hasip.proxy.timers import TimerHeap
+from hasip.proxy.uac import OwnRequests
 from hasip.security.routetoken import PARAM_BYTES
 from hasip.sip.build import REASONS, make_cancel_for, make_response, make_response_from_raw
 from hasip.sip.errors import SipParseError
@@ -184,9 +185,9 @@ class Engine:
         self._out: list[Outgoing] = []
         self._waits: list[Wait] = []
         self.latencies: list[tuple[int, float]] = []
-        # Responses to requests the node sent itself (probes, NAT pings,
-        # dialog keepalives): the shell's own-request registry.
-        self.own_response: Callable[[Response, float], bool] | None = None
+        # The requests the node sends itself (probes, NAT pings, dialog
+        # keepalives): answered here, before stray responses.
+        self.own = OwnRequests(self._emit)
         self.script: RoutingScript = script(self)
 
     # -- the shell's side ----------------------------------------------------
@@ -205,10 +206,15 @@ class Engine:
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` wants calling next (None: no timer)."""
-        return self.timer_heap.next_deadline()
+        deadline = self.timer_heap.next_deadline()
+        own = self.own.next_deadline()
+        if own is not None and (deadline is None or own < deadline):
+            return own
+        return deadline
 
     def handle_timer(self, now: float) -> None:
         self.now = now
+        self.own.expire(now)
         for txn in self.timer_heap.due(now):
             actions = txn.handle_timer(now)
             if any(kind == SEND for kind, _ in actions):
@@ -466,8 +472,7 @@ class Engine:
             return
         txn = self.client_txns.get((branch or "", method))
         if txn is None:
-            own = self.own_response
-            if own is not None and own(resp, now):
+            if branch is not None and self.own.answer(branch, resp.status, now):
                 return
             forwarded = self._forward_stray(resp)
             metrics.STRAY_RESPONSES.labels("forwarded" if forwarded else "dropped").inc()

@@ -9,23 +9,20 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 from hasip.app.config import Config
 from hasip.app.services import Services
-from hasip.dialog.keepalive import BRANCH_PREFIX as KEEPALIVE_BRANCH
 from hasip.dialog.keepalive import DialogKeepalive
 from hasip.dispatcher.destinations import Destination as Node
-from hasip.dispatcher.probe import BRANCH_PREFIX as PROBE_BRANCH
 from hasip.dispatcher.probe import Prober
-from hasip.location.natping import BRANCH_PREFIX as NAT_PING_BRANCH
 from hasip.location.natping import NatPinger
 from hasip.proxy.context import Wait
 from hasip.proxy.engine import REQUEST, Engine
 from hasip.proxy.resolver import Resolver
 from hasip.proxy.routing import Router
 from hasip.proxy.timers import wake_up_time
-from hasip.sip.message import Response
 from hasip.sip.transaction import ClientTransaction
 from hasip.sip.uri import SipUri
 from hasip.telemetry import metrics
@@ -33,6 +30,7 @@ from hasip.telemetry.log import get_logger
 from hasip.transport.base import Connection, Destination, Listener, Source, send_datagram
 from hasip.transport.listeners import Listeners
 from hasip.transport.manager import Transports
+from hasip.util.tasks import Periodic
 
 log = get_logger("hasip.proxy")
 
@@ -49,7 +47,6 @@ class Proxy:
                                config.cluster.vip_addresses())
         self.transports = Transports(config, self.receive, loop, self.table)
         self.engine = Engine(config, self.services, self.table, Router, Resolver())
-        self.engine.own_response = self._own_response
         self._tasks: set[asyncio.Task[None]] = set()
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = math.inf
@@ -59,19 +56,24 @@ class Proxy:
         self.listeners_by_socket = self.table.by_socket
         if self.services.cdrs is not None:
             self.services.cdrs.owns = self.engine.owns_socket
-        self.pinger = NatPinger(self.services.location, self.listeners_by_socket,
-                                self.transports.send, config.nat.ping_interval)
+        own = self.engine.own
+        self.pinger = NatPinger(self.services.location, self.listeners_by_socket, own,
+                                config.nat.ping_interval)
         ds = config.dispatcher
         probe_from_vip = ds.probe_from == "vip"
         self.prober = Prober(self.services.dispatcher,
-                             lambda node: self.node_address(node, vip=probe_from_vip),
-                             self.transports.send,
+                             lambda node: self.node_address(node, vip=probe_from_vip), own,
                              ds.probe_interval, ds.probe_timeout, frozenset(ds.probe_codes))
         dc = config.dialog
         self.keepalive = DialogKeepalive(self.services.dialogs, self.listeners_by_socket,
-                                         self.table.sent_by, self._from_listener,
-                                         self.transports.send, dc.keepalive_interval,
-                                         dc.keepalive_failures)
+                                         self.table.sent_by, self._from_listener, own,
+                                         dc.keepalive_interval, dc.keepalive_failures)
+        # The rounds of the node's own requests, on the loop's clock.
+        self._rounds = [
+            Periodic(config.nat.ping_interval, self._round(self.pinger.ping_all), "nat_ping"),
+            Periodic(dc.keepalive_interval, self._round(self.keepalive.round),
+                     "dialog_keepalive"),
+        ]
         engine = self.engine
         metrics.TRANSACTIONS.labels("server").set_function(lambda: len(engine.server_txns))
         metrics.TRANSACTIONS.labels("client").set_function(lambda: len(engine.client_txns))
@@ -92,14 +94,16 @@ class Proxy:
 
     async def start(self) -> None:
         await self.transports.start()
-        self.pinger.start()
-        self.prober.start()
-        self.keepalive.start()
+        period = self.prober.period
+        if period > 0:
+            self._rounds.append(Periodic(period, self._round(self.prober.round), "probe",
+                                         immediately=True))
+        for rounds in self._rounds:
+            rounds.start()
 
     async def stop(self) -> None:
-        await self.pinger.stop()
-        await self.prober.stop()
-        await self.keepalive.stop()
+        for rounds in self._rounds:
+            await rounds.stop()
         for task in list(self._tasks):
             task.cancel()
         await self.transports.stop()
@@ -190,18 +194,18 @@ class Proxy:
 
     # -- the node's own requests ---------------------------------------------
 
-    def _own_response(self, resp: Response, now: float) -> bool:
-        try:
-            branch = resp.top_branch() or ""
-        except Exception:
-            return False
-        if branch.startswith(PROBE_BRANCH):
-            self.prober.answered(branch, resp.status, now)
-            return True
-        if branch.startswith(KEEPALIVE_BRANCH):
-            self.keepalive.answered(branch, resp.status)
-            return True
-        return branch.startswith(NAT_PING_BRANCH) and self.pinger.answered(branch)
+    def _round(self, round_: Callable[[float], object]) -> Callable[[], None]:
+        """One round of own requests now, then what it produced sent."""
+        def run() -> None:
+            round_(self.loop.time())
+            self._flush()
+        return run
+
+    def ping_address(self, address: str) -> int:
+        """Ping now the NATed bindings of a VIP this node just took over."""
+        sent = self.pinger.ping_address(address, self.loop.time())
+        self._flush()
+        return sent
 
     def node_address(self, node: Node, vip: bool = False) -> Destination | None:
         return self.engine.node_address(node, None, vip, self.loop.time())

@@ -24,13 +24,16 @@ async def cancel(task: asyncio.Task[Any] | None) -> None:
 
 class Periodic:
     """``round_`` every ``interval`` seconds between :meth:`start` and
-    :meth:`stop` (never when ``interval`` is 0); a round that raises is
-    logged (``{name}_round_failed``) and the next one runs."""
+    :meth:`stop` (never when ``interval`` is 0; the first at once when
+    ``immediately``); a round that raises is logged
+    (``{name}_round_failed``) and the next one runs."""
 
-    def __init__(self, interval: float, round_: Callable[[], object], name: str) -> None:
+    def __init__(self, interval: float, round_: Callable[[], object], name: str,
+                 immediately: bool = False) -> None:
         self.interval = interval
         self.round = round_
         self.name = name
+        self.immediately = immediately
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -42,8 +45,11 @@ class Periodic:
         self._task = None
 
     async def _run(self) -> None:
+        wait = not self.immediately
         while True:
-            await asyncio.sleep(self.interval)
+            if wait:
+                await asyncio.sleep(self.interval)
+            wait = True
             try:
                 self.round()
             except Exception:

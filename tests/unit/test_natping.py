@@ -7,6 +7,7 @@ from __future__ import annotations
 from hasip.location.binding import FLAG_NAT, Binding
 from hasip.location.natping import NatPinger
 from hasip.location.store import LocationStore
+from hasip.proxy.uac import OwnRequests
 from hasip.transport.base import Destination, Listener
 
 
@@ -22,11 +23,11 @@ def test_only_the_holder_of_a_bindings_socket_pings_it() -> None:
                   now=1000.0)
     sent: list[tuple[bytes, Destination]] = []
     pinger = NatPinger(store, {vip.socket: vip, own.socket: own},
-                       lambda data, dest: sent.append((data, dest)), 10.0)
-    assert pinger.ping_all() == 1
+                       OwnRequests(lambda data, dest: sent.append((data, dest))), 10.0)
+    assert pinger.ping_all(1000.0) == 1
     assert sent[0][1].listener is own and sent[0][0].startswith(b"OPTIONS sip:1002@")
     # this node takes the VIP over: its binding is pinged at once, from the VIP
     vip.active = True
-    assert pinger.ping_address("198.18.0.100") == 1
+    assert pinger.ping_address("198.18.0.100", 1000.0) == 1
     assert sent[1][1].listener is vip and sent[1][1].addr == ("198.18.0.50", 40000)
     assert sent[1][0].startswith(b"OPTIONS sip:1001@")
