@@ -313,6 +313,17 @@ class NatConfig:
 
 
 @dataclass
+class DnsConfig:
+    """The next hops' resolver (hasip/proxy/resolver.py): the system
+    resolver reports no TTL, so names live ``ttl`` seconds in the cache,
+    failures ``negative_ttl``, and it holds at most ``max_entries`` names."""
+
+    ttl: float = 300.0
+    negative_ttl: float = 30.0
+    max_entries: int = 4096
+
+
+@dataclass
 class Config:
     """The whole file: one attribute per TOML section, named as the section."""
 
@@ -331,6 +342,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     radius: RadiusConfig = field(default_factory=RadiusConfig)
     nat: NatConfig = field(default_factory=NatConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
     dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
     dialog: DialogConfig = field(default_factory=DialogConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -968,6 +980,14 @@ def _nat_section(cfg: Config, sec: _Section) -> None:
     sec.finish()
 
 
+def _dns_section(cfg: Config, sec: _Section) -> None:
+    d = cfg.dns
+    d.ttl = sec.number("ttl", d.ttl, 1.0, 86400.0)
+    d.negative_ttl = sec.number("negative_ttl", d.negative_ttl, 0.0, 3600.0)
+    d.max_entries = sec.integer("max_entries", d.max_entries, 1, 1_000_000)
+    sec.finish()
+
+
 # The sections, each with its parser, in the order they are read (a section
 # may look at one before it: cluster and dispatcher at sip.listen, radius at
 # auth.source, replication at cluster.zookeeper). Each is the Config
@@ -987,6 +1007,7 @@ _SECTIONS: dict[str, Callable[[Config, _Section], None]] = {
     "auth": _auth_section,
     "radius": _radius_section,
     "nat": _nat_section,
+    "dns": _dns_section,
     "dispatcher": _dispatcher_section,
     "dialog": _dialog_section,
     "cluster": _cluster_section,

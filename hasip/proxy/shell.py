@@ -46,7 +46,9 @@ class Proxy:
         self.table = Listeners(((a.transport, a.host, a.port) for a in config.sip.listen),
                                config.cluster.vip_addresses())
         self.transports = Transports(config, self.receive, loop, self.table)
-        self.engine = Engine(config, self.services, self.table, Router, Resolver())
+        dns = config.dns
+        self.engine = Engine(config, self.services, self.table, Router,
+                             Resolver(dns.ttl, dns.negative_ttl, dns.max_entries))
         self._tasks: set[asyncio.Task[None]] = set()
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = math.inf

@@ -93,7 +93,7 @@ class Lab:
 
     def __init__(self, targets: list[str] | None = None,
                  script: Callable[[Engine], RoutingScript] | None = None,
-                 config: Config | None = None) -> None:
+                 config: Config | None = None, resolver: Resolver | None = None) -> None:
         self.config = config or Config(metrics=MetricsConfig(listen=None))
         self.config.auth.demo_users = True
         self.now = 1000.0
@@ -110,7 +110,7 @@ class Lab:
             return self.fork
 
         self.engine = Engine(self.config, services, self.listeners, make,
-                             Resolver(), unique="lab")
+                             resolver or Resolver(), unique="lab")
         self.sent: list[Sent] = []
         self.waits: list[Wait] = []
 
