@@ -59,6 +59,7 @@ MODULES = (
     "hasip.proxy.nat",
     "hasip.proxy.resolver",
     "hasip.proxy.context",
+    "hasip.proxy.uac",
     "hasip.proxy.engine",
     "hasip.proxy.shell",
     "hasip.proxy.routing",
