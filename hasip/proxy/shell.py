@@ -50,6 +50,7 @@ class Proxy:
         self.transports = Transports(config, self.receive, loop, self.table)
         self.engine = Engine(config, self.services, self.table, Router, Resolver())
         self.engine.own_response = self._own_response
+        self.engine.flow = self.transports.flow
         self._tasks: set[asyncio.Task[None]] = set()
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = math.inf
