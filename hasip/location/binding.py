@@ -10,6 +10,10 @@ from hasip.util.ids import id_maker
 
 # Contact flags (the table's ``flags`` column).
 FLAG_NAT = 1
+# An RFC 5626 outbound registration: the REGISTER supported or required
+# ``outbound`` and the Contact had +sip.instance and reg-id. Its flow is the
+# only way to the phone (no fallback to the Contact, 430 when it is gone).
+FLAG_OUTBOUND = 2
 
 
 # A record id unique across the cluster (the location table's ruid).
@@ -64,6 +68,10 @@ class Binding:
     @property
     def nat(self) -> bool:
         return bool(self.flags & FLAG_NAT)
+
+    @property
+    def outbound(self) -> bool:
+        return bool(self.flags & FLAG_OUTBOUND) and self.instance is not None and self.reg_id > 0
 
     def remaining(self, now: float) -> int:
         return max(0, int(self.expires - now + 0.5))

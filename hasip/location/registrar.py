@@ -11,7 +11,7 @@ from __future__ import annotations
 import email.utils
 from dataclasses import dataclass
 
-from hasip.location.binding import FLAG_NAT, Binding, new_ruid
+from hasip.location.binding import FLAG_NAT, FLAG_OUTBOUND, Binding, new_ruid
 from hasip.location.store import LocationStore
 from hasip.sip.errors import SipParseError
 from hasip.sip.grammar import is_digits
@@ -140,6 +140,19 @@ def _parse_contacts(req: Request, policy: Policy) -> list[_Wanted] | str | Outco
     return wanted
 
 
+def _option_tags(req: Request, key: bytes) -> list[str]:
+    tags: list[str] = []
+    for value in req.get_all(key):
+        tags += [t.strip().lower() for t in value.decode("latin-1").split(",")]
+    return tags
+
+
+def supports_outbound(req: Request) -> bool:
+    """The UA speaks RFC 5626 outbound (``outbound`` in Supported or Require)."""
+    return "outbound" in _option_tags(req, b"supported") or (
+        "outbound" in _option_tags(req, b"require"))
+
+
 def _same_binding(b: Binding, w: _Wanted, key: str) -> bool:
     if w.instance is not None and b.instance is not None:
         # RFC 5626: one flow per (instance, reg-id); RFC 5627 without reg-id.
@@ -191,6 +204,10 @@ def register(req: Request, aor: str, store: LocationStore, policy: Policy, origi
         return Outcome(403, b"Forbidden (too many registered contacts)",
                        result="too_many_contacts")
     flags = FLAG_NAT if origin.nat else 0
+    # RFC 5626 6: a flow registration needs the UA's outbound support and
+    # both +sip.instance and reg-id; the 200 then requires outbound.
+    outbound = supports_outbound(req)
+    flow_registered = False
     ua = req.get_str(b"user-agent") or ""
     unregistered = bool(plan) and all(w.expires == 0 for _, w in plan)
     for old, w in plan:
@@ -199,13 +216,20 @@ def register(req: Request, aor: str, store: LocationStore, policy: Policy, origi
                 store.delete(old)
             continue
         expires = min(w.expires, policy.max_expires)
+        wflags = flags
+        if outbound and w.instance is not None and w.reg_id > 0:
+            wflags |= FLAG_OUTBOUND
+            flow_registered = True
         binding = Binding(aor=aor, contact=w.contact, expires=now + expires, call_id=call_id,
                           cseq=cseq, q=w.q, instance=w.instance, reg_id=w.reg_id, path=path,
                           received=origin.received, socket=origin.socket, user_agent=ua[:255],
-                          flags=flags, ruid=old.ruid if old is not None else new_ruid())
+                          flags=wflags, ruid=old.ruid if old is not None else new_ruid())
         store.put(binding, now)
     result = "query" if not plan else ("unregistered" if unregistered else "ok")
-    return _ok(store, aor, now, path, result)
+    outcome = _ok(store, aor, now, path, result)
+    if flow_registered:
+        outcome.headers.append(b"Require: outbound")
+    return outcome
 
 
 def _ok(store: LocationStore, aor: str, now: float, path: tuple[str, ...],

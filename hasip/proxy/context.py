@@ -88,7 +88,8 @@ class ResponseContext:
     """A server transaction and the branches forwarded for it (RFC 3261 16.7)."""
 
     __slots__ = ("branches", "cancelled", "dialog", "ds_current", "ds_rest", "final_sent",
-                 "key", "location", "nat", "reply_dest", "request", "server", "source")
+                 "flows_failed", "key", "location", "nat", "reply_dest", "request", "server",
+                 "source")
 
     def __init__(self, server: ServerTransaction | None, request: Request, source: Source,
                  reply_dest: Destination, key: tuple[str, ...] | None = None) -> None:
@@ -110,6 +111,8 @@ class ResponseContext:
         self.dialog: Dialog | None = None
         # A location lookup: the q-groups of contacts not tried yet.
         self.location: list[list[Binding]] | None = None
+        # Outbound (RFC 5626) contacts not tried because their flow is gone.
+        self.flows_failed = 0
         # A dispatcher choice: the destination tried now, the ones left.
         self.ds_current: Node | None = None
         self.ds_rest: list[Node] | None = None

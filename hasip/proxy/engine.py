@@ -67,7 +67,7 @@ from hasip.sip.transaction import (
 from hasip.sip.uri import SipUri, Uri
 from hasip.telemetry import metrics
 from hasip.telemetry.log import get_logger
-from hasip.transport.base import Destination, Listener, Source
+from hasip.transport.base import Connection, Destination, Listener, Source
 from hasip.transport.listeners import Listeners
 from hasip.util.ids import hex8
 
@@ -142,6 +142,11 @@ def fix_via(req: Request, addr: tuple[str, int]) -> None:
     req.set_line(i, raw[:raw.index(b":") + 1] + b" " + ", ".join(values).encode("latin-1"))
 
 
+def no_flow(addr: tuple[str, int], listener: Listener) -> Connection | None:
+    """The flow lookup of an engine without transports: no connection is open."""
+    return None
+
+
 class Engine:
     """A stateful proxy's transactions and section-16 logic for one node."""
 
@@ -188,6 +193,9 @@ class Engine:
         # The requests the node sends itself (probes, NAT pings, dialog
         # keepalives): answered here, before stray responses.
         self.own = OwnRequests(self._emit)
+        # The open stream connection with a peer on one of our listeners
+        # (the shell's transports answer): a registered TCP phone's flow.
+        self.flow: Callable[[tuple[str, int], Listener], Connection | None] = no_flow
         self.script: RoutingScript = script(self)
 
     # -- the shell's side ----------------------------------------------------
@@ -527,7 +535,8 @@ class Engine:
         if not resp.has(b"via"):
             return
         if branch.nat and status < 300:
-            fix_contact(resp, branch.dest.addr)
+            dest = branch.dest
+            fix_contact(resp, dest.addr, dest.transport if dest.reliable else "")
         keys = resp.keys
         if (b"p-asserted-identity" in keys or b"remote-party-id" in keys) and not (
                 self.services.is_trusted(*branch.dest.addr)):

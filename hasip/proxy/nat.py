@@ -71,17 +71,26 @@ def behind_nat(msg: SipMessage, src: tuple[str, int], tests: list[str]) -> bool:
     return False
 
 
-def fix_contact(msg: SipMessage, addr: tuple[str, int]) -> bool:
+def fix_contact(msg: SipMessage, addr: tuple[str, int], stream: str = "") -> bool:
     """Rewrite the host and port of the first Contact to ``addr``
-    (``fix_nated_contact``); False when there is no SIP Contact."""
+    (``fix_nated_contact``); False when there is no SIP Contact.
+
+    ``stream`` names the transport of the connection ``addr`` is the far
+    end of ("tcp"): the Contact then says ``transport=tcp`` too, so that a
+    request to it reuses that connection (nothing listens at a connection's
+    ephemeral port, and a datagram there goes nowhere)."""
     uri = _contact_uri(msg)
     if uri is None:
         return False
     host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
-    if uri.host == host and uri.port == addr[1]:
+    params = dict(uri.params)
+    if stream:
+        for name in [n for n in params if n.lower() == "transport"]:
+            del params[name]
+        params["transport"] = stream
+    if uri.host == host and uri.port == addr[1] and params == uri.params:
         return False
-    fixed = SipUri(uri.scheme, uri.user, host, addr[1], dict(uri.params), uri.headers,
-                   uri.password)
+    fixed = SipUri(uri.scheme, uri.user, host, addr[1], params, uri.headers, uri.password)
     i = msg.keys.index(b"contact")
     raw = msg.raws[i]
     old = uri.text.encode("latin-1")

@@ -26,7 +26,7 @@ from hasip.sip.message import Request, Response
 from hasip.sip.uri import SipUri, Uri, parse_uri
 from hasip.telemetry import metrics
 from hasip.telemetry.log import get_logger
-from hasip.transport.base import Destination
+from hasip.transport.base import Destination, Listener
 
 log = get_logger("hasip.routing")
 
@@ -288,10 +288,11 @@ class Router:
         ctx.force_rport()
         if ctx.rc is not None:
             ctx.rc.nat = True
-        if req.method != "REGISTER" and src.conn is None:
+        if req.method != "REGISTER":
             # The registrar keeps the contact as sent and records the source
-            # (fix_nated_register); other requests get a reachable Contact.
-            fix_contact(req, src.addr)
+            # (fix_nated_register); other requests get a reachable Contact:
+            # the NAT's public side, or (a stream) the caller's connection.
+            fix_contact(req, src.addr, "" if src.conn is None else src.listener.transport)
 
     # -- credentials and identities (RFC 3261 22.3, RFC 3325) ------------------------
 
@@ -440,6 +441,7 @@ class Router:
     def fork(self, ctx: RequestContext, bindings: list[Binding]) -> bool:
         """One branch per binding; False when none could be sent."""
         sent = False
+        rc = ctx.rc
         for b in bindings:
             try:
                 uri = parse_uri(b.contact)
@@ -447,30 +449,86 @@ class Router:
                 continue
             if not isinstance(uri, SipUri):
                 continue
-            if ctx.forward(request_uri=uri, dest=self.binding_destination(b), routes=b.path,
-                           nat=b.nat):
+            dest = self.binding_destination(b)
+            if dest is None and self.flow_gone(b):
+                if b.outbound:
+                    # RFC 5626 5.3: an outbound registration is reached over
+                    # its flow or not at all (the Contact may be anywhere).
+                    log.info("flow_failed", aor=b.aor, call_id=ctx.request.call_id,
+                             flow=b.received)
+                    if rc is not None:
+                        rc.flows_failed += 1
+                    continue
+                # RFC 3261 16.5: the connection the phone registered on is
+                # gone (a restart, a takeover): the Contact it registered.
+                dest = self.contact_destination(b, uri)
+            before = len(rc.branches) if rc is not None else 0
+            if ctx.forward(request_uri=uri, dest=dest, routes=b.path, nat=b.nat):
                 sent = True
+                if rc is not None and len(rc.branches) > before:
+                    rc.branches[-1].binding = b
         return sent
 
+    def _binding_listener(self, b: Binding, transport: str, host: str) -> Listener | None:
+        """The socket ``b`` registered on, or one of ``transport`` that reaches ``host``."""
+        listener = self.proxy.listeners_by_socket.get(b.socket)
+        if listener is None or listener.transport != transport:
+            listener = self.proxy.listeners.listener_for(
+                transport, socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        return listener
+
     def binding_destination(self, b: Binding) -> Destination | None:
-        """The recorded source of a NATed or TCP contact, sent from the socket
-        it registered on; None: resolve the contact (or its Path)."""
+        """The recorded source of a NATed contact (UDP), or the open
+        connection a contact registered over (TCP, its flow), sent from the
+        socket it registered on; None: resolve the contact (or its Path)."""
         if b.path or b.received is None:
             return None
         where = parse_socket(b.received)
         if where is None:
             return None
         transport, host, port = where
-        listener = self.proxy.listeners_by_socket.get(b.socket)
-        if listener is None or listener.transport != transport:
-            listener = self.proxy.listeners.listener_for(
-                transport, socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        listener = self._binding_listener(b, transport, host)
         if listener is None:
             return None
-        return Destination(transport, (host, port), listener)
+        if transport == "udp":
+            return Destination(transport, (host, port), listener)
+        # A stream: the phone's connection if it is still open (its source
+        # port is ephemeral: nothing listens there once it has closed).
+        conn = self.proxy.flow((host, port), listener) if listener.active else None
+        if conn is None:
+            return None
+        return Destination(transport, (host, port), listener, conn)
+
+    def flow_gone(self, b: Binding) -> bool:
+        """``b`` registered over a stream connection that is no longer open."""
+        if b.path or b.received is None:
+            return False
+        where = parse_socket(b.received)
+        return where is not None and where[0] != "udp" and (
+            self.binding_destination(b) is None)
+
+    def contact_destination(self, b: Binding, uri: SipUri) -> Destination | None:
+        """Where ``b``'s Contact is, from the socket it registered on when
+        that one reaches it; None: the engine resolves the Contact itself."""
+        dest = self.proxy.resolve(uri, self.proxy.now)
+        if dest is None:
+            return None
+        listener = self.proxy.listeners_by_socket.get(b.socket)
+        if listener is None or listener is dest.listener or not self.proxy.listeners.can_reach(
+                listener, dest.transport, dest.listener.family, dest.addr[0]):
+            return dest
+        return Destination(dest.transport, dest.addr, listener)
+
+    @staticmethod
+    def _flow_failure(branch: Branch) -> bool:
+        """A branch sent over an outbound flow that broke before it got an answer."""
+        b = branch.binding
+        return b is not None and b.outbound and branch.final is None and (
+            branch.final_status == 503)
 
     def next_contacts(self, ctx: RequestContext) -> bool:
-        """Fork to the next q-group; False when there is none left (480)."""
+        """Fork to the next q-group; False when there is none left (480, or
+        430 when every contact was an outbound flow that is gone)."""
         rc = ctx.rc
         assert rc is not None
         groups = rc.location
@@ -479,7 +537,12 @@ class Router:
             if self.fork(ctx, groups.pop(0)):
                 return True
         if not rc.branches or all(b.final is None for b in rc.branches):
-            ctx.reply(480, b"Temporarily Unavailable")
+            if (rc.flows_failed or rc.branches) and all(
+                    self._flow_failure(b) for b in rc.branches):
+                # RFC 5626 5.3
+                ctx.reply(430, b"Flow Failed")
+            else:
+                ctx.reply(480, b"Temporarily Unavailable")
             return True
         return False
 

@@ -49,6 +49,7 @@ class Proxy:
         dns = config.dns
         self.engine = Engine(config, self.services, self.table, Router,
                              Resolver(dns.ttl, dns.negative_ttl, dns.max_entries))
+        self.engine.flow = self.transports.flow
         self._tasks: set[asyncio.Task[None]] = set()
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = math.inf

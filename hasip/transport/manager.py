@@ -46,6 +46,34 @@ def _freebind_socket(listener: Listener) -> socket.socket:
     return sock
 
 
+def local_address(listener: Listener) -> tuple[str, int] | None:
+    """Where an outgoing connection from ``listener`` binds: its IP and an
+    ephemeral port, so that the packets leave from the address our Via and
+    Record-Route name (a VIP's, the node's); None for a wildcard listener
+    (the kernel's choice is as good as any)."""
+    if listener.host in ("0.0.0.0", "::"):
+        return None
+    return (listener.host, 0)
+
+
+def outgoing_socket(listener: Listener) -> socket.socket:
+    """A non-blocking TCP socket bound to ``listener``'s address (see
+    :func:`local_address`), with IP_FREEBIND: a VIP listener's address may
+    be up on this host only since a moment, or be going."""
+    sock = socket.socket(listener.family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        local = local_address(listener)
+        if local is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+            sock.bind(local)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class Transports:
     """The node's sockets: UDP listeners, TCP servers and TCP connections
     (keyed by peer address so that both directions reuse one connection)."""
@@ -60,8 +88,10 @@ class Transports:
             config.cluster.vip_addresses())
         self.listeners = self.table.all
         self._servers: list[asyncio.AbstractServer] = []
-        # Open connections by peer address, for reuse in both directions.
-        self._conns: dict[tuple[str, int], TcpConnection] = {}
+        # Open connections by (peer address, our listener), for reuse in both
+        # directions: a connection leaves from its listener's address, so one
+        # opened from another listener is not the same flow.
+        self._conns: dict[tuple[tuple[str, int], Listener], TcpConnection] = {}
         # Every open connection (a peer address may have two for a moment):
         # what the limits count, the idle sweep walks and stop() closes.
         self._live: set[TcpConnection] = set()
@@ -144,12 +174,13 @@ class Transports:
             return False
         self._live.add(conn)
         self._suspects.add(conn)  # until its first message
-        self._conns.setdefault(conn.peer, conn)
+        self._conns.setdefault((conn.peer, conn.listener), conn)
         return True
 
     def _forget(self, conn: TcpConnection) -> None:
-        if self._conns.get(conn.peer) is conn:
-            del self._conns[conn.peer]
+        key = (conn.peer, conn.listener)
+        if self._conns.get(key) is conn:
+            del self._conns[key]
         if conn in self._live:
             self._live.discard(conn)
             if conn.accepted:
@@ -166,13 +197,21 @@ class Transports:
             return self._failed("tcp", on_error)
         conn = dest.conn
         if conn is None or conn.closed:
-            conn = self._conns.get(dest.addr)
+            conn = self._conns.get((dest.addr, dest.listener))
         if (conn is None or conn.closed) and dest.fallback is not None:
             dest = Destination(dest.transport, dest.fallback, dest.listener)
-            conn = self._conns.get(dest.addr)
+            conn = self._conns.get((dest.addr, dest.listener))
         if conn is None or conn.closed:
             conn = self._connect(dest)
         return conn.write(data, on_error)
+
+    def flow(self, addr: tuple[str, int], listener: Listener) -> TcpConnection | None:
+        """The open connection with ``addr`` on ``listener`` (accepted or
+        ours), if there is one: a registered TCP phone's flow (RFC 5626)."""
+        conn = self._conns.get((addr, listener))
+        if conn is None or conn.closed or conn.aborted:
+            return None
+        return conn
 
     def _failed(self, transport: str, on_error: ErrorCallback | None) -> bool:
         metrics.TRANSPORT_ERRORS.labels(transport).inc()
@@ -187,22 +226,31 @@ class Transports:
                              self.config.tcp.max_write_buffer, self._forget, self.loop,
                              on_partial=self._suspects.add, on_fault=self._fault)
         conn.peer = dest.addr
-        self._conns[dest.addr] = conn
+        self._conns[(dest.addr, dest.listener)] = conn
         self._live.add(conn)
         self._outbound += 1
         self.loop.create_task(self._open(conn, dest))
         return conn
 
     async def _open(self, conn: TcpConnection, dest: Destination) -> None:
+        sock: socket.socket | None = None
         try:
-            await asyncio.wait_for(self.loop.create_connection(
-                lambda: conn, dest.addr[0], dest.addr[1], family=dest.listener.family), 5.0)
+            sock = outgoing_socket(dest.listener)
+            await asyncio.wait_for(self._dial(conn, sock, dest.addr), 5.0)
         except (TimeoutError, OSError) as exc:
+            if sock is not None and conn.transport is None:
+                sock.close()
             metrics.TRANSPORT_ERRORS.labels("tcp").inc()
-            log.info("tcp_connect_failed", peer=f"{dest.addr[0]}:{dest.addr[1]}", error=str(exc))
+            log.info("tcp_connect_failed", peer=f"{dest.addr[0]}:{dest.addr[1]}",
+                     local=dest.listener.host, error=str(exc))
             conn.connection_failed()
         else:
-            self._conns[conn.peer] = conn
+            self._conns[(conn.peer, dest.listener)] = conn
+
+    async def _dial(self, conn: TcpConnection, sock: socket.socket,
+                    addr: tuple[str, int]) -> None:
+        await self.loop.sock_connect(sock, addr)
+        await self.loop.create_connection(lambda: conn, sock=sock)
 
     async def _sweep(self) -> None:
         """Close what holds a connection for nothing. Every ``tick`` (a

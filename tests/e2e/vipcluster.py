@@ -37,6 +37,7 @@ class Cluster:
         self.replication = replication
         self.users_file = users_file
         self.replication_extra: dict = {}     # more [replication] keys for every node
+        self.extra_listen: list[str] = []     # more sip.listen entries for every node
         # auth.trusted of every node: the whole LAN unless a test says otherwise.
         self.trusted = ["198.18.0.0/24"]
         self.nodes: dict[str, subprocess.Popen[bytes]] = {}
@@ -55,7 +56,7 @@ class Cluster:
         cfg = {
             "node": {"name": name},
             "sip": {"listen": [f"udp:{VIP_A}:5060", f"udp:{VIP_B}:5060",
-                               f"udp:198.18.0.1{index}:5060"]},
+                               f"udp:198.18.0.1{index}:5060", *self.extra_listen]},
             "metrics": {"listen": "127.0.0.1:9060"},
             "control": {"listen": "127.0.0.1:9061", "token_file": str(self.token_file)},
             "location": {"backend": "memory"},
@@ -174,7 +175,8 @@ def vip_cluster(tmp_path: Path, zk_servers: int, replication: bool = False,
                 users_file: Path | None = None,
                 nodes: tuple[str, ...] = ("n1", "n2", "n3"),
                 replication_extra: dict | None = None,
-                trusted: list[str] | None = None) -> Iterator[Cluster]:
+                trusted: list[str] | None = None,
+                extra_listen: list[str] | None = None) -> Iterator[Cluster]:
     """The running cluster (``nodes`` started), VIP_A on n1 and VIP_B on n2;
     torn down after."""
     lab = Lab(f"hk{os.getpid() % 10000}").create()
@@ -189,6 +191,7 @@ def vip_cluster(tmp_path: Path, zk_servers: int, replication: bool = False,
         zk = ZooKeeper(tmp_path, ZK_IP, count=zk_servers, netns=lab.ns("zk")).start()
         c = Cluster(lab, zk, tmp_path, replication, users_file)
         c.replication_extra = replication_extra or {}
+        c.extra_listen = extra_listen or []
         if trusted is not None:
             c.trusted = trusted
         for name in nodes:
