@@ -91,11 +91,14 @@ class WriteBehind(Generic[T]):
             return True
         try:
             await self._write([item for _, item in taken])
+        except asyncio.CancelledError:
+            # stop() while a batch was being written: whether it reached
+            # the database is unknown, so it stays queued for the final
+            # flush (the writes are idempotent upserts).
+            self._requeue(taken)
+            raise
         except Exception as exc:
-            for key, item in reversed(taken):
-                if key not in self.pending:
-                    self.pending[key] = item
-                    self.pending.move_to_end(key, last=False)
+            self._requeue(taken)
             self.stats.errors.labels(self.backend_name).inc()
             if self.healthy:
                 log.warning(f"{self.what}_store_down", backend=self.backend_name,
@@ -108,6 +111,14 @@ class WriteBehind(Generic[T]):
         self.healthy = True
         self.stats.writes.labels(self.backend_name).inc(len(taken))
         return True
+
+    def _requeue(self, taken: list[tuple[str, T]]) -> None:
+        """Put a batch that was not written back in front (unless a newer
+        item for the same key replaced it meanwhile)."""
+        for key, item in reversed(taken):
+            if key not in self.pending:
+                self.pending[key] = item
+                self.pending.move_to_end(key, last=False)
 
     async def flush(self, timeout: float) -> bool:
         """Write everything pending, for at most ``timeout`` seconds (shutdown)."""

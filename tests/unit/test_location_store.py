@@ -98,3 +98,41 @@ def test_users_file(tmp_path: Path) -> None:
         assert ":1:" in str(exc) and "HA1" in str(exc)
     else:
         raise AssertionError("a bad HA1 was accepted")
+
+
+def test_a_batch_being_written_when_the_writer_stops_is_written_by_the_final_flush(
+        tmp_path: Path) -> None:
+    """Shutdown cancels the writer's task: a batch it was writing then is
+    not lost (it was, and a TCP phone's binding with it after a restart)."""
+    db = str(tmp_path / "loc.db")
+
+    class SlowFirstWrite(SqliteBackend):
+        writes = 0
+
+        async def write(self, puts: list[Binding], deletes: list[str]) -> None:
+            self.writes += 1
+            if self.writes == 1:
+                await asyncio.sleep(10)          # still writing when stop() comes
+            await super().write(puts, deletes)
+
+    async def life() -> None:
+        backend = SlowFirstWrite(db)
+        await backend.open()
+        store = LocationStore("n1")
+        writer = WriteBehind(backend, interval=0.0)
+        store.subscribe(writer.on_change)
+        writer.start()
+        store.put(binding("alice", "sip:a@192.0.2.1"))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if backend.writes:
+                break
+        assert backend.writes == 1 and not writer.pending     # taken, being written
+        await writer.stop()
+        assert len(writer.pending) == 1                       # back in the queue
+        assert await writer.flush(5.0)
+        await backend.close()
+
+    asyncio.run(life())
+    rows = sqlite3.connect(db).execute("SELECT username FROM location").fetchall()
+    assert rows == [("alice",)]
