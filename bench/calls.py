@@ -30,13 +30,17 @@ from ladder import Balancer, HasipBalancer, KamailioBalancer, bench, free_port, 
 from hasip.demo.sipp import Sipp, wait_for_stats  # noqa: E402
 
 
-def hasip(work: Path, hops: list[int], loop: str) -> Balancer:
+def hasip_sections(hops: list[int], loop: str) -> str:
+    """What the benchmark's node adds to the common settings."""
     hop_list = ", ".join(f'"sip:127.0.0.1:{p}"' for p in hops)
-    return HasipBalancer(work, f"hasip ({loop})",
-                         f'[node]\nevent_loop = "{loop}"\n[routing]\nnext_hop = [{hop_list}]\n'
-                         # SIPp plays a PSTN gateway: a trusted peer, as Kamailio's
-                         # reference config routes without authentication.
-                         '[auth]\ntrusted = ["127.0.0.1/32"]\ndemo_users = true\n')
+    return (f'[node]\nevent_loop = "{loop}"\n[routing]\nnext_hop = [{hop_list}]\n'
+            # SIPp plays a PSTN gateway: a trusted peer, as Kamailio's
+            # reference config routes without authentication.
+            '[auth]\ntrusted = ["127.0.0.1/32"]\ndemo_users = true\n')
+
+
+def hasip(work: Path, hops: list[int], loop: str) -> Balancer:
+    return HasipBalancer(work, f"hasip ({loop})", hasip_sections(hops, loop))
 
 
 def kamailio(work: Path, hops: list[int]) -> Balancer:

@@ -95,7 +95,8 @@ class HasipBalancer(Balancer):
     """A hasip node on a free UDP port; ``sections`` is TOML added to the
     benchmark's common settings (quiet logs, no control API)."""
 
-    def __init__(self, work: Path, name: str, sections: str) -> None:
+    def __init__(self, work: Path, name: str, sections: str,
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.name = name
         cfg = work / f"hasip-{self.port}.toml"
@@ -107,7 +108,7 @@ class HasipBalancer(Balancer):
                        '[security]\nexempt = ["127.0.0.0/8"]\n'
                        f'[location]\nsqlite_path = "{work / f"location-{self.port}.db"}"\n'
                        + sections)
-        self.node = NodeProcess(cfg, work, "127.0.0.1", self.port)
+        self.node = NodeProcess(cfg, work, "127.0.0.1", self.port, env=env)
 
     def start(self) -> None:
         self.node.start()
