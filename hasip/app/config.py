@@ -209,7 +209,7 @@ class ClusterConfig:
 
 @dataclass
 class ReplicationConfig:
-    """State replication between the nodes of a cluster (issue 6)."""
+    """State replication between the nodes of a cluster."""
 
     listen: tuple[str, int] | None = None   # HOST:PORT for peers; None: no replication
     secret: str = ""                        # shared by the cluster: peers prove they know it

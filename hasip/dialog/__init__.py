@@ -1,2 +1,3 @@
-"""Dialog tracking: every INVITE dialog through the node (issue 6's state,
-started in issue 4 for the dispatcher's active-call counts)."""
+"""Dialog tracking: every INVITE dialog through the node (replicated to the
+cluster; the dispatcher's active-call counts, CDRs and in-dialog keepalives
+read it)."""

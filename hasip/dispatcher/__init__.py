@@ -1,1 +1,1 @@
-"""The dispatcher: Asterisk node sets, selection, health (issue 4; the sans-IO core so far)."""
+"""The dispatcher: Asterisk node sets, selection, health and probes."""

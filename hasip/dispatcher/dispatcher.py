@@ -1,6 +1,7 @@
 """The node's dispatcher: its destination sets, the selection algorithm, and
 the health thresholds; what the routing script asks (``order``) and tells
-(``failed``/``succeeded``). Probing and live changes attach here (issue 4)."""
+(``failed``/``succeeded``, from calls, probes and peers), live changes
+(the control API, the cluster's shared sets)."""
 
 from __future__ import annotations
 

@@ -18,8 +18,8 @@ through any node's control API (``hasip dispatcher add / remove / set-state
 two operators at once cannot lose each other's change; it reaches every
 node within one watch round trip.
 
-Health (A/I/T from probes and calls) is not in the document: it is each
-node's own view until destination health is replicated (issue 6).
+Health (A/I/T from probes and calls) is not in the document: replication
+carries it (hasip/replication, record type ``dst``).
 """
 
 from __future__ import annotations

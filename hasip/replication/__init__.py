@@ -1,2 +1,2 @@
-"""State replication between cluster nodes (issue 6): the wire protocol,
+"""State replication between cluster nodes: the wire protocol,
 records and their merge rule, links to peers, the replicator."""

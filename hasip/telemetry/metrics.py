@@ -195,7 +195,7 @@ DIALOGS_ENDED = labelled_counter("hasip_dialogs_ended_total",
                                  "Dialogs ended, by reason (bye, failed, cancelled, timeout)",
                                  ["reason"])
 
-# Replication (issue 6)
+# Replication
 REPL_RECORDS = labelled_counter(
     "hasip_replication_records_total",
     "Records sent to and received from peers; received ones kept (applied) or older than "
