@@ -11,15 +11,38 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from hasip import __version__
 from hasip.app.config import Config, ConfigError, load_config
 from hasip.telemetry.log import setup_logging
 
+if TYPE_CHECKING:
+    from hasip.dispatcher.dispatcher import Dispatcher
+
 
 def _load(path: str | None) -> Config:
     path = path or os.environ.get("HASIP_CONFIG")
     return load_config(path) if path else Config()
+
+
+def routing_summary(config: Config, dispatcher: Dispatcher) -> list[str]:
+    """What ``check-config`` says routes calls for users not registered here:
+    the dispatcher's destinations when it has its own, else routing.next_hop
+    (the dispatcher's set then); never both, as only one of them is used."""
+    ds = config.dispatcher
+    if not ds.destinations:
+        hops = config.routing.next_hop
+        if not hops:
+            return ["calls for unregistered users: no next hop (answered 404)"]
+        return [f"calls for unregistered users: routing.next_hop ({ds.algorithm}): "
+                + ", ".join(u.text for u in hops)]
+    lines = [f"calls for unregistered users: dispatcher set {ds.set} ({ds.algorithm})"
+             + ("" if ds.set in dispatcher.sets else ", which has no destination (answered 503)")]
+    for set_id in sorted(dispatcher.sets):
+        uris = ", ".join(d.key for d in dispatcher.sets[set_id].destinations)
+        lines.append(f"  dispatcher set {set_id}: {uris}")
+    return lines
 
 
 def _control_client_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         control = "off" if ctl is None else (
             f"{ctl[0]}:{ctl[1]}" + (" TLS" if config.control.tls else ""))
         print(f"{config.path}: OK (node {config.node.name}, listen {listen}, "
-              f"{len(config.routing.next_hop)} next hop(s), auth {config.auth.source}, "
+              f"auth {config.auth.source}, "
               f"locations {config.location.backend}, control API {control})")
+        for line in routing_summary(config, services.dispatcher):
+            print(line)
         return 0
     if args.command == "run":
         from hasip.app.node import run_node

@@ -31,6 +31,7 @@ from hasip.app.config import Config
 from hasip.app.services import Services
 from hasip.dispatcher.destinations import Destination as Node
 from hasip.proxy.context import Branch, Reply, RequestContext, ResponseContext, Wait
+from hasip.proxy.failures import FailureLog
 from hasip.proxy.nat import fix_contact
 from hasip.proxy.resolver import Resolver, Target
 from hasip.proxy.script import RoutingScript
@@ -196,6 +197,8 @@ class Engine:
         # The open stream connection with a peer on one of our listeners
         # (the shell's transports answer): a registered TCP phone's flow.
         self.flow: Callable[[tuple[str, int], Listener], Connection | None] = no_flow
+        # Failed authentications and deliveries, one rate-limited line each.
+        self.failures = FailureLog()
         self.script: RoutingScript = script(self)
 
     # -- the shell's side ----------------------------------------------------
@@ -699,15 +702,18 @@ class Engine:
                 best, best_rank = branch, rank
         return best
 
-    def _final(self, rc: ResponseContext, status: int) -> None:
+    def _final(self, rc: ResponseContext, status: int, reason: bytes | None) -> None:
         """The context's final answer goes out (relayed or ours)."""
         rc.final_sent = True
+        if status >= 400:
+            self.failures.delivery(rc.request, rc.source.addr, status, reason,
+                                   bool(rc.branches), rc.cancelled, self.now)
         self.script.on_final(rc, status)
 
     def _relay_upstream(self, rc: ResponseContext, resp: Response, now: float) -> None:
         status = resp.status
         if status >= 200:
-            self._final(rc, status)
+            self._final(rc, status, resp.reason)
         server = rc.server
         data = resp.to_bytes()
         if server is None:
@@ -727,7 +733,7 @@ class Engine:
                       _tag_of(rc.request.call_id.encode("latin-1")))
         data = make_response(rc.request, status, reason, to_tag, extra)
         if status >= 200:
-            self._final(rc, status)
+            self._final(rc, status, reason)
         if server is None:
             self._emit(data, rc.reply_dest)
         else:

@@ -362,13 +362,13 @@ class Router:
         else:
             ctx.suspend(verdict, lambda v: self._authenticated(ctx, v, then))
 
-    @staticmethod
-    def _authenticated(ctx: RequestContext, verdict: Verdict,
+    def _authenticated(self, ctx: RequestContext, verdict: Verdict,
                        then: Callable[[RequestContext], None]) -> None:
         if verdict.kind == AUTHENTICATED:
             ctx.user = verdict.user
             then(ctx)
         else:
+            self.proxy.failures.auth(ctx.request, ctx.source.addr, verdict, self.proxy.now)
             ctx.reply(verdict.status, verdict.reason, verdict.headers)
 
     # -- registrar (the seed's route[2]) -------------------------------------------

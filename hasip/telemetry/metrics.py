@@ -96,6 +96,10 @@ STATS = MessageStats()
 REGISTRY.register(STATS)
 PARSE_ERRORS = Counter("hasip_sip_parse_errors_total", "Messages that did not parse or failed "
                        "sanity checks", ["kind"])
+KEEPALIVES = labelled_counter("hasip_sip_keepalives_received_total",
+                              "CRLF keepalives received (RFC 5626 3.5.1 pings; over UDP, "
+                              "datagrams of CR and LF alone): not messages, never parse errors",
+                              ["transport"])
 RETRANSMISSIONS = Counter("hasip_sip_retransmissions_absorbed_total",
                           "Retransmitted requests absorbed by a server transaction", ["method"])
 RETRANSMITTED_OUT = Counter("hasip_sip_retransmissions_sent_total",

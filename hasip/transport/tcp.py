@@ -98,6 +98,7 @@ class TcpConnection(asyncio.Protocol):
             self.message_started = 0.0
         for message in messages:
             if message == PING:
+                metrics.KEEPALIVES.inc("tcp")
                 self.write(b"\r\n")  # RFC 5626 3.5.1 pong
             else:
                 self.got_message = True

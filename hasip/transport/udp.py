@@ -6,6 +6,7 @@ import asyncio
 import socket
 from typing import Any
 
+from hasip.telemetry import metrics
 from hasip.telemetry.log import get_logger
 from hasip.transport.base import Listener, Sink
 
@@ -14,6 +15,10 @@ log = get_logger("hasip.transport.udp")
 # Bytes of kernel buffer asked for each way (the kernel caps it at
 # net.core.rmem_max / wmem_max unless those are raised).
 SOCKET_BUFFER = 4 << 20
+
+# The longest datagram taken for a CRLF keepalive: linphone and others send
+# "\r\n\r\n" (the RFC 5626 3.5.1 ping, over UDP), some a single "\r\n".
+MAX_KEEPALIVE = 4
 
 
 class UdpProtocol:
@@ -45,6 +50,10 @@ class UdpProtocol:
         self.listener.udp = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        if len(data) <= MAX_KEEPALIVE and not data.strip(b"\r\n"):
+            # A keepalive, not a message: counted, never parsed nor answered.
+            metrics.KEEPALIVES.inc("udp")
+            return
         if len(addr) > 2:
             addr = addr[:2]
         self.sink(data, self.listener, addr, None)

@@ -3,6 +3,7 @@ SIPp as callers and answering nodes, raw UDP/TCP peers for precise checks."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import uuid
@@ -18,6 +19,87 @@ from tests.e2e.services import FreeRadius, MariaDB, freeradius_missing, mariadb_
 from tests.e2e.sipphone import Phone
 
 pytestmark = pytest.mark.e2e
+
+
+# -- the build under test ------------------------------------------------------
+
+def build_problem() -> str:
+    """Why the nodes would not run as shipped (the compiled hot path on
+    uvloop); "" when they would."""
+    from hasip.app import compiled
+
+    if not compiled.state["compiled"]:
+        return (f"the compiled build is not in use ({compiled.state['reason']}): run "
+                "`.venv/bin/hasip compile build` (or set HASIP_TEST_PURE=1 to test the "
+                "sources on purpose)")
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "uvloop is not installed: the nodes would not run on the shipped event loop"
+    return ""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shipped_build() -> None:
+    """The end-to-end tests run the build users run: the compiled hot path
+    on uvloop. A stale or missing build stops the run here, rather than
+    testing the interpreted sources unnoticed; HASIP_TEST_PURE=1 allows it."""
+    if os.environ.get("HASIP_TEST_PURE") == "1":
+        return
+    problem = build_problem()
+    if problem:
+        pytest.exit(f"end-to-end tests refused: {problem}", returncode=4)
+
+
+# -- no error in any node's log ------------------------------------------------
+
+# A line a hasip node logs at error level (logfmt or JSON), or a traceback.
+# Anchored at the start: a value from the network may read "level=error".
+ERROR_LINE = re.compile(r'^ts=\S+ level=error |^\{"ts": [^,]+, "level": "error"'
+                        r'|^Traceback \(most recent call last\)')
+# How far each log file under the session's temporary directory was read.
+_log_offsets: dict[Path, int] = {}
+
+
+def new_error_lines(root: Path) -> list[str]:
+    """Error lines written to the ``*.log`` files under ``root`` since the
+    last call (every log there: hasip nodes' own, SIPp's and the servers'
+    do not write hasip's format)."""
+    found = []
+    for path in sorted(root.rglob("*.log")):
+        try:
+            with path.open("rb") as fh:
+                fh.seek(_log_offsets.get(path, 0))
+                data = fh.read()
+        except OSError:
+            continue
+        _log_offsets[path] = _log_offsets.get(path, 0) + len(data)
+        for line in data.decode("utf-8", "replace").splitlines():
+            if ERROR_LINE.search(line):
+                found.append(f"{path.name}: {line[:2000]}")
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_errors_logged(request: pytest.FixtureRequest,
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fails a test whose nodes logged an error-level line or a traceback
+    (read from the log files the nodes write under the session's temporary
+    directory, after the test and its fixtures ended). A test that provokes
+    errors on purpose says so: ``@pytest.mark.allow_errors("event", ...,
+    reason=...)`` allows the lines that contain one of the strings given
+    (any line when none is)."""
+    # Whatever was logged since the last test counts (a module's cluster
+    # started for this one logged it).
+    root = tmp_path_factory.getbasetemp()
+    yield
+    errors = new_error_lines(root)
+    marker = request.node.get_closest_marker("allow_errors")
+    if marker is not None:
+        allowed = marker.args
+        errors = [e for e in errors if allowed and not any(a in e for a in allowed)]
+    if errors:
+        pytest.fail("a node logged errors:\n" + "\n".join(errors[:20]), pytrace=False)
 
 
 def metric(text: str, name: str, labels: str = "") -> float:

@@ -431,3 +431,29 @@ def test_the_example_holds_the_embedded_defaults() -> None:
               if loaded[name][key] != defaults[name][key]}
     # A users file (there are no default passwords) and a domain for the demo.
     assert differ == {("auth", "users_file"), ("sip", "domains")}
+
+
+def test_check_config_names_what_routes_calls(tmp_path: Path) -> None:
+    """With dispatcher destinations, check-config lists them (by set) and
+    not the embedded next hops, which are unused then; without, the next
+    hops are what routes calls and are listed."""
+    cfg = write(tmp_path, '[auth]\ndemo_users = true\n[dispatcher]\nset = 2\ndestinations = [\n'
+                          '  "2 sip:192.0.2.21:5060 0 0 weight=50",\n'
+                          '  "2 sip:192.0.2.22:5060;transport=tcp",\n'
+                          '  "3 sip:192.0.2.31:5060"]\n')
+    res = subprocess.run([sys.executable, "-m", "hasip", "check-config", "-c", str(cfg)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "127.0.0.1:5071" not in res.stdout and "next hop" not in res.stdout
+    lines = res.stdout.splitlines()
+    assert "calls for unregistered users: dispatcher set 2 (round_robin)" in lines
+    assert ("  dispatcher set 2: sip:192.0.2.21:5060, sip:192.0.2.22:5060;transport=tcp"
+            in lines)
+    assert "  dispatcher set 3: sip:192.0.2.31:5060" in lines
+    hops = write(tmp_path, '[auth]\ndemo_users = true\n[routing]\n'
+                           'next_hop = ["sip:192.0.2.41:5060"]\n')
+    res = subprocess.run([sys.executable, "-m", "hasip", "check-config", "-c", str(hops)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert ("calls for unregistered users: routing.next_hop (round_robin): sip:192.0.2.41:5060"
+            in res.stdout.splitlines())
