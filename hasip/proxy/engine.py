@@ -203,6 +203,12 @@ class Engine:
 
     # -- the shell's side ----------------------------------------------------
 
+    def has_output(self) -> bool:
+        return bool(self._out)
+
+    def has_waits(self) -> bool:
+        return bool(self._waits)
+
     def take_outgoing(self) -> list[Outgoing]:
         out = self._out
         if out:

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 
 from hasip.sip.uri import SipUri
 from hasip.telemetry.log import get_logger
+from hasip.util.memo import remember
 
 log = get_logger("hasip.dns")
 
@@ -49,12 +50,19 @@ class Target:
         return hash((self.transport, self.host, self.port))
 
 
+_IS_IP: dict[str, bool] = {}
+
+
 def is_ip(host: str) -> bool:
+    """Whether ``host`` is an IP literal (memoised: every forward asks)."""
+    known = _IS_IP.get(host)
+    if known is not None:
+        return known
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        return False
-    return True
+        return remember(_IS_IP, host, False)
+    return remember(_IS_IP, host, True)
 
 
 def target_host(uri: SipUri) -> str:

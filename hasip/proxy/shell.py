@@ -144,7 +144,7 @@ class Proxy:
         """Send what the engine produced, start what it waits for, observe
         latencies, and re-arm its timer."""
         engine = self.engine
-        out = engine.take_outgoing()
+        out = engine.take_outgoing() if engine.has_output() else None
         while out:
             for data, dest, txn in out:
                 if dest.transport == "udp":
@@ -159,9 +159,9 @@ class Proxy:
                 else:
                     self.transports.send(data, dest)
             out = engine.take_outgoing()
-        waits = engine.take_waits()
-        for wait in waits:
-            self._start_wait(wait)
+        if engine.has_waits():
+            for wait in engine.take_waits():
+                self._start_wait(wait)
         latencies = engine.latencies
         if latencies:
             now = self.loop.time()
