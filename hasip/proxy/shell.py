@@ -76,6 +76,8 @@ class Proxy:
             Periodic(config.nat.ping_interval, self._round(self.pinger.ping_all), "nat_ping"),
             Periodic(dc.keepalive_interval, self._round(self.keepalive.round),
                      "dialog_keepalive"),
+            Periodic(self.prober.period, self._round(self.prober.round), "probe",
+                     immediately=True),
         ]
         engine = self.engine
         metrics.TRANSACTIONS.labels("server").set_function(lambda: len(engine.server_txns))
@@ -97,10 +99,6 @@ class Proxy:
 
     async def start(self) -> None:
         await self.transports.start()
-        period = self.prober.period
-        if period > 0:
-            self._rounds.append(Periodic(period, self._round(self.prober.round), "probe",
-                                         immediately=True))
         for rounds in self._rounds:
             rounds.start()
 

@@ -194,3 +194,20 @@ def test_a_dialog_end_that_stays_silent_is_ended_after_the_failures_allowed() ->
     assert [(s.first_line, s.to) for s in lab.flush()] == [
         ("BYE sip:caller@198.18.1.1:5060 SIP/2.0", CALLER)]
     assert d.state == TERMINATED
+
+
+def test_probing_runs_for_sets_that_come_after_the_start() -> None:
+    """A node started without destinations probes the ones added later
+    (the control API, the cluster's shared sets): before, the rounds were
+    never started then."""
+    lab = Lab(config=Config(metrics=MetricsConfig(listen=None),
+                            routing=RoutingConfig(next_hop=[])))
+    dispatcher = lab.engine.services.dispatcher
+    prober = Prober(dispatcher, lambda n: lab.engine.node_address(n, None, False, lab.now),
+                    lab.engine.own, interval=4.0, timeout=2.0, accepted=frozenset({200}))
+    assert not dispatcher.sets and prober.period == 1.0
+    assert prober.round(lab.now) == 0
+    node = dispatcher.add(1, "sip:198.18.2.1:5060")
+    assert node.probing
+    assert prober.round(lab.now) == 1
+    assert [s.first_line for s in lab.flush()] == ["OPTIONS sip:198.18.2.1:5060 SIP/2.0"]
