@@ -450,7 +450,8 @@ class Router:
             if not isinstance(uri, SipUri):
                 continue
             dest = self.binding_destination(b)
-            if dest is None and self.flow_gone(b):
+            if dest is None and self.registered_over_stream(b):
+                # no destination for a stream registration: its flow is gone
                 if b.outbound:
                     # RFC 5626 5.3: an outbound registration is reached over
                     # its flow or not at all (the Contact may be anywhere).
@@ -499,13 +500,14 @@ class Router:
             return None
         return Destination(transport, (host, port), listener, conn)
 
-    def flow_gone(self, b: Binding) -> bool:
-        """``b`` registered over a stream connection that is no longer open."""
+    @staticmethod
+    def registered_over_stream(b: Binding) -> bool:
+        """``b`` is reached over the stream connection it registered on
+        (no Path, a TCP source recorded)."""
         if b.path or b.received is None:
             return False
         where = parse_socket(b.received)
-        return where is not None and where[0] != "udp" and (
-            self.binding_destination(b) is None)
+        return where is not None and where[0] != "udp"
 
     def contact_destination(self, b: Binding, uri: SipUri) -> Destination | None:
         """Where ``b``'s Contact is, from the socket it registered on when

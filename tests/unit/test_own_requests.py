@@ -5,7 +5,7 @@ engine on a virtual clock."""
 from __future__ import annotations
 
 from hasip.app.config import Config, MetricsConfig, RoutingConfig
-from hasip.dialog.dialog import CONFIRMED, ENDED_KEEPALIVE, TERMINATED
+from hasip.dialog.dialog import CONFIRMED, ENDED_KEEPALIVE, TERMINATED, Dialog
 from hasip.dialog.keepalive import DialogKeepalive
 from hasip.dispatcher.destinations import Destination as Node
 from hasip.dispatcher.probe import Prober
@@ -146,18 +146,26 @@ def test_nat_pings_count_as_failed_only_when_unanswered() -> None:
     assert metrics.NAT_PINGS.value("failed") == failed + 1 and len(lab.engine.own) == 0
 
 
-def test_a_dialog_keepalive_481_ends_the_dialog_and_byes_the_other_end() -> None:
+def keepalive_lab(call_id: str, route_set: tuple[str, ...]
+                  ) -> tuple[Lab, Dialog, DialogKeepalive]:
+    """A confirmed dialog through the lab's engine, and keepalives for it
+    every 5 s, two silent rounds allowed."""
     lab = Lab()
     dialogs = lab.engine.services.dialogs
-    d = dialogs.create("call-1", "ft", "sip:caller@198.18.1.1", "sip:agent@198.18.0.1",
+    d = dialogs.create(call_id, "ft", "sip:caller@198.18.1.1", "sip:agent@198.18.0.1",
                        "sip:agent@198.18.0.1", "<sip:caller@198.18.1.1:5060>", 1,
                        socket=lab.udp.socket)
     assert d is not None
-    dialogs.confirm(d, "tt", "<sip:agent@198.18.2.1:5060>", ("<sip:198.18.0.1:5060;lr>",))
+    dialogs.confirm(d, "tt", "<sip:agent@198.18.2.1:5060>", route_set)
     keepalive = DialogKeepalive(dialogs, {lab.udp.socket: lab.udp}, lab.listeners.sent_by,
                                 lambda uri, listener: lab.engine.from_listener(
                                     uri, listener, lab.now),
                                 lab.engine.own, 5.0, 2)
+    return lab, d, keepalive
+
+
+def test_a_dialog_keepalive_481_ends_the_dialog_and_byes_the_other_end() -> None:
+    lab, d, keepalive = keepalive_lab("call-1", ("<sip:198.18.0.1:5060;lr>",))
     assert keepalive.round(lab.now) == 2
     pings = {s.to: s for s in lab.flush()}
     to_callee = pings[CALLEE_A]
@@ -172,17 +180,7 @@ def test_a_dialog_keepalive_481_ends_the_dialog_and_byes_the_other_end() -> None
 
 
 def test_a_dialog_end_that_stays_silent_is_ended_after_the_failures_allowed() -> None:
-    lab = Lab()
-    dialogs = lab.engine.services.dialogs
-    d = dialogs.create("call-2", "ft", "sip:caller@198.18.1.1", "sip:agent@198.18.0.1",
-                       "sip:agent@198.18.0.1", "<sip:caller@198.18.1.1:5060>", 1,
-                       socket=lab.udp.socket)
-    assert d is not None
-    dialogs.confirm(d, "tt", "<sip:agent@198.18.2.1:5060>", ())
-    keepalive = DialogKeepalive(dialogs, {lab.udp.socket: lab.udp}, lab.listeners.sent_by,
-                                lambda uri, listener: lab.engine.from_listener(
-                                    uri, listener, lab.now),
-                                lab.engine.own, 5.0, 2)
+    lab, d, keepalive = keepalive_lab("call-2", ())
     for _ in range(2):                  # the caller answers, the callee does not
         keepalive.round(lab.now)
         for s in lab.flush():
