@@ -115,8 +115,36 @@ def main() -> None:
                 time.sleep(0.5)       # the ACK
             conn.close()
             break
+    if not result["flow_closed"]:
+        # n1's FIN can be lost around the VIP move; a keepalive on the old
+        # connection now reaches n2 (the VIP's new owner), which has no such
+        # connection and resets it, so the flow is shown gone either way.
+        result["flow_closed"] = _probe_closed(flow, min(5.0, deadline - time.monotonic()))
+        result["flow_closed_by"] = "probe"
+    else:
+        result["flow_closed_by"] = "peer"
     result["invites"] = calls
     _write(args.out, result)
+
+
+def _probe_closed(flow: socket.socket, wait: float) -> bool:
+    """Send a CRLF keepalive (RFC 5626 3.5.1) and wait up to ``wait`` s for
+    the reset or end of stream that says the connection is dead."""
+    end = time.monotonic() + max(0.5, wait)
+    try:
+        flow.sendall(b"\r\n\r\n")
+    except OSError:
+        return True
+    while time.monotonic() < end:
+        ready, _, _ = select.select([flow], [], [], 0.2)
+        if not ready:
+            continue
+        try:
+            if not flow.recv(65536):
+                return True
+        except OSError:
+            return True
+    return False
 
 
 if __name__ == "__main__":
