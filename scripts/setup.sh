@@ -13,9 +13,11 @@ cd "$(dirname "$0")/.."
 # openssl: the certificates of the replication-over-TLS test; gcc and
 # python3-dev: compiling the hot path (hasip/app/compiled.py); sipvicious: an
 # attacker's password cracker (svcrack) the security tests point at a node;
-# sipsak: a SIP client of its own that registers with digest there.
+# sipsak: a SIP client of its own that registers with digest there;
+# rtpengine-daemon: the media relay the media tests start (userspace
+# forwarding, their own ng and media ports).
 DEBS=(sip-tester kamailio iproute2 iptables tcpdump mariadb-server freeradius freeradius-utils
-      zookeeper openssl python3-venv python3-dev gcc curl sipvicious sipsak)
+      zookeeper openssl python3-venv python3-dev gcc curl sipvicious sipsak rtpengine-daemon)
 missing=()
 for pkg in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -29,7 +31,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The tests and benchmarks start private instances on free ports: the
 # packaged services are not used, so stop any that the packages started.
-for svc in kamailio freeradius mariadb zookeeper; do
+for svc in kamailio freeradius mariadb zookeeper rtpengine-daemon; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" || true
   fi

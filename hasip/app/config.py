@@ -18,6 +18,7 @@ from typing import Any
 
 from hasip.dispatcher.destinations import Destination, ListFileError, parse_list
 from hasip.dispatcher.select import algorithm_name
+from hasip.media.instances import parse_instance
 from hasip.sip.errors import SipParseError
 from hasip.sip.grammar import is_digits
 from hasip.sip.message import MAX_MESSAGE_SIZE
@@ -312,6 +313,44 @@ class NatConfig:
     ping_interval: float = 10.0
 
 
+MEDIA_RELAY = ("nat", "always", "never")
+MEDIA_FAILURE = ("continue", "reject")
+MEDIA_ICE = ("remove", "force", "keep")
+
+
+@dataclass
+class MediaConfig:
+    """The media relay (hasip/media/): rtpengine instances and when calls
+    go through them."""
+
+    # rtpengine ng sockets, "udp:HOST:PORT[=WEIGHT]"; empty: no media relay.
+    rtpengine: list[str] = field(default_factory=list)
+    # Which calls are relayed: a NATed party (the seed's rule), all, none.
+    relay: str = "nat"
+    # rtpengine down or failing: relay the call's SIP without media relay
+    # (logged and counted, for an alert) or answer 503.
+    on_failure: str = "continue"
+    timeout: float = 1.5          # an ng request unanswered this long fails
+    retransmit: float = 0.2       # first ng retransmission after this, then doubled
+    ping_interval: float = 2.0    # ng ping to each instance this often
+    failures: int = 2             # failed pings/requests in a row: instance down
+    successes: int = 1            # answered pings in a row: instance up again
+    # SDP lines rtpengine rewrites besides the media (Kamailio's
+    # replace-origin, replace-session-connection).
+    replace: list[str] = field(default_factory=lambda: ["origin", "session-connection"])
+    # The SDP address of a party not behind NAT is trusted (trust-address);
+    # a NATed party's never is (rtpengine learns it from its packets).
+    trust_address: bool = True
+    ice: str = "remove"
+    # rtpengine logical interfaces (--interface=NAME/ADDR) by the address of
+    # our socket a call came in on: its media is offered on that interface
+    # (a VIP's media on the VIP). "*" is the default interface name.
+    interfaces: dict[str, str] = field(default_factory=dict)
+    # Delete the session at once when the call ends (rtpengine's default
+    # keeps it 30 s), so that none is left behind.
+    delete_delay: int = 0
+
+
 @dataclass
 class DnsConfig:
     """The next hops' resolver (hasip/proxy/resolver.py): the system
@@ -345,6 +384,7 @@ class Config:
     dns: DnsConfig = field(default_factory=DnsConfig)
     dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
     dialog: DialogConfig = field(default_factory=DialogConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
@@ -546,6 +586,49 @@ def _dialog_section(cfg: Config, sec: _Section) -> None:
     d.keepalive_interval = sec.number("keepalive_interval", d.keepalive_interval, 0.0, 3600.0)
     d.keepalive_failures = sec.integer("keepalive_failures", d.keepalive_failures, 1, 100)
     sec.finish()
+
+
+def _media_section(cfg: Config, sec: _Section) -> None:
+    m = cfg.media
+    m.rtpengine = sec.str_list("rtpengine", m.rtpengine)
+    for i, item in enumerate(m.rtpengine):
+        try:
+            parse_instance(item, f"{sec.where('rtpengine')}[{i}]")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    m.relay = sec.choice("relay", m.relay, MEDIA_RELAY)
+    m.on_failure = sec.choice("on_failure", m.on_failure, MEDIA_FAILURE)
+    m.timeout = sec.number("timeout", m.timeout, 0.05, 30.0)
+    m.retransmit = sec.number("retransmit", m.retransmit, 0.01, m.timeout)
+    m.ping_interval = sec.number("ping_interval", m.ping_interval, 0.1, 3600.0)
+    m.failures = sec.integer("failures", m.failures, 1, 100)
+    m.successes = sec.integer("successes", m.successes, 1, 100)
+    m.replace = sec.str_list("replace", m.replace)
+    for i, item in enumerate(m.replace):
+        if item not in ("origin", "session-connection", "session-name", "username"):
+            raise ConfigError(f"{sec.where('replace')}[{i}]: {item!r} is not one of origin, "
+                              "session-connection, session-name, username")
+    m.trust_address = sec.get("trust_address", bool, m.trust_address)
+    m.ice = sec.choice("ice", m.ice, MEDIA_ICE)
+    if sec.given("interfaces"):
+        table = sec.take("interfaces", dict)
+        for addr, name in table.items():
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.*-]{1,32}", name):
+                raise ConfigError(f"{sec.where('interfaces')}.{addr}: {name!r} is not an "
+                                  "rtpengine interface name")
+            try:
+                ipaddress.ip_address(addr)
+            except ValueError:
+                raise ConfigError(f"{sec.where('interfaces')}: {addr!r} is not an "
+                                  "address") from None
+        m.interfaces = dict(table)
+    m.delete_delay = sec.integer("delete_delay", m.delete_delay, 0, 3600)
+    sec.finish()
+    if m.rtpengine and m.relay != "never":
+        # The ng client (hasip/media/) is here; the routing script's offer,
+        # answer and delete are not yet: refuse rather than relay no media.
+        raise sec.error("rtpengine", "media relay through rtpengine is not in the routing "
+                                     "script yet; leave media.rtpengine empty")
 
 
 def _kind_name(kinds: tuple[type, ...]) -> str:
@@ -1010,6 +1093,7 @@ _SECTIONS: dict[str, Callable[[Config, _Section], None]] = {
     "dns": _dns_section,
     "dispatcher": _dispatcher_section,
     "dialog": _dialog_section,
+    "media": _media_section,
     "cluster": _cluster_section,
     "replication": _replication_section,
     "security": _security_section,

@@ -15,7 +15,14 @@ import pytest
 
 from hasip.demo.node import NodeProcess, write_secret
 from hasip.demo.sipp import Sipp, sipp_binary
-from tests.e2e.services import FreeRadius, MariaDB, freeradius_missing, mariadb_missing
+from tests.e2e.services import (
+    FreeRadius,
+    MariaDB,
+    Rtpengine,
+    freeradius_missing,
+    mariadb_missing,
+    rtpengine_missing,
+)
 from tests.e2e.sipphone import Phone
 
 pytestmark = pytest.mark.e2e
@@ -344,6 +351,26 @@ def freeradius(tmp_path: Path) -> Iterator[Callable[..., FreeRadius]]:
 
     def start(users: dict[str, str], port: int | None = None) -> FreeRadius:
         server = FreeRadius(tmp_path, port or free_port(), users).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def rtpengine(tmp_path: Path) -> Iterator[Callable[..., Rtpengine]]:
+    """Start rtpengine daemons on loopback: ``rtpengine()`` (ng port and
+    media ports picked free)."""
+    missing = rtpengine_missing()
+    if missing:
+        pytest.skip(missing)
+    started: list[Rtpengine] = []
+
+    def start(port_min: int = 0) -> Rtpengine:
+        base = port_min or 30000 + 200 * (len(started) + (os.getpid() % 100))
+        server = Rtpengine(tmp_path, free_port(), base).start()
         started.append(server)
         return server
 

@@ -4,10 +4,13 @@ start again (fault tests)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 MARIADB_BINARIES = ("mariadbd", "mariadb-install-db", "mariadb")
 
@@ -207,3 +210,91 @@ class FreeRadius:
     def log(self) -> str:
         path = self.dir / "radiusd.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+def rtpengine_missing() -> str | None:
+    if shutil.which("rtpengine") is None and not Path("/usr/bin/rtpengine").exists():
+        return "rtpengine is not installed (Debian package rtpengine-daemon)"
+    return None
+
+
+def _free_udp_tcp_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class Rtpengine:
+    """``rtpengine`` in the foreground, userspace forwarding only (no kernel
+    table), its ng socket on ``ng_port`` and media ports from ``port_min``
+    on ``interface`` (an address, or ``NAME/ADDR`` entries)."""
+
+    def __init__(self, workdir: Path, ng_port: int, port_min: int,
+                 interfaces: tuple[str, ...] = ("127.0.0.1",), ng_host: str = "127.0.0.1",
+                 netns: str | None = None) -> None:
+        self.dir = workdir / f"rtpengine-{ng_port}"
+        self.ng = (ng_host, ng_port)
+        self.port_min = port_min
+        self.interfaces = interfaces
+        self.netns = netns
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"udp:{self.ng[0]}:{self.ng[1]}"
+
+    def start(self) -> Rtpengine:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        cmd = [shutil.which("rtpengine") or "/usr/bin/rtpengine", "--foreground", "--log-stderr",
+               "--config-file=none", "--table=-1", f"--listen-ng={self.ng[0]}:{self.ng[1]}",
+               f"--port-min={self.port_min}", f"--port-max={self.port_min + 199}",
+               "--log-level=6", "--delete-delay=0", "--num-threads=2",
+               f"--listen-cli={self.ng[0]}:{_free_udp_tcp_port(self.ng[0])}",
+               f"--pidfile={self.dir / 'rtpengine.pid'}",
+               *(f"--interface={i}" for i in self.interfaces)]
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+        with open(self.dir / "rtpengine.log", "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"rtpengine exited: {self.log()[-2000:]}")
+            if self.ping():
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"rtpengine did not answer ng pings: {self.log()[-2000:]}")
+
+    def command(self, cmd: dict[str, object], timeout: float = 2.0) -> dict[bytes, Any]:
+        """One ng request from a plain socket (the tests' own view of rtpengine)."""
+        from hasip.media.bencode import decode, encode
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            s.sendto(b"t" + os.urandom(6).hex().encode() + b" " + encode(cmd), self.ng)
+            data = s.recv(65536)
+        answer = decode(data.split(b" ", 1)[1])
+        assert isinstance(answer, dict)
+        return answer
+
+    def ping(self) -> bool:
+        try:
+            return self.command({"command": "ping"}, 0.3).get(b"result") == b"pong"
+        except OSError:
+            return False
+
+    def calls(self) -> list[str]:
+        """The Call-IDs rtpengine holds (its own ``list``)."""
+        answer = self.command({"command": "list", "limit": 1000})
+        calls = answer.get(b"calls")
+        assert isinstance(calls, list)
+        return [c.decode() for c in calls if isinstance(c, bytes)]
+
+    def log(self) -> str:
+        path = self.dir / "rtpengine.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        _terminate(self.proc, 5)
+        self.proc = None

@@ -457,3 +457,23 @@ def test_check_config_names_what_routes_calls(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert ("calls for unregistered users: routing.next_hop (round_robin): sip:192.0.2.41:5060"
             in res.stdout.splitlines())
+
+
+def test_media_section_is_checked_and_names_the_key() -> None:
+    from hasip.app.config import ConfigError, config_from_dict
+
+    cfg = config_from_dict({"media": {"relay": "never", "rtpengine": ["udp:127.0.0.1:2223=2"],
+                                      "interfaces": {"198.18.0.100": "vip_a"}}}, "m.toml")
+    assert cfg.media.rtpengine == ["udp:127.0.0.1:2223=2"]
+    assert cfg.media.interfaces == {"198.18.0.100": "vip_a"}
+    for raw, key in (({"rtpengine": ["tcp:1.2.3.4:5"]}, "media.rtpengine[0]"),
+                     ({"relay": "sometimes"}, "media.relay"),
+                     ({"replace": ["everything"]}, "media.replace[0]"),
+                     ({"interfaces": {"not-an-ip": "x"}}, "media.interfaces"),
+                     ({"rtpengine": ["udp:127.0.0.1:2223"]}, "media.rtpengine")):
+        try:
+            config_from_dict({"media": raw}, "m.toml")
+        except ConfigError as exc:
+            assert f"m.toml: {key}" in str(exc), exc
+        else:
+            raise AssertionError(f"{raw} accepted")
