@@ -46,14 +46,13 @@ class MediaClient:
             failures=failures, successes=successes)
         self.requests = NgRequests(retransmit=retransmit, timeout=timeout)
         self.ping_interval = ping_interval
-        self.sessions: dict[str, int] = {i.name: 0 for i in self.instances.items}
+        self._names = {i.address: i.name for i in self.instances.items}
         self._transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         for inst in self.instances.items:
             metrics.MEDIA_UP.labels(inst.name).set(1)
-            metrics.MEDIA_SESSIONS.labels(inst.name).set(0)
 
     @property
     def enabled(self) -> bool:
@@ -93,8 +92,9 @@ class MediaClient:
 
     async def command(self, inst: Instance, cmd: dict[str, Any]) -> NgAnswer:
         """Send ``cmd`` to ``inst`` and wait for its answer; NgTimeout or
-        NgError (rtpengine said ``error``). A timeout counts against the
-        instance's health."""
+        NgError (rtpengine said ``error``, or its answer was not ng). No
+        answer, or one that is not ng, counts against the instance's
+        health; any ng answer, ``error`` included, shows it alive."""
         loop = self._loop
         transport = self._transport
         if loop is None or transport is None:
@@ -107,8 +107,9 @@ class MediaClient:
         name = p.command
         try:
             answer = await future
-        except NgTimeout as exc:
-            metrics.MEDIA_REQUESTS.labels(inst.name, name, "timeout").inc()
+        except (NgTimeout, NgError) as exc:
+            result = "timeout" if isinstance(exc, NgTimeout) else "bad_answer"
+            metrics.MEDIA_REQUESTS.labels(inst.name, name, result).inc()
             self._failed(inst, str(exc))
             raise
         except asyncio.CancelledError:
@@ -162,7 +163,8 @@ class MediaClient:
         for event in self.requests.poll(loop.time()):
             p = event.pending
             if event.send:
-                metrics.MEDIA_RETRANSMISSIONS.labels(_name_of(self, p.target)).inc()
+                metrics.MEDIA_RETRANSMISSIONS.labels(
+                    self._names.get(p.target, f"udp:{p.target[0]}:{p.target[1]}")).inc()
                 transport.sendto(p.datagram, p.target)
             else:
                 self._settle(p, None, event.error)
@@ -183,10 +185,7 @@ class MediaClient:
         try:
             await self.command(inst, commands.ping())
             return True
-        except NgError as exc:
-            self._failed(inst, str(exc))
-            return False
-        except NgTimeout:
+        except (NgError, NgTimeout):
             return False
 
     async def _ping_loop(self) -> None:
@@ -219,20 +218,3 @@ class MediaClient:
         if inst is None:
             raise NgError(f"no rtpengine instance {name}")
         return await self.command(inst, cmd)
-
-    def session_started(self, name: str) -> None:
-        if name in self.sessions:
-            self.sessions[name] += 1
-            metrics.MEDIA_SESSIONS.labels(name).set(self.sessions[name])
-
-    def session_ended(self, name: str) -> None:
-        if self.sessions.get(name, 0) > 0:
-            self.sessions[name] -= 1
-            metrics.MEDIA_SESSIONS.labels(name).set(self.sessions[name])
-
-
-def _name_of(client: MediaClient, target: tuple[str, int]) -> str:
-    for inst in client.instances.items:
-        if inst.address == target:
-            return inst.name
-    return f"udp:{target[0]}:{target[1]}"

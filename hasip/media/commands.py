@@ -36,15 +36,12 @@ def _family(ip: str) -> str:
 
 
 def _common(cmd: dict[str, Any], side: Side, opts: Options) -> dict[str, Any]:
-    flags: list[str] = []
     if opts.trust_address and not side.nat:
-        flags.append("trust-address")
+        cmd["flags"] = ["trust-address"]
     else:
         # The SDP's address is the phone's private one: rtpengine sends to
         # where the SIP came from until the phone's first packet (latching).
         cmd["received-from"] = [_family(side.source_ip), side.source_ip]
-    if flags:
-        cmd["flags"] = flags
     if opts.replace:
         cmd["replace"] = list(opts.replace)
     if opts.ice == "remove":

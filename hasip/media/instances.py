@@ -26,8 +26,6 @@ class Instance:
     failures: int = 0            # in a row
     successes: int = 0           # in a row, while down
     last_error: str = ""
-    # Filled from ping/list answers: sessions rtpengine holds.
-    sessions: int = 0
 
     @property
     def address(self) -> tuple[str, int]:

@@ -275,7 +275,8 @@ CONTROL_REQUESTS = Counter(
 # -- media relay (rtpengine) -----------------------------------------------------
 MEDIA_REQUESTS = Counter("hasip_media_requests_total",
                          "ng requests to rtpengine by command (offer, answer, delete, query, "
-                         "ping) and result (ok, error, timeout)", ["instance", "command", "result"])
+                         "ping) and result (ok, error, timeout, bad_answer)",
+                         ["instance", "command", "result"])
 MEDIA_LATENCY = Histogram("hasip_media_ng_latency_seconds",
                           "Round trip of an answered ng request", ["command"],
                           buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -284,10 +285,3 @@ MEDIA_RETRANSMISSIONS = Counter("hasip_media_ng_retransmissions_total",
                                 "ng requests sent again for want of an answer", ["instance"])
 MEDIA_UP = Gauge("hasip_media_instance_up", "1 while an rtpengine instance takes calls",
                  ["instance"])
-MEDIA_SESSIONS = Gauge("hasip_media_sessions",
-                       "Calls this node relays through an rtpengine instance now", ["instance"])
-MEDIA_DECISIONS = labelled_counter(
-    "hasip_media_calls_total",
-    "Initial INVITEs by media decision: relayed, direct (policy says no relay), "
-    "unrelayed (rtpengine failed and media_failure = \"continue\"), rejected (503)",
-    ["decision"])

@@ -19,6 +19,7 @@ from tests.e2e.services import (
     FreeRadius,
     MariaDB,
     Rtpengine,
+    free_port,
     freeradius_missing,
     mariadb_missing,
     rtpengine_missing,
@@ -120,22 +121,6 @@ def metric_total(text: str, name: str) -> float:
     """The sum of a metric's samples over all its label sets."""
     pattern = "^" + re.escape(name) + r"(?:\{[^}]*\})? (\S+)$"
     return sum(float(v) for v in re.findall(pattern, text, re.M))
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on ``host``."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for _ in range(50):
-        with socket.socket(family, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = udp.getsockname()[1]
-            with socket.socket(family, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-                return int(port)
-    raise RuntimeError("no free port")
 
 
 def toml_value(value: Any) -> str:

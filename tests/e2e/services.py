@@ -218,10 +218,20 @@ def rtpengine_missing() -> str | None:
     return None
 
 
-def _free_udp_tcp_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on ``host``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(50):
+        with socket.socket(family, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port = udp.getsockname()[1]
+            with socket.socket(family, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+                return int(port)
+    raise RuntimeError("no free port")
 
 
 class Rtpengine:
@@ -249,7 +259,7 @@ class Rtpengine:
                "--config-file=none", "--table=-1", f"--listen-ng={self.ng[0]}:{self.ng[1]}",
                f"--port-min={self.port_min}", f"--port-max={self.port_min + 199}",
                "--log-level=6", "--delete-delay=0", "--num-threads=2",
-               f"--listen-cli={self.ng[0]}:{_free_udp_tcp_port(self.ng[0])}",
+               f"--listen-cli={self.ng[0]}:{free_port(self.ng[0])}",
                f"--pidfile={self.dir / 'rtpengine.pid'}",
                *(f"--interface={i}" for i in self.interfaces)]
         if self.netns:
