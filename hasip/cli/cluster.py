@@ -70,28 +70,36 @@ def _json(data: bytes | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _read(zk: KazooClient, path: str) -> dict[str, Any] | None:
+    """A znode's JSON object, or None when it does not exist. One call:
+    a check with exists() first races with the node being deleted."""
+    try:
+        return _json(zk.get(path)[0])
+    except NoNodeError:
+        return None
+
+
+def _children(zk: KazooClient, path: str) -> list[str]:
+    try:
+        return list(zk.get_children(path))
+    except NoNodeError:
+        return []
+
+
 def snapshot(zk: KazooClient, root: str) -> dict[str, Any]:
     """Nodes (membership, health, drain) and VIPs (owner, candidates)."""
     nodes: dict[str, Any] = {}
-    for name in sorted(zk.get_children(f"{root}/nodes") if zk.exists(f"{root}/nodes") else []):
-        try:
-            data, _ = zk.get(f"{root}/nodes/{name}")
-        except NoNodeError:
-            continue
-        nodes[name] = _json(data)
-    drained = zk.get_children(f"{root}/drain") if zk.exists(f"{root}/drain") else []
+    for name in sorted(_children(zk, f"{root}/nodes")):
+        info = _read(zk, f"{root}/nodes/{name}")
+        if info is not None:
+            nodes[name] = info
+    drained = _children(zk, f"{root}/drain")
     vips: dict[str, Any] = {}
-    for name in sorted(zk.get_children(f"{root}/vips") if zk.exists(f"{root}/vips") else []):
+    for name in sorted(_children(zk, f"{root}/vips")):
         base = f"{root}/vips/{name}"
-        try:
-            owner = _json(zk.get(f"{base}/owner")[0])
-        except NoNodeError:
-            owner = {}
-        try:
-            cands = zk.get_children(f"{base}/candidates")
-        except NoNodeError:
-            cands = []
-        handover = _json(zk.get(f"{base}/handover")[0]) if zk.exists(f"{base}/handover") else {}
+        owner = _read(zk, f"{base}/owner") or {}
+        cands = _children(zk, f"{base}/candidates")
+        handover = _read(zk, f"{base}/handover") or {}
         vips[name] = {"owner": owner.get("node"), "since": owner.get("since"),
                       "up": bool(owner.get("up")),
                       "candidates": [c.node for c in ranked(cands)],
@@ -150,13 +158,9 @@ def failover(zk: KazooClient, root: str, vip: str, to: str, timeout: float) -> i
         zk.set(f"{base}/handover", data)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            owner = _json(zk.get(f"{base}/owner")[0])
-        except NoNodeError:
-            owner = {}
+        owner = _read(zk, f"{base}/owner") or {}
         if owner.get("node") == to and owner.get("up"):
-            released = _json(zk.get(f"{base}/released")[0]) if zk.exists(
-                f"{base}/released") else {}
+            released = _read(zk, f"{base}/released") or {}
             gap = (float(owner["since"]) - float(released.get("at", owner["since"]))) * 1000
             print(f"{vip}: moved to {to}; gap between release and takeover {gap:.1f} ms")
             return 0

@@ -65,6 +65,12 @@ class Sipp:
                                          stdout=subprocess.DEVNULL, stderr=err)
         return self
 
+    def __enter__(self) -> Sipp:
+        return self if self.proc is not None else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     @property
     def pid(self) -> int:
         assert self.proc is not None

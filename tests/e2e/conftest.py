@@ -15,6 +15,7 @@ import pytest
 
 from hasip.demo.node import NodeProcess, write_secret
 from hasip.demo.sipp import Sipp, sipp_binary
+from hasip.demo.zookeeper import ZooKeeper, zookeeper_missing
 from tests.e2e.services import (
     FreeRadius,
     MariaDB,
@@ -342,6 +343,18 @@ def freeradius(tmp_path: Path) -> Iterator[Callable[..., FreeRadius]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeper]:
+    """A real ZooKeeper on loopback, one per test module."""
+    missing = zookeeper_missing()
+    if missing:
+        pytest.skip(missing)
+    server = ZooKeeper(tmp_path_factory.mktemp("zk"), "127.0.0.1", base_port=free_port())
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

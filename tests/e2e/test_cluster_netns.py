@@ -207,16 +207,16 @@ def test_failover_and_drain_under_call_load_lose_no_call(cluster, tmp_path) -> N
     reach the caller through the new one (stray responses with our Via);
     INVITEs lost in the gap are retransmitted by the caller."""
     calls = 200
-    caller = Sipp("uac.xml", 5070, tmp_path, remote=f"{VIP_A}:5060", calls=calls, rate=20,
-                  call_length_ms=2000, local_ip=CLIENT_IP,
-                  netns=cluster.lab.ns("client")).start()
-    time.sleep(3.0)
-    moved = cluster.hasip("failover", VIP_A, "--to", "n3")
-    assert moved.returncode == 0, moved.stderr
-    time.sleep(3.0)
-    drained = cluster.hasip("drain", "n3")
-    assert drained.returncode == 0, drained.stderr + drained.stdout
-    assert caller.wait(60) == 0, caller.errors()
+    with Sipp("uac.xml", 5070, tmp_path, remote=f"{VIP_A}:5060", calls=calls, rate=20,
+              call_length_ms=2000, local_ip=CLIENT_IP,
+              netns=cluster.lab.ns("client")) as caller:
+        time.sleep(3.0)
+        moved = cluster.hasip("failover", VIP_A, "--to", "n3")
+        assert moved.returncode == 0, moved.stderr
+        time.sleep(3.0)
+        drained = cluster.hasip("drain", "n3")
+        assert drained.returncode == 0, drained.stderr + drained.stdout
+        assert caller.wait(60) == 0, caller.errors()
     ok, failed = caller.counter("SuccessfulCall(C)"), caller.counter("FailedCall(C)")
     print(f"{moved.stdout.strip()}; {drained.stdout.strip()}; "
           f"calls {ok} completed, {failed} failed of {calls}")

@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,21 +21,9 @@ from kazoo.exceptions import NoAuthError
 from kazoo.security import OPEN_ACL_UNSAFE
 
 from hasip.demo.node import NodeProcess, write_secret
-from hasip.demo.zookeeper import ZooKeeper, zookeeper_missing
+from hasip.demo.zookeeper import ZooKeeper
 from keepalive.config import Credentials
 from keepalive.zk import auth_args, cluster_acl
-from tests.e2e.conftest import free_port
-
-
-@pytest.fixture(scope="module")
-def zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeper]:
-    missing = zookeeper_missing()
-    if missing:
-        pytest.skip(missing)
-    server = ZooKeeper(tmp_path_factory.mktemp("zk"), "127.0.0.1", base_port=free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 def client(zk: ZooKeeper, credentials: Credentials | None = None) -> KazooClient:
