@@ -343,8 +343,9 @@ class MediaConfig:
     trust_address: bool = True
     ice: str = "remove"
     # rtpengine logical interfaces (--interface=NAME/ADDR) by the address of
-    # our socket a call came in on: its media is offered on that interface
-    # (a VIP's media on the VIP). "*" is the default interface name.
+    # our socket a call came in on: both sides of its media are on that
+    # interface (rtpengine's direction), so a VIP's calls have their media
+    # on the VIP. Sockets not listed use rtpengine's default interface.
     interfaces: dict[str, str] = field(default_factory=dict)
     # Delete the session at once when the call ends (rtpengine's default
     # keeps it 30 s), so that none is left behind.
@@ -624,11 +625,6 @@ def _media_section(cfg: Config, sec: _Section) -> None:
         m.interfaces = dict(table)
     m.delete_delay = sec.integer("delete_delay", m.delete_delay, 0, 3600)
     sec.finish()
-    if m.rtpengine and m.relay != "never":
-        # The ng client (hasip/media/) is here; the routing script's offer,
-        # answer and delete are not yet: refuse rather than relay no media.
-        raise sec.error("rtpengine", "media relay through rtpengine is not in the routing "
-                                     "script yet; leave media.rtpengine empty")
 
 
 def _kind_name(kinds: tuple[type, ...]) -> str:

@@ -25,6 +25,7 @@ from hasip.location.backend import Backend, MysqlBackend, SqliteBackend
 from hasip.location.persist import WriteBehind, load_into
 from hasip.location.registrar import Policy
 from hasip.location.store import LocationStore
+from hasip.media.client import MediaClient
 from hasip.security.authfail import AuthFailures
 from hasip.security.guard import AUTH, BANNED, Ban, SourceGuard
 from hasip.security.routetoken import RouteSigner
@@ -55,6 +56,7 @@ class Services:
     writer: WriteBehind | None = None
     radius: RadiusClient | None = None
     cdrs: CdrWriter | None = None
+    media: MediaClient | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _trusted_ips: dict[str, bool] = field(default_factory=dict)
 
@@ -94,6 +96,8 @@ class Services:
         when it is down: the node serves meanwhile) and start writing."""
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._expire()))
+        if self.media is not None:
+            await self.media.start()
         if self.backend is None or self.writer is None:
             return
         self.writer.start()
@@ -134,6 +138,8 @@ class Services:
                 log.error("cdrs_unwritten_at_exit", pending=len(self.cdrs.pending))
         if self.backend is not None:
             await self.backend.close()
+        if self.media is not None:
+            await self.media.stop()
         if self.radius is not None:
             self.radius.close()
 
@@ -208,13 +214,22 @@ def build(config: Config, durable: bool = True) -> Services:
         cdrs = CdrWriter(backend, config.location.max_pending, config.location.batch,
                          interval=config.location.flush_interval)
         dialogs.subscribe(cdrs.on_dialog)
+    media: MediaClient | None = None
+    mc = config.media
+    if mc.rtpengine and mc.relay != "never":
+        media = MediaClient(mc.rtpengine, mc.timeout, mc.retransmit, mc.ping_interval,
+                            mc.failures, mc.successes)
+        for inst in media.instances.items:
+            metrics.MEDIA_SESSIONS.labels(inst.name).set_function(
+                _sessions_on(dialogs, inst.name))
     for state in dialogs.counts:
         metrics.DIALOGS.labels(state).set_function(_counter_of(dialogs.counts, state))
     guard = SourceGuard(config.node.name, sc.rate, sc.burst, sc.ban_time, sc.max_ban_time,
                         lambda ip: False, sc.max_sources)
     # Record-Route tokens under the cluster's secret (hasip.security.routetoken).
     services = Services(store, authenticator, policy, dispatcher, trusted, guard,
-                        RouteSigner(secret), exempt, dialogs, backend, writer, radius, cdrs)
+                        RouteSigner(secret), exempt, dialogs, backend, writer, radius, cdrs,
+                        media)
     guard.exempt = services.is_exempt
     guard.subscribers.append(_log_ban)
     dispatcher.changed.append(guard.exempt_changed)
@@ -240,6 +255,11 @@ def _log_ban(op: str, ban: Ban, local: bool) -> None:
 
 def _counter_of(counts: dict[str, int], key: str) -> Callable[[], float]:
     return lambda: counts[key]
+
+
+def _sessions_on(dialogs: DialogStore, name: str) -> Callable[[], float]:
+    """Dialogs whose media is on rtpengine ``name`` (read when scraped)."""
+    return lambda: sum(1 for d in dialogs if d.media == name)
 
 
 def _count_ended(change: Change) -> None:

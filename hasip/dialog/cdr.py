@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hasip.dialog.dialog import Dialog
-from hasip.dialog.store import END, EXPIRY, LOCAL
 from hasip.dialog.store import Change as DialogChange
+from hasip.dialog.store import ended_here
 from hasip.location.backend import Backend
 from hasip.storage.writebehind import QueueMetrics, WriteBehind
 from hasip.telemetry import metrics
@@ -35,13 +35,14 @@ class CdrWriter(WriteBehind[Dialog]):
         # Whether this node owns a socket ("udp:VIP:port"): set by the proxy,
         # which knows its listeners and which VIPs it holds.
         self.owns: Callable[[str], bool] = lambda _socket: True
+        # The media relay queues a relayed call's CDR itself, once
+        # rtpengine's figures for it are in (hasip/proxy/media.py).
+        self.media_first = False
 
     def on_dialog(self, change: DialogChange) -> None:
         """Dialog store subscriber: queue the CDR of a dialog that ended here."""
-        if change.op != END:
-            return
         d = change.dialog
-        if change.source == LOCAL or (change.source == EXPIRY and self.owns(d.socket)):
+        if ended_here(change, self.owns) and not (d.media and self.media_first):
             self.queue(d)
 
 

@@ -52,6 +52,18 @@ class Dialog:
     end_reason: str = ""
     end_status: int = 0              # the final status of a failed INVITE
     expires: float = 0.0             # ended by timeout at this time
+    # The media relay: the rtpengine instance holding the call's sessions
+    # ("" when its media is not relayed), whether the offer came in the 2xx
+    # (a late offer: the ACK carries the answer), and the figures rtpengine
+    # gave when the session was deleted (for the CDR).
+    media: str = ""
+    media_late: bool = False
+    media_packets: int = 0
+    media_bytes: int = 0
+    media_errors: int = 0
+    media_lost: int = 0
+    media_jitter: int = 0
+    media_mos: float = 0.0
     id: str = field(default_factory=new_dialog_id)
     version: int = 0                 # change-feed sequence number of the last change
     node: str = ""                   # the node that made the last change

@@ -52,6 +52,14 @@ class Change:
 Subscriber = Callable[[Change], None]
 
 
+def ended_here(change: Change, owns: Callable[[str], bool]) -> bool:
+    """A dialog end this node acts on (writes its CDR, deletes its media
+    session): one it saw (LOCAL), or a timeout, which every node sees, of
+    a dialog on a socket it owns (the VIP it came in on)."""
+    return change.op == END and (change.source == LOCAL or (
+        change.source == EXPIRY and owns(change.dialog.socket)))
+
+
 class DialogStore:
     def __init__(self, node: str = "", timeout: float = 43200.0,
                  clock: Callable[[], float] = time.time) -> None:
@@ -152,6 +160,14 @@ class DialogStore:
         if d.state == TERMINATED or (d.ds_set, d.ds_uri) == (ds_set, ds_uri):
             return
         d.ds_set, d.ds_uri = ds_set, ds_uri
+        self._emit(PUT, d)
+
+    def set_media(self, d: Dialog, instance: str, late: bool = False) -> None:
+        """The call's media goes through rtpengine ``instance`` (replicated:
+        a peer that ends the dialog deletes the session there)."""
+        if d.state == TERMINATED or (d.media, d.media_late) == (instance, late):
+            return
+        d.media, d.media_late = instance, late
         self._emit(PUT, d)
 
     def confirm(self, d: Dialog, to_tag: str, contact: str, route_set: tuple[str, ...],

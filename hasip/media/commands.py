@@ -52,9 +52,13 @@ def _common(cmd: dict[str, Any], side: Side, opts: Options) -> dict[str, Any]:
 
 
 def offer(call_id: str, from_tag: str, sdp: bytes, side: Side, opts: Options,
-          via_branch: str = "") -> dict[str, Any]:
+          via_branch: str = "", to_tag: str = "") -> dict[str, Any]:
+    """``from_tag``: the offerer's tag (the From tag of a request, the To
+    tag of a reply that offers); ``to_tag``: the other party's, when known."""
     cmd: dict[str, Any] = {"command": "offer", "call-id": call_id, "from-tag": from_tag,
                            "sdp": sdp}
+    if to_tag:
+        cmd["to-tag"] = to_tag
     if opts.direction is not None:
         cmd["direction"] = list(opts.direction)
     if via_branch:

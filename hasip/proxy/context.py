@@ -60,6 +60,18 @@ class Wait:
         self.call_id = call_id
 
 
+class MediaLeg:
+    """A request's SDP exchange through the media relay: the rtpengine
+    instance, and whether the request had no SDP so that its answer
+    carries the offer (a late offer)."""
+
+    __slots__ = ("instance", "late")
+
+    def __init__(self, instance: str, late: bool = False) -> None:
+        self.instance = instance
+        self.late = late
+
+
 class Branch:
     """One client transaction of a response context (RFC 3261 16.6)."""
 
@@ -88,8 +100,8 @@ class ResponseContext:
     """A server transaction and the branches forwarded for it (RFC 3261 16.7)."""
 
     __slots__ = ("branches", "cancelled", "dialog", "ds_current", "ds_rest", "final_sent",
-                 "flows_failed", "key", "location", "nat", "reply_dest", "request", "server",
-                 "source")
+                 "flows_failed", "key", "location", "media", "nat", "reply_dest", "request",
+                 "server", "source")
 
     def __init__(self, server: ServerTransaction | None, request: Request, source: Source,
                  reply_dest: Destination, key: tuple[str, ...] | None = None) -> None:
@@ -116,6 +128,8 @@ class ResponseContext:
         # A dispatcher choice: the destination tried now, the ones left.
         self.ds_current: Node | None = None
         self.ds_rest: list[Node] | None = None
+        # The SDP exchange through the media relay (hasip/proxy/media.py).
+        self.media: MediaLeg | None = None
 
     def pending(self) -> bool:
         """A branch has no final answer yet, or one the reply hook holds."""

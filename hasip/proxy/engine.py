@@ -199,6 +199,9 @@ class Engine:
         self.flow: Callable[[tuple[str, int], Listener], Connection | None] = no_flow
         # Failed authentications and deliveries, one rate-limited line each.
         self.failures = FailureLog()
+        # Runs work no message waits for (a media session's delete): the
+        # shell puts it on the loop; without a shell it is a wait.
+        self.spawner: Callable[[Awaitable[Any]], None] = self._spawn_as_wait
         self.script: RoutingScript = script(self)
 
     # -- the shell's side ----------------------------------------------------
@@ -258,6 +261,15 @@ class Engine:
     def resume_failed(self, wait: Wait, exc: BaseException, now: float) -> None:
         self.now = now
         wait.on_error(exc)
+
+    def spawn(self, work: Awaitable[Any]) -> None:
+        self.spawner(work)
+
+    def _spawn_as_wait(self, work: Awaitable[Any]) -> None:
+        def failed(exc: BaseException) -> None:
+            log.warning("background_failed", reason=f"{type(exc).__name__}: {exc}")
+
+        self._waits.append(Wait(work, lambda _result: None, failed))
 
     def in_flight(self) -> int:
         """Server transactions that have not sent a final response yet."""
@@ -521,6 +533,7 @@ class Engine:
         if dest is None:
             return False
         resp.pop_first_value(b"via")
+        self.script.on_stray_reply(resp)
         self._emit(resp.to_bytes(), dest)
         self._resp_out.inc(str(resp.status))
         return True

@@ -18,6 +18,7 @@ from hasip.location.binding import Binding, format_socket, parse_socket
 from hasip.location.registrar import Origin, register
 from hasip.proxy.context import Branch, Reply, RequestContext, ResponseContext
 from hasip.proxy.engine import Engine
+from hasip.proxy.media import NEVER, MediaHook
 from hasip.proxy.nat import behind_nat, fix_contact
 from hasip.security.routetoken import PARAM
 from hasip.sip.errors import SipParseError
@@ -52,6 +53,8 @@ def _escape_user(user: str) -> str:
 # Requests that create a dialog and must not be sent along a preloaded Route
 # to somewhere else (the seed's 403 rule).
 _DIALOG_CREATING = ("INVITE", "REFER")
+# In-dialog requests whose SDP goes through the media relay.
+_SDP_METHODS = ("INVITE", "UPDATE", "PRACK", "ACK")
 
 
 class Router:
@@ -63,6 +66,17 @@ class Router:
         self.services = proxy.services
         # Request-URIs rewritten to a node, by (Request-URI, node URI).
         self._rewritten: dict[tuple[bytes, str], SipUri] = {}
+        # The media relay (hasip/proxy/media.py), when rtpengine is configured.
+        self.media: MediaHook | None = None
+        relay = self.services.media
+        if relay is not None and self.config.media.relay != NEVER:
+            self.media = MediaHook(self.config.media, relay, self.services.dialogs,
+                                   proxy.owns_socket, proxy.spawn)
+            cdrs = self.services.cdrs
+            if cdrs is not None:
+                # a relayed call's CDR waits for rtpengine's figures
+                cdrs.media_first = True
+                self.media.deleted = cdrs.queue
 
     # -- route (main) ----------------------------------------------------------
 
@@ -116,17 +130,31 @@ class Router:
             self.screen(ctx)
         self.consume_credentials(req)
         if (req.get(b"route") or b"").find(b";nat=yes") >= 0:
-            # A dialog we marked NATed at its start (media relay hooks here).
+            # A dialog we marked NATed at its start.
             ctx.nat = True
             if ctx.rc is not None:
                 ctx.rc.nat = True
         self.handle_nat(ctx)
-        if req.method == "BYE":
+        method = req.method
+        if method == "BYE":
             dialogs = self.services.dialogs
             d = dialogs.find(req.call_id, req.from_.tag, req.to.tag)
             if d is not None:
                 dialogs.end(d, ENDED_BYE)
         had_route = self.loose_route(ctx)
+        media = self.media
+        if media is not None and (method == "INVITE" or (req.body and method in _SDP_METHODS)):
+            # an SDP exchange within a relayed call (a re-INVITE without
+            # SDP too: its 2xx offers)
+            d = self.services.dialogs.find(req.call_id, req.from_.tag, req.to.tag)
+            if d is not None and d.media:
+                media.in_dialog(ctx, d, lambda c: self.forward_in_dialog(c, had_route))
+                return
+        self.forward_in_dialog(ctx, had_route)
+
+    def forward_in_dialog(self, ctx: RequestContext, had_route: bool) -> None:
+        """Relay an in-dialog request along its route set (or answer it)."""
+        req = ctx.request
         if had_route or not self.proxy.is_myself(req.uri):
             if req.method == "ACK":
                 ctx.forward_stateless()
@@ -231,6 +259,22 @@ class Router:
             self.screen(ctx)
         if req.method == "INVITE":
             self.start_dialog(ctx)
+            if self.media is not None:
+                self.media.initial(ctx, self.callee_nat(ctx), self.route_onwards)
+                return
+        self.route_onwards(ctx)
+
+    def callee_nat(self, ctx: RequestContext) -> bool:
+        """The INVITE goes to a registered contact behind NAT."""
+        req = ctx.request
+        if b"route" in req.keys or not self.proxy.is_myself(req.uri):
+            return False
+        aor = self.aor_of(req.uri)
+        return aor is not None and any(b.nat for b in self.services.location.bindings(aor))
+
+    def route_onwards(self, ctx: RequestContext) -> None:
+        """Where an initial request goes: relayed, or to our users."""
+        req = ctx.request
         if b"route" in req.keys or not self.proxy.is_myself(req.uri):
             self.route_relay(ctx)
         elif req.method == "INVITE":
@@ -675,5 +719,11 @@ class Router:
         return False
 
     def on_reply(self, reply: Reply) -> None:
-        """Every reply on its way upstream (the media relay hooks in here)."""
+        """Every reply on its way upstream: the media relay rewrites its SDP."""
+        if self.media is not None:
+            self.media.on_reply(reply)
+
+    def on_stray_reply(self, response: Response) -> None:
+        if self.media is not None:
+            self.media.on_stray_reply(response)
 

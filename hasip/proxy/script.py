@@ -29,6 +29,10 @@ class RoutingScript(Protocol):
         (Kamailio's onreply_route): it may be changed, or held for an
         external answer (:meth:`Reply.hold`)."""
 
+    def on_stray_reply(self, response: Response) -> None:
+        """A response relayed statelessly (its transaction ended: a 2xx
+        retransmission): it may be changed, not held."""
+
     def on_branch_failure(self, rc: ResponseContext, branch: Branch) -> None:
         """A branch ended with a failure (>= 300, a timeout or a transport
         error)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hasip.app.config import Config
@@ -50,6 +50,7 @@ class Proxy:
         self.engine = Engine(config, self.services, self.table, Router,
                              Resolver(dns.ttl, dns.negative_ttl, dns.max_entries))
         self.engine.flow = self.transports.flow
+        self.engine.spawner = self._spawn
         self._tasks: set[asyncio.Task[None]] = set()
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = math.inf
@@ -188,6 +189,20 @@ class Proxy:
             else:
                 self.engine.resume(wait, result, self.loop.time())
             self._flush()
+
+        task = self.loop.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _spawn(self, work: Awaitable[Any]) -> None:
+        """Work no message waits for (a media session's delete), on the loop."""
+        async def run() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("background_failed", reason=f"{type(exc).__name__}: {exc}")
 
         task = self.loop.create_task(run())
         self._tasks.add(task)

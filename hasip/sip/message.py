@@ -227,6 +227,12 @@ class SipMessage:
     def content_length(self) -> int:
         return len(self.body)
 
+    def set_body(self, body: bytes) -> None:
+        """Replace the body (a media relay's SDP); Content-Length follows."""
+        self.body = body
+        if self._has_cl:
+            self.replace(b"content-length", b"Content-Length: %d" % len(body))
+
     # -- editing ---------------------------------------------------------
 
     def insert_top(self, key: bytes, line: bytes) -> None:

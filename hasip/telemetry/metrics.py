@@ -285,3 +285,13 @@ MEDIA_RETRANSMISSIONS = Counter("hasip_media_ng_retransmissions_total",
                                 "ng requests sent again for want of an answer", ["instance"])
 MEDIA_UP = Gauge("hasip_media_instance_up", "1 while an rtpengine instance takes calls",
                  ["instance"])
+MEDIA_CALLS = labelled_counter("hasip_media_calls_total",
+                               "Calls the media policy chose to relay (relayed), and of those "
+                               "whose offer failed: relayed without media relay (unrelayed, by "
+                               "media.on_failure = continue) or refused with 503 (rejected)",
+                               ["decision"])
+MEDIA_FAILURES = labelled_counter("hasip_media_failures_total",
+                                  "Offers, answers and deletes rtpengine did not complete "
+                                  "(down, slow, refused): alert on it", ["command"])
+MEDIA_SESSIONS = Gauge("hasip_media_sessions",
+                       "Dialogs whose media goes through an rtpengine instance", ["instance"])

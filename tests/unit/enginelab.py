@@ -84,6 +84,9 @@ class ForkScript:
     def on_answered(self, rc: ResponseContext, response: Response, nat: bool) -> None:
         pass
 
+    def on_stray_reply(self, response: Response) -> None:
+        pass
+
     def on_final(self, rc: ResponseContext, status: int) -> None:
         self.finals.append(status)
 

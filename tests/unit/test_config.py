@@ -470,7 +470,8 @@ def test_media_section_is_checked_and_names_the_key() -> None:
                      ({"relay": "sometimes"}, "media.relay"),
                      ({"replace": ["everything"]}, "media.replace[0]"),
                      ({"interfaces": {"not-an-ip": "x"}}, "media.interfaces"),
-                     ({"rtpengine": ["udp:127.0.0.1:2223"]}, "media.rtpengine")):
+                     ({"interfaces": {"198.18.0.100": "a b"}}, "media.interfaces"),
+                     ({"on_failure": "shrug"}, "media.on_failure")):
         try:
             config_from_dict({"media": raw}, "m.toml")
         except ConfigError as exc:

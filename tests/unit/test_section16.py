@@ -242,6 +242,9 @@ class RouteFollower:
     def on_answered(self, rc, response, nat):  # type: ignore[no-untyped-def]
         pass
 
+    def on_stray_reply(self, response):  # type: ignore[no-untyped-def]
+        pass
+
     def on_final(self, rc, status):  # type: ignore[no-untyped-def]
         pass
 
