@@ -33,14 +33,17 @@ class Backend(Protocol):
 
 _CDR_COLUMNS = ("dialog_id", "call_id", "from_tag", "to_tag", "from_uri", "to_uri",
                 "request_uri", "caller", "destination", "socket", "nat", "started",
-                "answered", "ended", "duration", "end_reason", "end_status", "node")
+                "answered", "ended", "duration", "end_reason", "end_status", "node",
+                "media", "media_packets", "media_bytes", "media_errors", "media_lost",
+                "media_jitter", "media_mos")
 
 
 def _cdr_row(d: Dialog, when: Any) -> tuple[Any, ...]:
     return (d.id, d.call_id, d.from_tag, d.to_tag, d.from_uri, d.to_uri, d.request_uri,
             d.user, d.ds_uri, d.socket, int(d.nat), when(d.started),
             when(d.answered) if d.answered else None, when(d.ended), d.duration(),
-            d.end_reason, d.end_status, d.node)
+            d.end_reason, d.end_status, d.node, d.media, d.media_packets, d.media_bytes,
+            d.media_errors, d.media_lost, d.media_jitter, d.media_mos)
 
 
 def migrations(kind: str) -> list[tuple[int, str]]:

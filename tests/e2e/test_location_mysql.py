@@ -4,12 +4,17 @@ database is down)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiomysql
+
 from hasip.auth.digest import make_ha1
+from hasip.dialog.dialog import Dialog
+from hasip.location.backend import MysqlBackend
 from tests.e2e.conftest import invite, metric
 from tests.e2e.sipphone import Phone
 
@@ -86,3 +91,31 @@ def test_restarted_node_loads_bindings_even_when_mysql_comes_late(make_node, mar
     while got is not None and getattr(got, "method", "") != "INVITE":
         got = agent.recv(3.0)
     assert got is not None, "the restarted node did not deliver the call to the stored binding"
+
+
+def test_cdr_with_media_figures_in_mysql(mariadb) -> None:
+    """A relayed call's CDR keeps rtpengine's figures (migration 0003) in MariaDB."""
+    d = Dialog("call-m", "ft", "sip:a@x", "sip:b@x", "sip:b@x", to_tag="tt", started=1000.0,
+               answered=1001.0, ended=1031.0, end_reason="bye", media="udp:127.0.0.1:2223",
+               media_packets=3000, media_bytes=516000, media_lost=2, media_jitter=4,
+               media_mos=4.3)
+
+    async def run() -> tuple[Any, ...]:
+        backend = MysqlBackend(mariadb.url)
+        await backend.open()
+        try:
+            await backend.write_cdrs([d])
+        finally:
+            await backend.close()
+        conn = await aiomysql.connect(host="127.0.0.1", port=mariadb.port, user="hasip",
+                                      password="hasip-test", db="hasip")
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute("SELECT media, media_packets, media_bytes, media_lost, "
+                                  "media_jitter, media_mos, duration FROM cdr WHERE call_id=%s",
+                                  ("call-m",))
+                return tuple(await cur.fetchone())
+        finally:
+            conn.close()
+
+    assert asyncio.run(run()) == ("udp:127.0.0.1:2223", 3000, 516000, 2, 4, 4.3, 30.0)

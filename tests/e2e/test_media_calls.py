@@ -7,6 +7,8 @@ test_media_netns.py."""
 from __future__ import annotations
 
 import re
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,23 @@ def messages(tmp_path: Path, scenario: str) -> str:
 def received_invite(log: str) -> str:
     at = log.index("INVITE sip:")
     return log[at:log.index("\n\n----", at) if "\n\n----" in log[at:] else len(log)]
+
+
+def cdr_media(tmp_path: Path, port: int, timeout: float = 5.0) -> tuple[str, int, int]:
+    """The media columns of the node's one CDR (SQLite, written behind)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        db = sqlite3.connect(tmp_path / f"location-{port}.db")
+        try:
+            rows = db.execute("SELECT media, media_packets, media_bytes FROM cdr").fetchall()
+        except sqlite3.OperationalError:
+            rows = []
+        finally:
+            db.close()
+        if rows or time.monotonic() > deadline:
+            assert len(rows) == 1, rows
+            return rows[0]
+        time.sleep(0.1)
 
 
 def in_range(port: int, rtpe) -> bool:
@@ -83,6 +102,9 @@ def test_media_of_a_call_goes_through_rtpengine_both_ways(make_node, sipp, rtpen
     log = node.log()
     found = re.search(r"event=media_deleted .*packets=(\d+) ", log)
     assert found and int(found.group(1)) >= 2 * PACKETS * 0.95, log[-2000:]
+    # ... and the call's CDR has them (written once they are in)
+    row = cdr_media(tmp_path, node.sip_port)
+    assert row[0] == rtpe.url and row[1] == int(found.group(1)) and row[2] >= row[1] * 172, row
     text = node.metrics()
     assert metric(text, "hasip_media_calls_total", 'decision="relayed"') == 1
     assert metric(text, "hasip_media_requests_total",
