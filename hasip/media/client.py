@@ -209,8 +209,27 @@ class MediaClient:
             try:
                 return inst, await self.command(inst, cmd)
             except NgTimeout:
+                if not sticky:
+                    self._abandon(inst, cmd)
                 if sticky:
                     raise           # the call's sessions are there: no other has them
+
+    def _abandon(self, inst: Instance, cmd: dict[str, Any]) -> None:
+        """A new call's offer timed out on ``inst``: a slow rtpengine may
+        still make its session when it gets to the offer, so a delete
+        follows it (and is taken after it, in order)."""
+        loop = self._loop
+        if loop is None:
+            return
+
+        async def delete() -> None:
+            with contextlib.suppress(NgError, NgTimeout):
+                await self.command(inst, commands.delete(str(cmd.get("call-id", "")),
+                                                         str(cmd.get("from-tag", ""))))
+
+        task = loop.create_task(delete())
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
 
     async def on(self, name: str, cmd: dict[str, Any]) -> NgAnswer:
         """A command for a call already on the instance called ``name``."""
