@@ -32,8 +32,9 @@ def parties() -> Iterator[tuple[Party, Party]]:
     callee.close()
 
 
-def media_node(make_node, callee: Party, rtpengine_url: str, **media: object):
-    return make_node(next_hop=[f"sip:{CALLEE}:{callee.sip.port}"],
+def media_node(make_node, callee: Party, rtpengine_url: str, timers: dict | None = None,
+               **media: object):
+    return make_node(next_hop=[f"sip:{CALLEE}:{callee.sip.port}"], timers=timers or {},
                      media={"rtpengine": [rtpengine_url], "relay": "always", **media})
 
 
@@ -127,6 +128,11 @@ def test_hold_and_unhold_keep_media_through_the_relay(make_node, rtpengine, part
     call, ok = answer(node, caller, callee, inv, fwd)
     call.callee_media, call.caller_media = sdp_media(fwd.body), sdp_media(ok.body)
     assert relayed(call.callee_media, rtpe) and relayed(call.caller_media, rtpe)
+    # a retransmission of the 2xx (before the ACK) is answered again:
+    # rtpengine gives the same SDP
+    callee.reply_to(fwd, 200, "OK", callee.sdp())
+    again = caller.recv_response(200)
+    assert again.body == ok.body
     ack(node, caller, callee, call, 1)
     audio_both_ways(caller, callee, call, rtpe)
     # hold: the caller offers sendonly; the callee sees it on the relay
@@ -156,18 +162,26 @@ def test_hold_and_unhold_keep_media_through_the_relay(make_node, rtpengine, part
     assert metric(text, "hasip_media_requests_total",
                   f'command="offer",instance="{rtpe.url}",result="ok"') == 3
     assert metric(text, "hasip_media_requests_total",
-                  f'command="answer",instance="{rtpe.url}",result="ok"') == 3
+                  f'command="answer",instance="{rtpe.url}",result="ok"') == 4
 
 
 def test_late_offer_in_the_2xx_answered_in_the_ack(make_node, rtpengine, parties) -> None:
     caller, callee = parties
     rtpe = rtpengine()
-    node = media_node(make_node, callee, rtpe.url)
+    # T1 of 50 ms: the INVITE's client transaction ends 3.2 s after its 2xx
+    node = media_node(make_node, callee, rtpe.url, timers={"t1": 0.05})
     inv, fwd = invite(node, caller, callee, body=b"")
     assert not fwd.body
     call, ok = answer(node, caller, callee, inv, fwd)    # the callee offers
     call.caller_media = sdp_media(ok.body)
     assert relayed(call.caller_media, rtpe)
+    # the 2xx again once its transaction has ended (relayed statelessly,
+    # as after a takeover): the same rewritten offer, not the callee's own
+    time.sleep(3.6)
+    callee.reply_to(fwd, 200, "OK", callee.sdp())
+    assert caller.recv_response(200).body == ok.body
+    assert metric(node.metrics(), "hasip_sip_stray_responses_total",
+                  'action="forwarded"') == 1
     acked = ack(node, caller, callee, call, 1, caller.sdp())   # the caller answers
     call.callee_media = sdp_media(acked.body)
     assert relayed(call.callee_media, rtpe)
