@@ -16,6 +16,7 @@ import pytest
 from hasip.demo.node import NodeProcess, write_secret
 from hasip.demo.sipp import Sipp, sipp_binary
 from hasip.demo.zookeeper import ZooKeeper, zookeeper_missing
+from tests.e2e.natnet import nat_network  # noqa: F401 - a fixture for the NAT tests
 from tests.e2e.services import (
     FreeRadius,
     MariaDB,
@@ -359,16 +360,16 @@ def zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeper]:
 
 @pytest.fixture
 def rtpengine(tmp_path: Path) -> Iterator[Callable[..., Rtpengine]]:
-    """Start rtpengine daemons on loopback: ``rtpengine()`` (ng port and
-    media ports picked free)."""
+    """Start rtpengine daemons: ``rtpengine()`` (ng port on loopback picked
+    free; media on ``interfaces``, rtpengine's --interface values)."""
     missing = rtpengine_missing()
     if missing:
         pytest.skip(missing)
     started: list[Rtpengine] = []
 
-    def start(port_min: int = 0) -> Rtpengine:
+    def start(port_min: int = 0, interfaces: tuple[str, ...] = ("127.0.0.1",)) -> Rtpengine:
         base = port_min or 30000 + 200 * (len(started) + (os.getpid() % 100))
-        server = Rtpengine(tmp_path, free_port(), base).start()
+        server = Rtpengine(tmp_path, free_port(), base, interfaces).start()
         started.append(server)
         return server
 

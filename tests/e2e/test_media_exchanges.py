@@ -266,3 +266,25 @@ def test_rtpengine_slow_calls_refused_with_503(make_node, rtpengine, parties) ->
     assert wait_no_session(rtpe) == []
     text = node.metrics()
     assert metric(text, "hasip_media_calls_total", 'decision="rejected"') == 1
+
+
+def test_by_the_seed_rule_a_call_without_nat_is_not_relayed(make_node, rtpengine,
+                                                            parties) -> None:
+    """media.relay = nat (the default): neither party behind NAT, so the
+    media goes end to end and rtpengine is not asked."""
+    caller, callee = parties
+    rtpe = rtpengine()
+    node = media_node(make_node, callee, rtpe.url, relay="nat")
+    inv, fwd = invite(node, caller, callee)
+    assert sdp_media(fwd.body) == (CALLER, caller.rtp_port)
+    call, ok = answer(node, caller, callee, inv, fwd)
+    assert sdp_media(ok.body) == (CALLEE, callee.rtp_port)
+    assert rtpe.calls() == []
+    ack(node, caller, callee, call, 1)
+    in_dialog(node, caller, call, "BYE")
+    callee.reply_to(callee.recv_request("BYE"), 200, "OK")
+    caller.recv_response(200)
+    text = node.metrics()
+    assert metric(text, "hasip_media_calls_total", 'decision="relayed"') == 0
+    assert metric(text, "hasip_media_requests_total",
+                  f'command="offer",instance="{rtpe.url}",result="ok"') == 0
