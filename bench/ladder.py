@@ -68,6 +68,8 @@ class Step:
     ok: int
     retrans: int
     cpu_pct: float
+    # Of cpu_pct, what a process the balancer drives (rtpengine) spent.
+    shared_cpu_pct: float = 0.0
 
     @property
     def success(self) -> float:
@@ -172,27 +174,33 @@ def uac(balancer: Balancer, work: Path, rate: int, calls: int) -> Sipp:
 
 
 def run_step(balancer: Balancer, work: Path, rate: int, duration: float,
-             client: Client = uac) -> Step:
+             client: Client = uac, shared: list[int] | None = None) -> Step:
+    """One step; ``shared``: processes the balancer drives whose CPU counts
+    as its own (rtpengine, for the media benchmark)."""
     calls = int(rate * duration)
     caller = client(balancer, work, rate, calls)
     caller.start()
     pids = balancer.pids()
+    others = shared or []
     # Steady part: skip the first second and stop a second before the end.
     time.sleep(1.0)
-    c0, t0 = cpu_seconds(pids), time.monotonic()
+    c0, s0, t0 = cpu_seconds(pids), cpu_seconds(others), time.monotonic()
     time.sleep(max(1.0, duration - 2.0))
-    c1, t1 = cpu_seconds(pids), time.monotonic()
+    c1, s1, t1 = cpu_seconds(pids), cpu_seconds(others), time.monotonic()
     try:
         caller.wait(duration + 60)
     except subprocess.TimeoutExpired:
         pass
     ok = caller.counter("SuccessfulCall(C)")
     retrans = caller.counter("Retransmissions(C)")
-    return Step(rate, calls, ok, retrans, 100.0 * (c1 - c0) / (t1 - t0))
+    span = t1 - t0
+    return Step(rate, calls, ok, retrans, 100.0 * ((c1 - c0) + (s1 - s0)) / span,
+                100.0 * (s1 - s0) / span)
 
 
 def bench(balancers: list[Balancer], work: Path, rates: list[int],
-          duration: float, client: Client = uac, unit: str = "calls") -> dict[str, list[Step]]:
+          duration: float, client: Client = uac, unit: str = "calls",
+          shared: list[int] | None = None) -> dict[str, list[Step]]:
     """Climb the ladder with every balancer, interleaved step by step, so that
     the machine's drift (a shared VM) hits them alike. A balancer leaves the
     ladder at its first step below 99.9 %."""
@@ -203,10 +211,12 @@ def bench(balancers: list[Balancer], work: Path, rates: list[int],
     try:
         for rate in rates:
             for balancer in list(running):
-                step = run_step(balancer, work, rate, duration, client)
+                step = run_step(balancer, work, rate, duration, client, shared)
                 results[balancer.name].append(step)
+                of_which = (f" (of it {step.shared_cpu_pct:5.1f} % rtpengine)" if shared
+                            else "")
                 print(f"  {balancer.name:<16} {rate:>6}/s  ok {100 * step.success:7.3f} %  "
-                      f"retrans {step.retrans:>5}  cpu {step.cpu_pct:6.1f} %  "
+                      f"retrans {step.retrans:>5}  cpu {step.cpu_pct:6.1f} %{of_which}  "
                       f"{step.calls_per_cpu_s:8.0f} {unit}/cpu-s", flush=True)
                 if step.success < 0.999:
                     running.remove(balancer)

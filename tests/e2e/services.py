@@ -241,10 +241,11 @@ class Rtpengine:
 
     def __init__(self, workdir: Path, ng_port: int, port_min: int,
                  interfaces: tuple[str, ...] = ("127.0.0.1",), ng_host: str = "127.0.0.1",
-                 netns: str | None = None) -> None:
+                 netns: str | None = None, port_span: int = 200) -> None:
         self.dir = workdir / f"rtpengine-{ng_port}"
         self.ng = (ng_host, ng_port)
         self.port_min = port_min
+        self.port_span = port_span
         self.interfaces = interfaces
         self.netns = netns
         self.proc: subprocess.Popen[bytes] | None = None
@@ -257,7 +258,8 @@ class Rtpengine:
         self.dir.mkdir(parents=True, exist_ok=True)
         cmd = [shutil.which("rtpengine") or "/usr/bin/rtpengine", "--foreground", "--log-stderr",
                "--config-file=none", "--table=-1", f"--listen-ng={self.ng[0]}:{self.ng[1]}",
-               f"--port-min={self.port_min}", f"--port-max={self.port_min + 199}",
+               f"--port-min={self.port_min}",
+               f"--port-max={self.port_min + self.port_span - 1}",
                "--log-level=6", "--delete-delay=0", "--num-threads=2",
                f"--listen-cli={self.ng[0]}:{free_port(self.ng[0])}",
                f"--pidfile={self.dir / 'rtpengine.pid'}",

@@ -98,19 +98,20 @@ def in_dialog(node, caller: Party, call: Call, method: str, body: bytes = b"") -
                                routes=call.routes), node.sip_port)
 
 
-def relayed(addr: tuple[str, int], rtpe) -> bool:
-    return addr[0] == RTPENGINE and rtpe.port_min <= addr[1] < rtpe.port_min + 200
+def relayed(addr: tuple[str, int], rtpe, ip: str = RTPENGINE) -> bool:
+    return addr[0] == ip and rtpe.port_min <= addr[1] < rtpe.port_min + 200
 
 
-def audio_both_ways(caller: Party, callee: Party, call: Call, rtpe, count: int = 20) -> None:
+def audio_both_ways(caller: Party, callee: Party, call: Call, rtpe, count: int = 20,
+                    ip: str = RTPENGINE) -> None:
     """RTP from each party to the address it was given arrives at the
-    other, from rtpengine's ports."""
+    other, from rtpengine's ports on ``ip``."""
     caller.rtp_to(call.caller_media, count)
     got = callee.rtp_received()
-    assert len(got) >= count * 0.9 and all(relayed(a, rtpe) for a in got), got
+    assert len(got) >= count * 0.9 and all(relayed(a, rtpe, ip) for a in got), got
     callee.rtp_to(call.callee_media, count)
     got = caller.rtp_received()
-    assert len(got) >= count * 0.9 and all(relayed(a, rtpe) for a in got), got
+    assert len(got) >= count * 0.9 and all(relayed(a, rtpe, ip) for a in got), got
 
 
 def wait_no_session(rtpe, timeout: float = 5.0) -> list[str]:
@@ -288,3 +289,38 @@ def test_by_the_seed_rule_a_call_without_nat_is_not_relayed(make_node, rtpengine
     assert metric(text, "hasip_media_calls_total", 'decision="relayed"') == 0
     assert metric(text, "hasip_media_requests_total",
                   f'command="offer",instance="{rtpe.url}",result="ok"') == 0
+
+
+def test_media_on_the_interface_named_for_the_calls_socket(make_node, rtpengine,
+                                                          parties) -> None:
+    """media.interfaces: calls that came in on 127.0.0.1 have their media on
+    rtpengine's interface "vip" (127.0.0.7), not on its first one."""
+    caller, callee = parties
+    rtpe = rtpengine(interfaces=("pub/127.0.0.1", "vip/127.0.0.7"))
+    node = media_node(make_node, callee, rtpe.url, interfaces={"127.0.0.1": "vip"})
+    inv, fwd = invite(node, caller, callee)
+    call, ok = answer(node, caller, callee, inv, fwd)
+    call.callee_media, call.caller_media = sdp_media(fwd.body), sdp_media(ok.body)
+    assert relayed(call.callee_media, rtpe, "127.0.0.7"), call.callee_media
+    assert relayed(call.caller_media, rtpe, "127.0.0.7"), call.caller_media
+    ack(node, caller, callee, call, 1)
+    audio_both_ways(caller, callee, call, rtpe, ip="127.0.0.7")
+    in_dialog(node, caller, call, "BYE")
+    callee.reply_to(callee.recv_request("BYE"), 200, "OK")
+    caller.recv_response(200)
+    assert wait_no_session(rtpe) == []
+
+
+def test_a_call_that_times_out_has_its_session_deleted(make_node, rtpengine, parties) -> None:
+    """A dialog nobody hung up (dialog.timeout) ends, and so does its media
+    session: rtpengine is not left with it."""
+    caller, callee = parties
+    rtpe = rtpengine()
+    node = make_node(next_hop=[f"sip:{CALLEE}:{callee.sip.port}"], dialog={"timeout": 2.0},
+                     media={"rtpengine": [rtpe.url], "relay": "always"})
+    inv, fwd = invite(node, caller, callee)
+    call, _ = answer(node, caller, callee, inv, fwd)
+    ack(node, caller, callee, call, 1)
+    assert rtpe.calls() == [call.call_id]
+    assert wait_no_session(rtpe, timeout=6.0) == []
+    assert "event=dialog_timeout" in node.log()

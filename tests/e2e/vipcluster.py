@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hasip.demo.node import write_secret
@@ -38,6 +38,7 @@ class Cluster:
         self.users_file = users_file
         self.replication_extra: dict = {}     # more [replication] keys for every node
         self.extra_listen: list[str] = []     # more sip.listen entries for every node
+        self.extra_config: dict[str, dict] = {}   # more sections (keys) for every node
         # auth.trusted of every node: the whole LAN unless a test says otherwise.
         self.trusted = ["198.18.0.0/24"]
         self.nodes: dict[str, subprocess.Popen[bytes]] = {}
@@ -83,6 +84,8 @@ class Cluster:
             cfg["replication"] = {"listen": f"198.18.0.1{index}:5090",
                                   "secret": "replication-secret-of-the-cluster",
                                   **self.replication_extra, **(replication or {})}
+        for section, values in self.extra_config.items():
+            cfg.setdefault(section, {}).update(values)
         path = write_config(self.workdir / f"{name}.toml", cfg)
         self.nodes[name] = self.lab.popen(name, [sys.executable, "-m", "hasip", "run", "-c",
                                                  str(path)], self.workdir / f"{name}.log",
@@ -176,9 +179,12 @@ def vip_cluster(tmp_path: Path, zk_servers: int, replication: bool = False,
                 nodes: tuple[str, ...] = ("n1", "n2", "n3"),
                 replication_extra: dict | None = None,
                 trusted: list[str] | None = None,
-                extra_listen: list[str] | None = None) -> Iterator[Cluster]:
+                extra_listen: list[str] | None = None,
+                extra_config: dict[str, dict] | None = None,
+                before_nodes: Callable[[Cluster], None] | None = None) -> Iterator[Cluster]:
     """The running cluster (``nodes`` started), VIP_A on n1 and VIP_B on n2;
-    torn down after."""
+    torn down after. ``before_nodes`` runs once the namespaces are up
+    (services the nodes use: rtpengine)."""
     lab = Lab(f"hk{os.getpid() % 10000}").create()
     zk: ZooKeeper | None = None
     c: Cluster | None = None
@@ -192,6 +198,9 @@ def vip_cluster(tmp_path: Path, zk_servers: int, replication: bool = False,
         c = Cluster(lab, zk, tmp_path, replication, users_file)
         c.replication_extra = replication_extra or {}
         c.extra_listen = extra_listen or []
+        c.extra_config = extra_config or {}
+        if before_nodes is not None:
+            before_nodes(c)
         if trusted is not None:
             c.trusted = trusted
         for name in nodes:
