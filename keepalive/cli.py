@@ -7,6 +7,8 @@
 The node contends for its VIPs while the check command succeeds (exit 0),
 gives them up when it fails ``--fall`` times in a row, and contends again
 after ``--rise`` successes. SIGTERM releases the VIPs and leaves.
+``--on-acquired`` and ``--on-released`` run a command as the node starts
+and stops holding a VIP (promote a Redis, say; keepalive/notify.py).
 
 The ZooKeeper credentials are required: the node authenticates with them
 and its znodes are readable and writable by their holders only. The
@@ -23,6 +25,7 @@ import sys
 
 from keepalive.config import Credentials, KeepaliveConfig, Timing, parse_vip, read_secret
 from keepalive.manager import Keepalive
+from keepalive.notify import Notifier
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-timeout", type=float, default=2.0)
     p.add_argument("--rise", type=int, default=1)
     p.add_argument("--fall", type=int, default=2)
+    p.add_argument("--on-acquired", default="",
+                   help="command run when this node starts holding a VIP (keepalived's "
+                        "notify_master); KEEPALIVE_VIP, KEEPALIVE_VIP_NAME in its environment")
+    p.add_argument("--on-released", default="",
+                   help="command run when this node stops holding a VIP (notify_backup)")
     p.add_argument("--metrics", default="", help="HOST:PORT for Prometheus metrics")
     p.add_argument("--log-format", choices=("logfmt", "json"), default="logfmt")
     return p
@@ -88,7 +96,8 @@ async def run(args: argparse.Namespace) -> int:
     config = KeepaliveConfig(node=args.node, zookeeper=args.zookeeper,
                              vips=[parse_vip(v) for v in args.vip], root=args.root,
                              timing=timing, credentials=credentials)
-    node = Keepalive(config)
+    notifier = Notifier(args.on_acquired, args.on_released)
+    node = Keepalive(config, notifier.acquired, notifier.released)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -98,6 +107,7 @@ async def run(args: argparse.Namespace) -> int:
     await stop.wait()
     health.cancel()
     await node.stop()
+    notifier.close()
     return 0
 
 

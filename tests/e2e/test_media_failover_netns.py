@@ -1,16 +1,25 @@
-"""Media that survives the death of the node it went through (issue 15,
-point 3): the VIP cluster of tests/e2e/vipcluster.py, each node with its
-own rtpengine on the VIPs' addresses (ip_nonlocal_bind: every node's
-rtpengine binds the VIP ports of calls it does not carry yet), the
-rtpengines sharing their calls through Redis keyspace notifications (each
-writes its own database and subscribes to the others'). Calls through
-VIP_A with RTP both ways (the caller plays audio, Asterisk echoes it);
-kill -9 of n1 (hasip and its rtpengine): n2 takes VIP_A over, its rtpengine
-already holds the calls on the same ports, and the audio resumes. The gap
-each call saw is measured from a capture at the caller."""
+"""Media that survives the death of the node it went through, twice
+(issue 15, point 3): the VIP cluster of tests/e2e/vipcluster.py, each node
+with its own rtpengine on the VIPs' addresses (ip_nonlocal_bind: every
+node's rtpengine binds the VIP ports of calls it does not carry yet). The
+rtpengines share their calls through Redis keyspace notifications (each
+writes its own database and subscribes to the others'), and Redis is not a
+single point of failure: every node runs one, a replica of the one that
+holds REDIS_VIP (on the control network), and ``python -m keepalive``
+moves that VIP as it moves hasip's, promoting the Redis of the node that
+takes it (--on-acquired).
+
+Calls through VIP_A with RTP both ways (the caller plays audio, Asterisk
+echoes it). kill -9 of n1 (everything on it: hasip, rtpengine, Redis, its
+keepalive): n2 takes VIP_A and REDIS_VIP over, its rtpengine already holds
+the calls on the same ports, and the audio resumes. More calls are set up
+through n2 (their state reaches n3 through n2's Redis alone), then n2 is
+killed too: n3 carries every call. The gap each call saw at each kill is
+measured from a capture at the caller."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import subprocess
@@ -31,18 +40,21 @@ from tests.e2e.services import rtpengine_missing
 from tests.e2e.vipcluster import (
     ASTERISK_IP,
     CLIENT_IP,
+    ROOT,
     VIP_A,
     VIP_B,
-    ZK_IP,
     Cluster,
     cluster_missing,
     vip_cluster,
 )
 
-CALLS = 20
-AUDIO_S = 14.0                      # each caller plays this much audio
-CALLER_MP, ASTERISK_MP = 16000, 17000
+FIRST, SECOND = 20, 10                 # calls set up before the first kill, after it
+AUDIO_S = 30.0                         # audio each caller has to play
+CALLER_MPS, ASTERISK_MP = (16000, 16010), 17000   # SIPp takes mp to mp+3
 NG = "127.0.0.1:2223"
+REDIS_VIP = "198.19.0.100"             # the Redis primary, on the control network
+NODES = ("n1", "n2", "n3")
+REDIS_PRIORITY = {"n1": 100, "n2": 50, "n3": 10}
 
 
 def _missing() -> str:
@@ -54,37 +66,76 @@ def _missing() -> str:
 
 
 class Media:
-    """Redis on the control network, an rtpengine in every node's namespace."""
+    """Per node: Redis (a replica of REDIS_VIP's holder, promoted when the
+    node takes REDIS_VIP), keepalive for REDIS_VIP, rtpengine."""
 
     def __init__(self) -> None:
-        self.rtpengines: dict[str, subprocess.Popen[bytes]] = {}
+        self.procs: dict[str, list[subprocess.Popen[bytes]]] = {n: [] for n in NODES}
 
     def start(self, c: Cluster) -> None:
         lab = c.lab
-        self.redis = lab.popen("zk", ["redis-server", "--bind", ZK_IP, "--port", "6379",
-                                      "--save", "", "--appendonly", "no",
-                                      "--protected-mode", "no",
-                                      # rtpengine relies on keyspace notifications
-                                      "--notify-keyspace-events", "KA"], c.workdir / "redis.log")
-        deadline = time.monotonic() + 10
-        while lab.run("zk", ["redis-cli", "-h", ZK_IP, "ping"]).stdout.strip() != "PONG":
-            assert time.monotonic() < deadline, (c.workdir / "redis.log").read_text()
-            time.sleep(0.1)
-        for i in (1, 2, 3):
-            name = f"n{i}"
-            lab.run(name, ["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_nonlocal_bind"])
+        for name in NODES:
+            run = lab.run
+            run(name, ["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_nonlocal_bind"])
+            self.procs[name].append(lab.popen(name, [
+                "redis-server", "--bind", "0.0.0.0", "--port", "6379", "--save", "",
+                "--appendonly", "no", "--protected-mode", "no",
+                "--replicaof", REDIS_VIP, "6379",
+                # rtpengine relies on keyspace notifications
+                "--notify-keyspace-events", "KA"], c.workdir / f"redis-{name}.log"))
+            deadline = time.monotonic() + 10
+            while run(name, ["redis-cli", "ping"]).stdout.strip() != "PONG":
+                assert time.monotonic() < deadline, (c.workdir / f"redis-{name}.log").read_text()
+                time.sleep(0.1)
+        # n1's keepalive first, so that n1's Redis is the primary the
+        # first kill takes away (no preemption: it keeps the VIP after)
+        for name in NODES:
+            self.procs[name].append(lab.popen(name, [
+                sys.executable, "-m", "keepalive", "--node", name, "--zookeeper", c.zk.hosts,
+                "--zookeeper-user", "hasip", "--zookeeper-password-file",
+                str(c.zk_password_file), "--root", "/redis",
+                "--vip", f"{REDIS_VIP}/24@ctl0,priority={REDIS_PRIORITY[name]}",
+                "--check", "redis-cli ping", "--on-acquired", "redis-cli replicaof no one",
+                "--on-released", f"redis-cli replicaof {REDIS_VIP} 6379"],
+                c.workdir / f"keepalive-{name}.log", env={**os.environ, "PYTHONPATH": str(ROOT)}))
+            if name == "n1":
+                self.wait_primary(c, "n1", timeout=40.0)   # ZooKeeper may still be starting
+        for i, name in enumerate(NODES, 1):
             others = [f"--subscribe-keyspace={j}" for j in (1, 2, 3) if j != i]
-            cmd = ["rtpengine", "--foreground", "--log-stderr", "--config-file=none",
-                   "--table=-1", f"--listen-ng={NG}", "--port-min=30000", "--port-max=30999",
-                   "--log-level=6", "--delete-delay=0", "--num-threads=2",
-                   f"--interface=vip_a/{VIP_A}", f"--interface=vip_b/{VIP_B}",
-                   f"--redis={ZK_IP}:6379/{i}", *others, "--active-switchover"]
-            self.rtpengines[name] = lab.popen(name, cmd, c.workdir / f"rtpengine-{name}.log")
+            self.procs[name].append(lab.popen(name, [
+                "rtpengine", "--foreground", "--log-stderr", "--config-file=none",
+                "--table=-1", f"--listen-ng={NG}", "--port-min=30000", "--port-max=30999",
+                "--log-level=6", "--delete-delay=0", "--num-threads=2",
+                f"--interface=vip_a/{VIP_A}", f"--interface=vip_b/{VIP_B}",
+                f"--redis={REDIS_VIP}:6379/{i}", *others, "--active-switchover",
+                # the Redis primary died with the node whose calls this one
+                # takes over: fail fast rather than hold the media up
+                "--redis-connect-timeout=200", "--redis-cmd-timeout=200"],
+                c.workdir / f"rtpengine-{name}.log"))
         # Asterisk echoes the audio back (up before the nodes probe it)
         self.asterisk = Sipp("uas.xml", 5082, c.workdir, local_ip=ASTERISK_IP,
                              netns=lab.ns("ast"), extra=("-rtp_echo", "-mp", str(ASTERISK_MP)))
         self.asterisk.start()
         time.sleep(1.0)
+
+    @staticmethod
+    def wait_primary(c: Cluster, name: str, timeout: float = 15.0) -> None:
+        """``name``'s Redis is the primary, reached at REDIS_VIP."""
+        deadline = time.monotonic() + timeout
+        while "role:master" not in c.lab.run(name, ["redis-cli", "-h", REDIS_VIP,
+                                                    "info", "replication"]).stdout or (
+                "role:master" not in c.lab.run(name, ["redis-cli", "info",
+                                                      "replication"]).stdout):
+            assert time.monotonic() < deadline, (c.workdir / f"keepalive-{name}.log").read_text()
+            time.sleep(0.1)
+
+    def kill(self, c: Cluster, name: str) -> float:
+        """kill -9 of everything on ``name``; when it happened."""
+        at = time.time()
+        c.nodes[name].kill()
+        for proc in self.procs[name]:
+            proc.kill()
+        return at
 
 
 @pytest.fixture
@@ -113,50 +164,70 @@ def ng_calls(c: Cluster, node: str) -> list[str]:
     return [line for line in res.stdout.splitlines() if line]
 
 
-def flows(path: Path) -> dict[int, list[float]]:
-    """Arrival times of the packets each rtpengine port sent the caller."""
-    got: dict[int, list[float]] = defaultdict(list)
+def flows(path: Path) -> dict[tuple[int, int], list[float]]:
+    """Arrival times of the packets each rtpengine port sent the caller, by
+    (that port, the caller's media port): one flow per call."""
+    got: dict[tuple[int, int], list[float]] = defaultdict(list)
     for pkt in rdpcap(str(path)):
         if IP in pkt and UDP in pkt and pkt[IP].src == VIP_A:
-            got[pkt[UDP].sport].append(float(pkt.time))
+            got[(pkt[UDP].sport, pkt[UDP].dport)].append(float(pkt.time))
     return got
 
 
-def test_kill_of_the_vip_owner_keeps_the_media_of_established_calls(
-        media_cluster, tmp_path) -> None:
+def gaps_at(times: list[float], at: float) -> float:
+    """The longest silence in a call's audio that began between a second
+    before ``at`` and four seconds after (inf when it never came back)."""
+    around = [b - a for a, b in pairwise(sorted(times)) if at - 1 <= a <= at + 4]
+    if not around or max(times) < at + 3:
+        return float("inf")
+    return max(around)
+
+
+def figures(gaps: list[float]) -> str:
+    return (f"min {min(gaps):.3f} s, median {statistics.median(gaps):.3f} s, "
+            f"max {max(gaps):.3f} s")
+
+
+def test_media_of_established_calls_survives_two_node_deaths(media_cluster, tmp_path) -> None:
     cluster, media = media_cluster
     lab = cluster.lab
     write_stream(tmp_path / "rtp.pcap", int(AUDIO_S / 0.02))
+    kills: dict[str, float] = {}
+
+    def caller(port: int, mp: int, calls: int, length_s: float) -> Sipp:
+        return Sipp("uac_media.xml", port, tmp_path, remote=f"{VIP_A}:5060", calls=calls,
+                    rate=10, call_length_ms=int(length_s * 1000), local_ip=CLIENT_IP,
+                    netns=lab.ns("client"), extra=("-mp", str(mp)))
+
     try:
-        with Capture(tmp_path / "caller.pcap", "lan0", f"udp and dst port {CALLER_MP}",
-                     netns=lab.ns("client")):
-            caller = Sipp("uac_media.xml", 5070, tmp_path, remote=f"{VIP_A}:5060",
-                          calls=CALLS, rate=10, call_length_ms=int(AUDIO_S * 1000) + 1000,
-                          local_ip=CLIENT_IP, netns=lab.ns("client"),
-                          extra=("-mp", str(CALLER_MP)))
-            with caller:
-                time.sleep(5.0)                  # every call is up, with audio
-                killed_at = time.time()
-                cluster.nodes["n1"].kill()
-                media.rtpengines["n1"].kill()
-                cluster.wait_owners({VIP_A: "n2"}, timeout=15)
-                assert caller.wait(60) == 0, caller.errors()
+        bpf = " or ".join(f"dst port {mp}" for mp in CALLER_MPS)
+        with Capture(tmp_path / "caller.pcap", "lan0", f"udp and ({bpf})",
+                     netns=lab.ns("client")), caller(5070, CALLER_MPS[0], FIRST, 24.0) as first:
+            time.sleep(5.0)                  # every call is up, with audio
+            kills["n1"] = media.kill(cluster, "n1")
+            cluster.wait_owners({VIP_A: "n2"}, timeout=15)
+            media.wait_primary(cluster, "n2")
+            with caller(5072, CALLER_MPS[1], SECOND, 12.0) as second:
+                time.sleep(4.0)              # set up through n2, its Redis the primary
+                kills["n2"] = media.kill(cluster, "n2")
+                cluster.wait_owners({VIP_A: "n3"}, timeout=15)
+                assert second.wait(60) == 0, second.errors()
+            assert first.wait(60) == 0, first.errors()
         per_call = flows(tmp_path / "caller.pcap")
     finally:
         media.asterisk.stop()
-    gaps = []
-    for port, times in sorted(per_call.items()):
-        times.sort()
-        around = [b - a for a, b in pairwise(times)
-                  if a <= killed_at + 10 and b >= killed_at - 1]
-        gaps.append(max(around) if around else float("inf"))
-        assert times[-1] > killed_at + 3, f"call on port {port} had no audio after the kill"
-    print(f"{len(per_call)} calls; media gap at the kill: min {min(gaps):.3f} s, median "
-          f"{statistics.median(gaps):.3f} s, max {max(gaps):.3f} s")
-    assert len(per_call) == CALLS
-    assert max(gaps) < 2.0
-    # every call was hung up through n2, which deleted what its rtpengine held
+    firsts = {k: v for k, v in per_call.items() if k[1] == CALLER_MPS[0]}
+    seconds = {k: v for k, v in per_call.items() if k[1] == CALLER_MPS[1]}
+    assert (len(firsts), len(seconds)) == (FIRST, SECOND), sorted(per_call)
+    results = {"first calls, n1 killed": [gaps_at(t, kills["n1"]) for t in firsts.values()],
+               "first calls, n2 killed": [gaps_at(t, kills["n2"]) for t in firsts.values()],
+               "second calls, n2 killed": [gaps_at(t, kills["n2"]) for t in seconds.values()]}
+    for what, gaps in results.items():
+        print(f"{what}: media gap {figures(gaps)}")
+    for gaps in results.values():
+        assert max(gaps) < 2.0
+    # every call was hung up through n3, which deleted what its rtpengine held
     deadline = time.monotonic() + 5
-    while (left := {n: ng_calls(cluster, n) for n in ("n2", "n3")}) != {"n2": [], "n3": []}:
+    while (left := ng_calls(cluster, "n3")) != []:
         assert time.monotonic() < deadline, left
         time.sleep(0.2)
