@@ -13,8 +13,9 @@ Calls through VIP_A with RTP both ways (the caller plays audio, Asterisk
 echoes it). kill -9 of n1 (everything on it: hasip, rtpengine, Redis, its
 keepalive): n2 takes VIP_A and REDIS_VIP over, its rtpengine already holds
 the calls on the same ports, and the audio resumes. More calls are set up
-through n2 (their state reaches n3 through n2's Redis alone), then n2 is
-killed too: n3 carries every call. The gap each call saw at each kill is
+through n2 to an agent (their state reaches n3 through n2's Redis alone),
+then n2 is killed too: n3 carries every call, and each is hung up through
+it (the first by their callers, the second by the agent). The gap each call saw at each kill is
 measured from a capture at the caller."""
 
 from __future__ import annotations
@@ -194,25 +195,40 @@ def test_media_of_established_calls_survives_two_node_deaths(media_cluster, tmp_
     write_stream(tmp_path / "rtp.pcap", int(AUDIO_S / 0.02))
     kills: dict[str, float] = {}
 
-    def caller(port: int, mp: int, calls: int, length_s: float) -> Sipp:
-        return Sipp("uac_media.xml", port, tmp_path, remote=f"{VIP_A}:5060", calls=calls,
+    def caller(scenario: str, port: int, mp: int, calls: int, length_s: float = 0.0,
+               service: str = "service") -> Sipp:
+        return Sipp(scenario, port, tmp_path, remote=f"{VIP_A}:5060", calls=calls,
                     rate=10, call_length_ms=int(length_s * 1000), local_ip=CLIENT_IP,
-                    netns=lab.ns("client"), extra=("-mp", str(mp)))
+                    netns=lab.ns("client"), service=service, extra=("-mp", str(mp)))
 
+    # An agent (1010, registered through VIP_A) who hangs up the second
+    # calls 10 s after answering, after n2's death: the callee's BYE too
+    # goes through the node that took over.
+    reg = Sipp("register.xml", 5084, tmp_path, remote=f"{VIP_A}:5060", calls=1,
+               service="1010", local_ip=ASTERISK_IP, netns=lab.ns("ast"),
+               extra=("-au", "1010", "-ap", "demo1010", "-key", "contact_port", "5084",
+                      "-key", "expires", "300"))
+    with reg:
+        assert reg.wait(20) == 0, reg.errors()
+    agent = Sipp("uas_hangup.xml", 5084, tmp_path, local_ip=ASTERISK_IP, netns=lab.ns("ast"),
+                 call_length_ms=10000, extra=("-rtp_echo", "-mp", str(ASTERISK_MP + 10)))
     try:
         bpf = " or ".join(f"dst port {mp}" for mp in CALLER_MPS)
-        with Capture(tmp_path / "caller.pcap", "lan0", f"udp and ({bpf})",
-                     netns=lab.ns("client")), caller(5070, CALLER_MPS[0], FIRST, 24.0) as first:
+        with agent, Capture(tmp_path / "caller.pcap", "lan0", f"udp and ({bpf})",
+                            netns=lab.ns("client")), caller(
+                "uac_media.xml", 5070, CALLER_MPS[0], FIRST, 24.0) as first:
             time.sleep(5.0)                  # every call is up, with audio
             kills["n1"] = media.kill(cluster, "n1")
             cluster.wait_owners({VIP_A: "n2"}, timeout=15)
             media.wait_primary(cluster, "n2")
-            with caller(5072, CALLER_MPS[1], SECOND, 12.0) as second:
+            with caller("uac_media_callee_hangs_up.xml", 5072, CALLER_MPS[1], SECOND,
+                        service="1010") as second:
                 time.sleep(4.0)              # set up through n2, its Redis the primary
                 kills["n2"] = media.kill(cluster, "n2")
                 cluster.wait_owners({VIP_A: "n3"}, timeout=15)
                 assert second.wait(60) == 0, second.errors()
             assert first.wait(60) == 0, first.errors()
+        assert agent.counter("SuccessfulCall(C)") == SECOND, agent.errors()
         per_call = flows(tmp_path / "caller.pcap")
     finally:
         media.asterisk.stop()
@@ -226,7 +242,8 @@ def test_media_of_established_calls_survives_two_node_deaths(media_cluster, tmp_
         print(f"{what}: media gap {figures(gaps)}")
     for gaps in results.values():
         assert max(gaps) < 2.0
-    # every call was hung up through n3, which deleted what its rtpengine held
+    # every call was hung up through n3 (the first ones by their callers, the
+    # second by the agent), which deleted what its rtpengine held
     deadline = time.monotonic() + 5
     while (left := ng_calls(cluster, "n3")) != []:
         assert time.monotonic() < deadline, left
