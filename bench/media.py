@@ -77,7 +77,11 @@ def main() -> int:
             u.stop()
         rtpe.stop()
     report(results, "calls")
-    print(f"sessions rtpengine still held after the run: {len(left)}")
+    # Calls SIPp gave up on in an overloaded step were never hung up: their
+    # dialogs (and sessions) last until dialog.timeout; after clean steps
+    # only, this is 0.
+    print(f"sessions rtpengine still held after the run: {len(left)}"
+          f"{'+' if len(left) >= 1000 else ''}")
     return 0
 
 

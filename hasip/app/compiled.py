@@ -63,6 +63,8 @@ MODULES = (
     "hasip.proxy.engine",
     "hasip.proxy.shell",
     "hasip.proxy.routing",
+    # rtpengine's answers (a delete's statistics: hundreds of values)
+    "hasip.media.bencode",
 )
 GROUP = "hasip._hot"
 # The hasip package (this file is hasip/app/compiled.py).

@@ -110,7 +110,12 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Decoded, int]:
         colon = data.find(b":", pos)
         if colon < 0:
             raise BencodeError("truncated string length")
-        length = _digits(data, pos, colon)
+        digits = data[pos:colon]
+        # the common case in one step; anything odd gets _digits' verdict
+        if digits.isdigit() and (lead != 0x30 or colon == pos + 1) and colon - pos <= 20:
+            length = int(digits)
+        else:
+            length = _digits(data, pos, colon)
         start = colon + 1
         if length < 0 or start + length > len(data):
             raise BencodeError(f"string of {length} bytes at {pos} runs past the end")
