@@ -151,7 +151,7 @@ class MediaHook:
         cmd = commands.offer(req.call_id, req.from_.tag or "", sdp,
                              self._side(caller_nat, sdp, src_ip),
                              self._options(ctx.source.listener.socket))
-        ctx.suspend(self._offer(req.call_id, cmd, ""),
+        ctx.suspend(self._first_offer(d, cmd),
                     lambda result: self._offered(ctx, d, result, then))
 
     def in_dialog(self, ctx: RequestContext, d: Dialog | None,
@@ -191,6 +191,21 @@ class MediaHook:
             return await self.relay.offer(call_id, cmd, sticky)
         except Exception as exc:   # every failure is the policy's to handle
             return exc
+
+    async def _first_offer(self, d: Dialog, cmd: dict[str, Any]
+                           ) -> tuple[Instance, NgAnswer] | Exception:
+        """A new call's offer. Should the call end while it is out (a
+        CANCEL; the engine then drops the answer), the session it made is
+        deleted: nobody else knows of it."""
+        result = await self._offer(d.call_id, cmd, "")
+        if not d.active and not isinstance(result, Exception):
+            inst = result[0]
+            log.info("media_offer_outlived_call", call_id=d.call_id, instance=inst.name)
+            try:
+                await self.relay.on(inst.name, commands.delete(d.call_id, d.from_tag))
+            except Exception as exc:   # logged: rtpengine's own timeout ends it
+                self._failed("delete", d.call_id, exc)
+        return result
 
     async def _command(self, name: str, cmd: dict[str, Any]) -> NgAnswer | Exception:
         try:

@@ -324,3 +324,31 @@ def test_a_call_that_times_out_has_its_session_deleted(make_node, rtpengine, par
     assert rtpe.calls() == [call.call_id]
     assert wait_no_session(rtpe, timeout=6.0) == []
     assert "event=dialog_timeout" in node.log()
+
+
+def test_a_call_cancelled_while_its_offer_is_out_leaves_no_session(make_node, rtpengine,
+                                                                   parties) -> None:
+    """The caller cancels while rtpengine has not answered the offer yet
+    (it is stopped for a moment): the caller gets its 487, the callee
+    never hears of the call, and the session the late offer made is
+    deleted."""
+    caller, callee = parties
+    rtpe = rtpengine()
+    node = media_node(make_node, callee, rtpe.url, timeout=3.0)
+    assert rtpe.proc is not None
+    os.kill(rtpe.proc.pid, signal.SIGSTOP)
+    try:
+        inv = send_invite(node, caller)
+        time.sleep(0.3)
+        caller.send(caller.request("CANCEL", inv.target, f"<{inv.target}>", inv.call_id,
+                                   cseq=1, branch=inv.branch), node.sip_port)
+        answers = [caller.recv(3.0), caller.recv(3.0)]
+    finally:
+        os.kill(rtpe.proc.pid, signal.SIGCONT)
+    by_method = {a.cseq[1]: a.status for a in answers if isinstance(a, Response)}
+    assert by_method == {"CANCEL": 200, "INVITE": 487}, answers
+    terminated = next(a for a in answers if isinstance(a, Response) and a.status == 487)
+    ack_failure(node, caller, inv, terminated)
+    assert callee.recv(1.0) is None
+    assert wait_no_session(rtpe) == []
+    assert "event=media_offer_outlived_call" in node.log()
