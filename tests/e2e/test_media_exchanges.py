@@ -352,3 +352,66 @@ def test_a_call_cancelled_while_its_offer_is_out_leaves_no_session(make_node, rt
     assert callee.recv(1.0) is None
     assert wait_no_session(rtpe) == []
     assert "event=media_offer_outlived_call" in node.log()
+
+
+def test_update_offers_within_the_call(make_node, rtpengine, parties) -> None:
+    """An UPDATE with SDP (RFC 3311) in a confirmed call is offered, its
+    200 answered, on the call's relay ports."""
+    caller, callee = parties
+    rtpe = rtpengine()
+    node = media_node(make_node, callee, rtpe.url)
+    inv, fwd = invite(node, caller, callee)
+    call, ok = answer(node, caller, callee, inv, fwd)
+    call.callee_media, call.caller_media = sdp_media(fwd.body), sdp_media(ok.body)
+    ack(node, caller, callee, call, 1)
+    in_dialog(node, caller, call, "UPDATE", caller.sdp("sendrecv", 2))
+    update = callee.recv_request("UPDATE")
+    assert sdp_media(update.body) == call.callee_media
+    callee.reply_to(update, 200, "OK", callee.sdp("sendrecv", 2))
+    ok = caller.recv_response(200)
+    assert sdp_media(ok.body) == call.caller_media
+    audio_both_ways(caller, callee, call, rtpe)
+    in_dialog(node, caller, call, "BYE")
+    callee.reply_to(callee.recv_request("BYE"), 200, "OK")
+    caller.recv_response(200)
+    assert wait_no_session(rtpe) == []
+    text = node.metrics()
+    assert metric(text, "hasip_media_requests_total",
+                  f'command="offer",instance="{rtpe.url}",result="ok"') == 2
+
+
+def test_late_offer_in_a_reliable_183_answered_in_the_prack(make_node, rtpengine,
+                                                            parties) -> None:
+    """RFC 3262: an INVITE without SDP, a reliable 183 that offers, the
+    PRACK that answers; both go through the relay, then the call has audio."""
+    caller, callee = parties
+    rtpe = rtpengine()
+    node = media_node(make_node, callee, rtpe.url)
+    inv, fwd = invite(node, caller, callee, body=b"")
+    head = callee.answer(fwd, 183, "Session Progress", callee.sdp())
+    head = head.replace(b"Content-Type:", b"Require: 100rel\r\nRSeq: 1\r\nContent-Type:", 1)
+    via = fwd.top_via
+    callee.send(head, int(via.port or 5060), via.host)
+    progress = caller.recv_response(183)
+    call = Call(inv.call_id, f"sip:agent@{CALLEE}:{callee.sip.port}",
+                progress.get_str(b"to") or "",
+                [v.strip() for v in reversed(progress.values(b"record-route"))])
+    call.caller_media = sdp_media(progress.body)
+    assert relayed(call.caller_media, rtpe)
+    prack = caller.request("PRACK", call.uri, call.to, call.call_id, body=caller.sdp(),
+                           routes=call.routes)
+    prack = prack.replace(b"Content-Type:", b"RAck: 1 1 INVITE\r\nContent-Type:", 1)
+    caller.send(prack, node.sip_port)
+    got = callee.recv_request("PRACK")
+    call.callee_media = sdp_media(got.body)
+    assert relayed(call.callee_media, rtpe)
+    callee.reply_to(got, 200, "OK")
+    caller.recv_response(200)
+    callee.reply_to(fwd, 200, "OK")
+    assert not caller.recv_response(200).body
+    ack(node, caller, callee, call, 1)
+    audio_both_ways(caller, callee, call, rtpe)
+    in_dialog(node, caller, call, "BYE")
+    callee.reply_to(callee.recv_request("BYE"), 200, "OK")
+    caller.recv_response(200)
+    assert wait_no_session(rtpe) == []
