@@ -143,6 +143,13 @@ class MediaHook:
         if rc is None or d is None or not self.relays(caller_nat, callee_nat):
             then(ctx)
             return
+        if sdp is None and req.body:
+            # a body we do not relay (multipart SDP): not a late offer either
+            log.info("media_body_not_sdp", call_id=req.call_id,
+                     content_type=(req.get(b"content-type") or b"").decode("latin-1"))
+            metrics.MEDIA_CALLS.inc("not_sdp")
+            then(ctx)
+            return
         metrics.MEDIA_CALLS.inc("relayed")
         if sdp is None:
             rc.media = MediaLeg("", late=True)   # the 2xx offers, the ACK answers
@@ -167,7 +174,7 @@ class MediaHook:
             then(ctx)
             return
         if sdp is None:
-            if method == "INVITE" and rc is not None:
+            if method == "INVITE" and rc is not None and not req.body:
                 rc.media = MediaLeg(d.media, late=True)
             then(ctx)
             return

@@ -288,7 +288,8 @@ MEDIA_UP = Gauge("hasip_media_instance_up", "1 while an rtpengine instance takes
 MEDIA_CALLS = labelled_counter("hasip_media_calls_total",
                                "Calls the media policy chose to relay (relayed), and of those "
                                "whose offer failed: relayed without media relay (unrelayed, by "
-                               "media.on_failure = continue) or refused with 503 (rejected)",
+                               "media.on_failure = continue) or refused with 503 (rejected); "
+                               "not_sdp: a body hasip does not relay (multipart)",
                                ["decision"])
 MEDIA_FAILURES = labelled_counter("hasip_media_failures_total",
                                   "Offers, answers and deletes rtpengine did not complete "

@@ -415,3 +415,28 @@ def test_late_offer_in_a_reliable_183_answered_in_the_prack(make_node, rtpengine
     callee.reply_to(callee.recv_request("BYE"), 200, "OK")
     caller.recv_response(200)
     assert wait_no_session(rtpe) == []
+
+
+def test_a_multipart_body_is_passed_on_not_taken_for_a_late_offer(make_node, rtpengine,
+                                                                   parties) -> None:
+    """An INVITE whose body is not plain SDP (multipart/mixed) is not
+    relayed: its body goes on untouched and the 200's SDP is not offered to
+    rtpengine as if the INVITE had none."""
+    caller, callee = parties
+    rtpe = rtpengine()
+    node = media_node(make_node, callee, rtpe.url)
+    body = (b"--b1\r\nContent-Type: application/sdp\r\n\r\n" + caller.sdp()
+            + b"\r\n--b1--\r\n")
+    target = f"sip:agent@127.0.0.1:{node.sip_port}"
+    call_id = uuid.uuid4().hex
+    raw = caller.request("INVITE", target, f"<{target}>", call_id, cseq=1, body=body)
+    raw = raw.replace(b"Content-Type: application/sdp\r\nContent-Length",
+                      b"Content-Type: multipart/mixed;boundary=b1\r\nContent-Length", 1)
+    caller.send(raw, node.sip_port)
+    fwd = callee.recv_request("INVITE")
+    assert fwd.body == body
+    callee.reply_to(fwd, 200, "OK", callee.sdp())
+    ok = caller.recv_response(200)
+    assert sdp_media(ok.body) == (CALLEE, callee.rtp_port)
+    assert rtpe.calls() == []
+    assert metric(node.metrics(), "hasip_media_calls_total", 'decision="not_sdp"') == 1
