@@ -13,8 +13,12 @@
     GET  /bans                            -> {"bans": [{"ip", "reason", "seconds_left", ...}]}
     POST /bans/lift             {"ip": "192.0.2.9"}
     POST /bans/add              {"ip": "192.0.2.9", "seconds": 3600}
+    GET  /healthz                         -> {"status": "serving"} (the process answers)
+    GET  /readyz                          -> 200 {"ready": true, "checks": {...}} or 503
 
-Every request carries ``Authorization: Bearer TOKEN``; Host, Origin and the
+Every request but the two probes carries ``Authorization: Bearer TOKEN``
+(the probes say nothing but booleans, and Kubernetes and load balancers
+ask them without one); Host, Origin and the
 POST body's type are checked first (``hasip/app/controlauth.py`` has the rules
 and their reasons); optional TLS, with client certificates when
 ``control.tls_ca`` is given. Refusals are logged (peer, reason) and counted
@@ -39,7 +43,7 @@ import hashlib
 import ipaddress
 import json
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from kazoo.exceptions import KazooException
@@ -58,6 +62,9 @@ from hasip.telemetry.log import get_logger
 from hasip.util.tlsstream import TlsStream
 
 log = get_logger("hasip.control")
+
+# Paths a probe asks without a token.
+PROBES = frozenset({"/healthz", "/readyz"})
 
 MAX_BODY = 65536
 MAX_HEAD = 16384
@@ -117,6 +124,8 @@ class ControlServer:
         self.policy: AccessPolicy | None = None
         self.tls: ssl.SSLContext | None = None
         self._server: asyncio.AbstractServer | None = None
+        # What /readyz reports: check name -> passed (set by the node).
+        self.readiness: Callable[[], dict[str, bool]] = lambda: {"serving": True}
 
     async def start(self, config: ControlConfig) -> None:
         assert config.listen is not None and config.token, "no control API without a token"
@@ -194,7 +203,7 @@ class ControlServer:
         head = await reader.readuntil(b"\r\n\r\n")
         method, path, headers = parse_head(head)
         assert self.policy is not None
-        decision = self.policy.check(method, headers)
+        decision = self.policy.check(method, headers, path in PROBES)
         if isinstance(decision, Refusal):
             raise _Refused(decision.status, decision.reason, decision.message)
         if "transfer-encoding" in headers:
@@ -219,6 +228,12 @@ class ControlServer:
     async def route(self, method: str, path: str, args: dict[str, Any],
                     peer: str = "") -> tuple[int, dict[str, Any]]:
         ds = self.dispatcher
+        if path == "/healthz":
+            return 200, {"status": "serving"}
+        if path == "/readyz":
+            checks = self.readiness()
+            ready = all(checks.values())
+            return (200 if ready else 503), {"ready": ready, "checks": checks}
         if method == "GET" and path in ("/location", "/location/bindings", "/dialogs",
                                         "/replication"):
             return 200, self.state(path)

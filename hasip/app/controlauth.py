@@ -117,8 +117,10 @@ class AccessPolicy:
         read = bool(self.read_token) & hmac.compare_digest(given, self.read_token)
         return FULL if full else READ if read else None
 
-    def check(self, method: str, headers: Headers) -> Refusal | str:
-        """The role a request acts with, or why it is refused."""
+    def check(self, method: str, headers: Headers, public: bool = False) -> Refusal | str:
+        """The role a request acts with, or why it is refused. ``public``
+        (the health probes): Host and Origin are checked, no token is
+        asked for, and it may only read."""
         hosts = headers.get("host", [])
         if len(hosts) != 1:
             return Refusal(400, "no Host or more than one", "give one Host header")
@@ -129,6 +131,10 @@ class AccessPolicy:
             if origin.strip().lower().rstrip("/") not in self.origins:
                 return Refusal(403, f"Origin {origin[:100]!r} is not in control.origins",
                                "cross-origin requests are refused")
+        if public:
+            if method != "GET":
+                return Refusal(405, f"{method[:10]} on a probe", "probes take GET")
+            return READ
         auth = headers.get("authorization", [])
         if not auth:
             return _unauthorized("no token")

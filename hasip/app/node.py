@@ -17,6 +17,7 @@ from hasip.app.services import Services
 from hasip.app.services import build as build_services
 from hasip.cluster.member import Cluster
 from hasip.proxy.shell import Proxy
+from hasip.replication.replicator import Replicator
 from hasip.telemetry import metrics
 from hasip.telemetry.log import get_logger
 
@@ -28,6 +29,9 @@ class Node:
         self.config = config
         self.services = services
         self.proxy: Proxy | None = None
+        self.serving = False
+        self.cluster: Cluster | None = None
+        self.replicator: Replicator | None = None
         self._stop = asyncio.Event()
         self._signals = 0
 
@@ -53,6 +57,7 @@ class Node:
             log.info("metrics_listening", address=f"{host}:{port}")
         control = ControlServer(services.dispatcher, services.location, services.dialogs)
         control.guard = services.guard
+        control.readiness = self.readiness
         if self.config.control.listen is not None:
             await control.start(self.config.control)
         self.proxy = Proxy(self.config, loop, services)
@@ -60,18 +65,20 @@ class Node:
         if self.config.cluster.zookeeper:
             # Joined (not contending yet) before SIP is served, so that the
             # first call already uses the cluster's dispatcher sets.
-            cluster = Cluster(self.config, self.proxy.transports.listeners)
+            cluster = self.cluster = Cluster(self.config, self.proxy.transports.listeners)
             cluster.acquired_hooks.append(self.proxy.ping_address)
             await cluster.start()
             control.shared = await cluster.share_dispatcher(services.dispatcher)
             if self.config.replication.listen is not None:
-                control.replicator = await cluster.replicate(self.config, services)
+                control.replicator = self.replicator = await cluster.replicate(self.config,
+                                                                               services)
         await self.proxy.start()
         if cluster is not None:
             cluster.ready(True)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
         metrics.UP.set(1)
+        self.serving = True
         metrics.BUILD.labels(__version__, str(compiled.state["compiled"]).lower()).set(1)
         log.info("node_started", node=self.config.node.name, config=self.config.path,
                  loop=type(loop).__module__, compiled=compiled.state["compiled"],
@@ -88,11 +95,24 @@ class Node:
         log.info("node_stopped", node=self.config.node.name)
         return 0
 
+    def readiness(self) -> dict[str, bool]:
+        """What /readyz checks: SIP served (started, not shutting down), in
+        a cluster ZooKeeper connected and the operator's drain off, with
+        replication the join's sync done."""
+        checks = {"serving": self.serving}
+        if self.cluster is not None:
+            checks["zookeeper"] = self.cluster.keepalive.connected
+            checks["not_drained"] = not self.cluster.keepalive.draining
+        if self.replicator is not None:
+            checks["synced"] = self.replicator.sync_state.get("state") in ("synced", "partial")
+        return checks
+
     async def drain(self) -> None:
         """Refuse new dialogs (503), let transactions in flight finish, bounded
         by ``shutdown.grace``."""
         assert self.proxy is not None
         self.proxy.draining = True
+        self.serving = False
         metrics.UP.set(0)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.shutdown.grace

@@ -39,7 +39,7 @@ class Client:
         return f"{'https' if self.tls is not None else 'http'}://{host}:{port}"
 
     def call(self, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
-        headers = {"Authorization": f"Bearer {self.token}"}
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         data = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -65,9 +65,9 @@ def client_tls(cacert: str, cert: str, key: str) -> ssl.SSLContext:
     return ctx
 
 
-def make_client(args: argparse.Namespace, config: Config) -> Client:
+def make_client(args: argparse.Namespace, config: Config, need_token: bool = True) -> Client:
     """The client the command line and the configuration describe;
-    ConfigError says what is missing."""
+    ConfigError says what is missing (a token only when ``need_token``)."""
     c = config.control
     address = (parse_host_port(args.control, "--control") if args.control else c.listen)
     if address is None:
@@ -83,6 +83,8 @@ def make_client(args: argparse.Namespace, config: Config) -> Client:
             raise ConfigError(f"--token-file: {exc}") from None
     elif c.token:
         token = c.token
+    elif not need_token:
+        token = ""
     else:
         raise ConfigError("no token: give --token-file FILE, or -c with the node's "
                           "configuration (control.token_file)")
@@ -185,3 +187,36 @@ def bans_command(args: argparse.Namespace, config: Config) -> int:
         return answer
     print(f"{args.ip}: {'lifted' if args.action == 'lift' else 'banned'}")
     return 0
+
+
+def health_command(args: argparse.Namespace, config: Config) -> int:
+    """``hasip health``: 0 when the node is ready (``--live``: when it
+    answers at all), 1 when it is not (what failed on stderr), 2 when the
+    command itself cannot run. For probes, the Ansible role and scripts."""
+    try:
+        client = make_client(args, config, need_token=False)
+    except ConfigError as exc:
+        print(f"hasip: {exc}", file=sys.stderr)
+        return 2
+    path = "/healthz" if args.live else "/readyz"
+    try:
+        status, answer = client.call(path)
+    except (OSError, ValueError) as exc:
+        print(f"hasip: not serving: cannot reach the control API at {client.base}: "
+              f"{getattr(exc, 'reason', None) or exc}", file=sys.stderr)
+        return 1
+    if args.output == "json":
+        print(json.dumps({**answer, "http_status": status}, sort_keys=True))
+    if args.live:
+        if status == 200 and args.output != "json":
+            print("serving")
+        return 0 if status == 200 else 1
+    checks = answer.get("checks", {}) if isinstance(answer.get("checks"), dict) else {}
+    failed = sorted(name for name, ok in checks.items() if not ok)
+    if status == 200 and not failed:
+        if args.output != "json":
+            print("ready")
+        return 0
+    if args.output != "json":
+        print(f"not ready: {', '.join(failed) or answer.get('error', status)}", file=sys.stderr)
+    return 1

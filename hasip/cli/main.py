@@ -97,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     badd = bans_sub.add_parser("add", help="ban a source by hand (on every node)")
     badd.add_argument("ip")
     badd.add_argument("--seconds", type=float, default=3600.0, help="how long (default 3600)")
+    health = sub.add_parser("health", help="is the node ready (exit 0) or not (1): "
+                                           "serving, ZooKeeper, synced, not drained")
+    _control_client_arguments(health)
+    health.add_argument("--live", action="store_true",
+                        help="only whether the node answers (liveness)")
+    health.add_argument("-o", "--output", choices=("text", "json"), default="text")
     from hasip.cli.cluster import add_parsers
 
     add_parsers(sub)
@@ -121,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         from hasip.cli.control import dispatcher_command
 
         return dispatcher_command(args, config)
+    if args.command == "health":
+        from hasip.cli.control import health_command
+
+        return health_command(args, config)
     if args.command == "bans":
         from hasip.cli.control import bans_command
 
