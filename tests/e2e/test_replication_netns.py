@@ -141,6 +141,9 @@ def test_registrations_reach_every_node_and_a_joining_node_syncs_first(replicate
     assert views["n3"]["aors"] == PHONES
     status = cluster.status()
     assert status["nodes"]["n3"]["sync"]["state"] == "synced"
+    assert cluster.control("n3", "/readyz") == {
+        "ready": True, "checks": {"serving": True, "zookeeper": True, "not_drained": True,
+                                  "synced": True}}
 
 
 def _reject(cluster: Cluster, node: str, on: bool) -> None:
