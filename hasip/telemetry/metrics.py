@@ -276,15 +276,15 @@ CONTROL_REQUESTS = Counter(
 MEDIA_REQUESTS = Counter("hasip_media_requests_total",
                          "ng requests to rtpengine by command (offer, answer, delete, query, "
                          "ping) and result (ok, error, timeout, bad_answer)",
-                         ["instance", "command", "result"])
+                         ["rtpengine", "command", "result"])
 MEDIA_LATENCY = Histogram("hasip_media_ng_latency_seconds",
                           "Round trip of an answered ng request", ["command"],
                           buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                    1.0))
 MEDIA_RETRANSMISSIONS = Counter("hasip_media_ng_retransmissions_total",
-                                "ng requests sent again for want of an answer", ["instance"])
+                                "ng requests sent again for want of an answer", ["rtpengine"])
 MEDIA_UP = Gauge("hasip_media_instance_up", "1 while an rtpengine instance takes calls",
-                 ["instance"])
+                 ["rtpengine"])
 MEDIA_CALLS = labelled_counter("hasip_media_calls_total",
                                "Calls the media policy chose to relay (relayed), and of those "
                                "whose offer failed: relayed without media relay (unrelayed, by "
@@ -295,4 +295,4 @@ MEDIA_FAILURES = labelled_counter("hasip_media_failures_total",
                                   "Offers, answers and deletes rtpengine did not complete "
                                   "(down, slow, refused): alert on it", ["command"])
 MEDIA_SESSIONS = Gauge("hasip_media_sessions",
-                       "Dialogs whose media goes through an rtpengine instance", ["instance"])
+                       "Dialogs whose media goes through an rtpengine instance", ["rtpengine"])

@@ -108,7 +108,7 @@ def test_media_of_a_call_goes_through_rtpengine_both_ways(make_node, sipp, rtpen
     text = node.metrics()
     assert metric(text, "hasip_media_calls_total", 'decision="relayed"') == 1
     assert metric(text, "hasip_media_requests_total",
-                  f'command="offer",instance="{rtpe.url}",result="ok"') == 1
+                  f'command="offer",result="ok",rtpengine="{rtpe.url}"') == 1
     assert metric(text, "hasip_media_requests_total",
-                  f'command="delete",instance="{rtpe.url}",result="ok"') == 1
-    assert metric(text, "hasip_media_sessions", f'instance="{rtpe.url}"') == 0
+                  f'command="delete",result="ok",rtpengine="{rtpe.url}"') == 1
+    assert metric(text, "hasip_media_sessions", f'rtpengine="{rtpe.url}"') == 0

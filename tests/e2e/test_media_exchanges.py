@@ -161,9 +161,9 @@ def test_hold_and_unhold_keep_media_through_the_relay(make_node, rtpengine, part
     assert wait_no_session(rtpe) == []
     text = node.metrics()
     assert metric(text, "hasip_media_requests_total",
-                  f'command="offer",instance="{rtpe.url}",result="ok"') == 3
+                  f'command="offer",result="ok",rtpengine="{rtpe.url}"') == 3
     assert metric(text, "hasip_media_requests_total",
-                  f'command="answer",instance="{rtpe.url}",result="ok"') == 4
+                  f'command="answer",result="ok",rtpengine="{rtpe.url}"') == 4
 
 
 def test_late_offer_in_the_2xx_answered_in_the_ack(make_node, rtpengine, parties) -> None:
@@ -218,7 +218,7 @@ def test_cancelled_and_refused_calls_leave_no_session(make_node, rtpengine, part
     assert wait_no_session(rtpe) == []
     text = node.metrics()
     assert metric(text, "hasip_media_requests_total",
-                  f'command="delete",instance="{rtpe.url}",result="ok"') == 2
+                  f'command="delete",result="ok",rtpengine="{rtpe.url}"') == 2
 
 
 def test_rtpengine_down_calls_go_on_without_relay(make_node, parties) -> None:
@@ -288,7 +288,7 @@ def test_by_the_seed_rule_a_call_without_nat_is_not_relayed(make_node, rtpengine
     text = node.metrics()
     assert metric(text, "hasip_media_calls_total", 'decision="relayed"') == 0
     assert metric(text, "hasip_media_requests_total",
-                  f'command="offer",instance="{rtpe.url}",result="ok"') == 0
+                  f'command="offer",result="ok",rtpengine="{rtpe.url}"') == 0
 
 
 def test_media_on_the_interface_named_for_the_calls_socket(make_node, rtpengine,
@@ -377,7 +377,7 @@ def test_update_offers_within_the_call(make_node, rtpengine, parties) -> None:
     assert wait_no_session(rtpe) == []
     text = node.metrics()
     assert metric(text, "hasip_media_requests_total",
-                  f'command="offer",instance="{rtpe.url}",result="ok"') == 2
+                  f'command="offer",result="ok",rtpengine="{rtpe.url}"') == 2
 
 
 def test_late_offer_in_a_reliable_183_answered_in_the_prack(make_node, rtpengine,
