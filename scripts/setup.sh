@@ -16,10 +16,11 @@ cd "$(dirname "$0")/.."
 # sipsak: a SIP client of its own that registers with digest there;
 # rtpengine-daemon: the media relay the media tests start (userspace
 # forwarding, their own ng and media ports); redis-server: how the nodes'
-# rtpengines share their calls (the media failover test starts its own).
+# rtpengines share their calls (the media failover test starts its own);
+# prometheus: promtool checks and unit-tests the alert rules of ops/.
 DEBS=(sip-tester kamailio iproute2 iptables tcpdump mariadb-server freeradius freeradius-utils
       zookeeper openssl python3-venv python3-dev gcc curl sipvicious sipsak rtpengine-daemon
-      redis-server)
+      redis-server prometheus)
 missing=()
 for pkg in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -33,7 +34,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The tests and benchmarks start private instances on free ports: the
 # packaged services are not used, so stop any that the packages started.
-for svc in kamailio freeradius mariadb zookeeper rtpengine-daemon redis-server; do
+for svc in kamailio freeradius mariadb zookeeper rtpengine-daemon redis-server prometheus; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" || true
   fi
