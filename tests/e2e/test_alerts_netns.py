@@ -1,12 +1,15 @@
-"""The alert rules (ops/prometheus/hasip-rules.yml) in a real Prometheus
-scraping the three-node VIP cluster of tests/e2e/vipcluster.py under SIPp
-calls (issue 16): healthy, nothing fires; kill -9 of VIP_A's owner fires
+"""The alert rules (ops/prometheus/hasip-rules.yml) and the dashboard's
+queries (ops/grafana/dashboard.py) in a real Prometheus scraping the
+three-node replicating VIP cluster of tests/e2e/vipcluster.py under SIPp
+calls and registrations (issue 16): every panel's query returns data;
+healthy, nothing fires; kill -9 of VIP_A's owner fires
 HasipNodeDown for it and VIP_A has an owner again (no VIP alert left
 firing); the Asterisk stand-in stopped fires HasipDestinationDown and
 HasipDestinationSetDown."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import time
@@ -28,6 +31,16 @@ from tests.e2e.vipcluster import (
 
 PROM_PORT = 9090
 RULES = ROOT / "ops" / "prometheus" / "hasip-rules.yml"
+
+
+def dashboard_panels() -> list:  # type: ignore[type-arg]
+    """The panels of ops/grafana/dashboard.py (a script, not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "hasip_dashboard", ROOT / "ops" / "grafana" / "dashboard.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.PANELS)
 
 
 def _missing() -> str:
@@ -86,7 +99,8 @@ def watched(tmp_path: Path) -> Iterator[tuple[Cluster, Prometheus]]:
     missing = _missing()
     if missing:
         pytest.skip(missing)
-    for c in vip_cluster(tmp_path, 1, extra_config={"metrics": {"listen": "0.0.0.0:9060"}}):
+    for c in vip_cluster(tmp_path, 1, replication=True,
+                         extra_config={"metrics": {"listen": "0.0.0.0:9060"}}):
         prom = Prometheus(c)
         try:
             yield c, prom
@@ -104,7 +118,18 @@ def test_alerts_fire_on_what_breaks_and_not_before(watched, tmp_path) -> None:
                   "three targets up")
         prom.wait(lambda: prom.query('sum(rate(hasip_sip_requests_received_total'
                                      '{method="INVITE"}[10s])) > 5'), 30, "calls counted")
-        time.sleep(3.0)
+        # a phone registers (digest authentication, a binding replicated)
+        with Sipp("register.xml", 5072, tmp_path, remote=f"{VIP_A}:5060", calls=1,
+                  service="1010", local_ip=CLIENT_IP, netns=lab.ns("client"),
+                  extra=("-au", "1010", "-ap", "demo1010", "-key", "contact_port", "5071",
+                         "-key", "expires", "300")) as reg:
+            assert reg.wait(20) == 0, reg.errors()
+        panels = dashboard_panels()
+
+        deadline = time.monotonic() + 30
+        while empty := [p.title for p in panels if not prom.query(p.expr)]:
+            assert time.monotonic() < deadline, f"dashboard panels without data: {empty}"
+            time.sleep(1.0)
         assert prom.firing() == {}
         # kill -9 of VIP_A's owner: its node is down, VIP_A has its new owner
         cluster.nodes["n1"].kill()
