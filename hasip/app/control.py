@@ -8,6 +8,7 @@
     POST /dispatcher/reload     {}
     GET  /location                        -> {"bindings": N, "aors": N, "digest": "..."}
     GET  /location/bindings               -> {"bindings": [{...}, ...]}
+    POST /location/remove       {"aor": "1001", "contact": "sip:..."} (contact optional)
     GET  /dialogs                         -> {"dialogs": N, "digest": "..."}
     GET  /replication                     -> peers, positions, sync state
     GET  /bans                            -> {"bans": [{"ip", "reason", "seconds_left", ...}]}
@@ -243,6 +244,8 @@ class ControlServer:
             return 200, {"destinations": ds.listing()}
         if path in ("/bans", "/bans/lift", "/bans/add"):
             return self.bans(method, path, args, peer)
+        if path == "/location/remove":
+            return self.remove_bindings(method, args, peer)
         actions = {"/dispatcher/add", "/dispatcher/remove", "/dispatcher/set-state",
                    "/dispatcher/reload"}
         if path not in actions:
@@ -287,6 +290,29 @@ class ControlServer:
                                   "nothing changed"}
         log.info("control_change", path=path, request=json.dumps(args), peer=peer)
         return 200, {"destinations": ds.listing()}
+
+    def remove_bindings(self, method: str, args: dict[str, Any],
+                        peer: str) -> tuple[int, dict[str, Any]]:
+        """Kamailio's ``ul.rm``: an AoR's bindings (or the one with
+        ``contact``) removed on every node (the delete is replicated) and in
+        the database."""
+        if method != "POST":
+            return 405, {"error": "use POST"}
+        aor, contact = args.get("aor"), args.get("contact", "")
+        if not isinstance(aor, str) or not aor or not isinstance(contact, str):
+            return 400, {"error": "give aor (a string) and, optionally, contact (a URI)"}
+        store = self.location
+        if store is None:
+            return 404, {"error": "no location store on this node"}
+        doomed = [b for b in store.bindings(aor) if not contact or b.contact == contact]
+        if not doomed:
+            return 404, {"error": f"no binding of {aor!r}" + (f" with contact {contact!r}"
+                                                             if contact else "")}
+        for b in doomed:
+            store.delete(b)
+        log.info("control_change", path="/location/remove", request=json.dumps(args),
+                 peer=peer, removed=len(doomed))
+        return 200, {"removed": len(doomed)}
 
     def bans(self, method: str, path: str, args: dict[str, Any],
              peer: str) -> tuple[int, dict[str, Any]]:

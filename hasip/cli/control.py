@@ -16,6 +16,7 @@ import argparse
 import json
 import ssl
 import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -186,6 +187,39 @@ def bans_command(args: argparse.Namespace, config: Config) -> int:
     if isinstance(answer, int):
         return answer
     print(f"{args.ip}: {'lifted' if args.action == 'lift' else 'banned'}")
+    return 0
+
+
+def ul_command(args: argparse.Namespace, config: Config) -> int:
+    """``hasip ul show [AOR]`` (kamcmd ul.dump / ul.lookup) and ``hasip ul
+    rm AOR [--contact URI]`` (ul.rm): the registrations a node holds."""
+    if args.action == "rm":
+        body: dict[str, Any] = {"aor": args.aor}
+        if args.contact:
+            body["contact"] = args.contact
+        answer = request(args, config, "/location/remove", body)
+        if isinstance(answer, int):
+            return answer
+        print(f"{args.aor}: {answer.get('removed', 0)} binding(s) removed")
+        return 0
+    answer = request(args, config, "/location/bindings")
+    if isinstance(answer, int):
+        return answer
+    bindings = [b for b in answer.get("bindings") or []
+                if not args.aor or b.get("aor") == args.aor]
+    if args.output == "json":
+        print(json.dumps(bindings, indent=1, sort_keys=True))
+    else:
+        now = time.time()
+        print(f"{'aor':<24}  {'expires_s':>9}  {'q':>4}  {'nat':<3}  {'received':<28}  contact")
+        for b in bindings:
+            left = max(0, round(float(b.get("expires", 0)) - now))
+            print(f"{b.get('aor', ''):<24}  {left:>9}  {b.get('q', 1.0):>4}  "
+                  f"{'yes' if b.get('nat') else 'no':<3}  {b.get('received') or '-':<28}  "
+                  f"{b.get('contact', '')}")
+    if args.aor and not bindings:
+        print(f"hasip: {args.aor} is not registered", file=sys.stderr)
+        return 1
     return 0
 
 

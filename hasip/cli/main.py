@@ -97,6 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     badd = bans_sub.add_parser("add", help="ban a source by hand (on every node)")
     badd.add_argument("ip")
     badd.add_argument("--seconds", type=float, default=3600.0, help="how long (default 3600)")
+    ul = sub.add_parser("ul", help="the registrations a node holds (show, rm)")
+    _control_client_arguments(ul)
+    ul_sub = ul.add_subparsers(dest="action", required=True)
+    ul_show = ul_sub.add_parser("show", help="every binding, or an AoR's (exit 1: none)")
+    ul_show.add_argument("aor", nargs="?", default="")
+    ul_show.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    ul_rm = ul_sub.add_parser("rm", help="remove an AoR's bindings on every node")
+    ul_rm.add_argument("aor")
+    ul_rm.add_argument("--contact", default="", help="only the binding with this contact")
     health = sub.add_parser("health", help="is the node ready (exit 0) or not (1): "
                                            "serving, ZooKeeper, synced, not drained")
     _control_client_arguments(health)
@@ -127,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         from hasip.cli.control import dispatcher_command
 
         return dispatcher_command(args, config)
+    if args.command == "ul":
+        from hasip.cli.control import ul_command
+
+        return ul_command(args, config)
     if args.command == "health":
         from hasip.cli.control import health_command
 
