@@ -9,6 +9,8 @@
     GET  /location                        -> {"bindings": N, "aors": N, "digest": "..."}
     GET  /location/bindings               -> {"bindings": [{...}, ...]}
     POST /location/remove       {"aor": "1001", "contact": "sip:..."} (contact optional)
+    GET  /log-level                       -> {"level": "info"}
+    POST /log-level             {"level": "debug"} -> {"level": "debug", "was": "info"}
     GET  /dialogs                         -> {"dialogs": N, "digest": "..."}
     GET  /replication                     -> peers, positions, sync state
     GET  /bans                            -> {"bans": [{"ip", "reason", "seconds_left", ...}]}
@@ -59,7 +61,7 @@ from hasip.replication.records import fields_of
 from hasip.replication.replicator import Replicator
 from hasip.security.guard import MANUAL, SourceGuard
 from hasip.telemetry import metrics
-from hasip.telemetry.log import get_logger
+from hasip.telemetry.log import LEVELS, current_level, get_logger, set_level
 from hasip.util.tlsstream import TlsStream
 
 log = get_logger("hasip.control")
@@ -246,6 +248,16 @@ class ControlServer:
             return self.bans(method, path, args, peer)
         if path == "/location/remove":
             return self.remove_bindings(method, args, peer)
+        if path == "/log-level":
+            if method == "GET":
+                return 200, {"level": current_level()}
+            level = args.get("level")
+            try:
+                was = set_level(level if isinstance(level, str) else "")
+            except ValueError:
+                return 400, {"error": f"give level: one of {', '.join(LEVELS)}"}
+            log.warning("log_level_changed", level=level, was=was, peer=peer)
+            return 200, {"level": level, "was": was}
         actions = {"/dispatcher/add", "/dispatcher/remove", "/dispatcher/set-state",
                    "/dispatcher/reload"}
         if path not in actions:

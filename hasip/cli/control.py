@@ -223,6 +223,20 @@ def ul_command(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def log_level_command(args: argparse.Namespace, config: Config) -> int:
+    """``hasip log-level [LEVEL]``: the level a running node logs at, or
+    change it now (kamcmd corex.debug); not kept across a restart."""
+    answer = request(args, config, "/log-level",
+                     {"level": args.level} if args.level else None)
+    if isinstance(answer, int):
+        return answer
+    if args.level:
+        print(f"log level {answer['level']} (was {answer['was']})")
+    else:
+        print(answer["level"])
+    return 0
+
+
 def health_command(args: argparse.Namespace, config: Config) -> int:
     """``hasip health``: 0 when the node is ready (``--live``: when it
     answers at all), 1 when it is not (what failed on stderr), 2 when the

@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     ul_rm = ul_sub.add_parser("rm", help="remove an AoR's bindings on every node")
     ul_rm.add_argument("aor")
     ul_rm.add_argument("--contact", default="", help="only the binding with this contact")
+    lvl = sub.add_parser("log-level", help="the level a running node logs at, or set it now")
+    _control_client_arguments(lvl)
+    lvl.add_argument("level", nargs="?", choices=("debug", "info", "warning", "error"))
     health = sub.add_parser("health", help="is the node ready (exit 0) or not (1): "
                                            "serving, ZooKeeper, synced, not drained")
     _control_client_arguments(health)
@@ -136,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         from hasip.cli.control import dispatcher_command
 
         return dispatcher_command(args, config)
+    if args.command == "log-level":
+        from hasip.cli.control import log_level_command
+
+        return log_level_command(args, config)
     if args.command == "ul":
         from hasip.cli.control import ul_command
 

@@ -84,6 +84,23 @@ def get_logger(name: str) -> Logger:
     return Logger(name)
 
 
+LEVELS = ("debug", "info", "warning", "error")
+
+
+def current_level() -> str:
+    return logging.getLevelName(logging.getLogger().level).lower()
+
+
+def set_level(level: str) -> str:
+    """Change the level every logger logs at, now (``hasip log-level``);
+    the level it was. ValueError for a level that is not one of LEVELS."""
+    if level not in LEVELS:
+        raise ValueError(f"{level!r} is not one of {', '.join(LEVELS)}")
+    was = current_level()
+    logging.getLogger().setLevel(level.upper())
+    return was
+
+
 def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
