@@ -80,6 +80,8 @@ class Media:
             run(name, ["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_nonlocal_bind"])
             self.procs[name].append(lab.popen(name, [
                 "redis-server", "--bind", "0.0.0.0", "--port", "6379", "--save", "",
+                # a replica's sync writes a dump: in the test's directory
+                "--dir", str(c.workdir), "--dbfilename", f"redis-{name}.rdb",
                 "--appendonly", "no", "--protected-mode", "no",
                 "--replicaof", REDIS_VIP, "6379",
                 # rtpengine relies on keyspace notifications
