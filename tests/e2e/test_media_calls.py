@@ -15,6 +15,7 @@ import pytest
 
 from hasip.demo.sipp import wait_for_stats
 from tests.e2e.conftest import free_port, metric
+from tests.e2e.mediaua import sdp_media
 from tests.e2e.rtp import Capture, tcpdump_missing, write_stream
 
 CALLER, CALLEE = "127.0.0.5", "127.0.0.6"
@@ -26,13 +27,6 @@ def _tcpdump() -> None:
     missing = tcpdump_missing()
     if missing:
         pytest.skip(missing)
-
-
-def sdp_media(text: str) -> tuple[str, int]:
-    c = re.search(r"^c=IN IP4 (\S+)", text, re.M)
-    m = re.search(r"^m=audio (\d+)", text, re.M)
-    assert c and m, text
-    return c.group(1), int(m.group(1))
 
 
 def messages(tmp_path: Path, scenario: str) -> str:
@@ -85,9 +79,9 @@ def test_media_of_a_call_goes_through_rtpengine_both_ways(make_node, sipp, rtpen
                       extra=("-mp", str(caller_mp), "-trace_msg"))
         assert caller.wait(30) == 0, caller.errors()
     # The callee was offered rtpengine's address, the caller answered with it.
-    offered = sdp_media(received_invite(messages(tmp_path, "uas")))
+    offered = sdp_media(received_invite(messages(tmp_path, "uas")).encode())
     assert offered[0] == "127.0.0.1" and in_range(offered[1], rtpe), offered
-    answered = sdp_media(messages(tmp_path, "uac_media").split("SIP/2.0 200 OK", 1)[1])
+    answered = sdp_media(messages(tmp_path, "uac_media").split("SIP/2.0 200 OK", 1)[1].encode())
     assert answered[0] == "127.0.0.1" and in_range(answered[1], rtpe), answered
     # Each phone got the audio, from rtpengine's ports and nowhere else.
     to_callee, to_caller = cap.received(CALLEE, callee_mp), cap.received(CALLER, caller_mp)

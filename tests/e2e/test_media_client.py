@@ -7,7 +7,6 @@ its new calls go to the other one, and it comes back when it answers."""
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
 import time
 
@@ -17,6 +16,7 @@ from hasip.media import commands
 from hasip.media.client import MediaClient
 from hasip.media.ng import NgError, NgTimeout
 from tests.e2e.conftest import free_port
+from tests.e2e.mediaua import sdp_media
 from tests.e2e.services import Rtpengine
 
 CALLER, CALLEE = "127.0.0.5", "127.0.0.6"
@@ -25,14 +25,6 @@ CALLER, CALLEE = "127.0.0.5", "127.0.0.6"
 def _sdp(ip: str, port: int) -> bytes:
     return (f"v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n"
             f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n").encode()
-
-
-def _media(sdp: bytes) -> tuple[str, int]:
-    text = sdp.decode()
-    c = re.search(r"^c=IN IP4 (\S+)", text, re.M)
-    m = re.search(r"^m=audio (\d+)", text, re.M)
-    assert c and m, text
-    return c.group(1), int(m.group(1))
 
 
 def _rtp(seq: int) -> bytes:
@@ -64,8 +56,8 @@ def test_offer_answer_rtp_and_delete_through_rtpengine(rtpengine) -> None:
                 "call-1", "ft1", "tt1", _sdp(CALLEE, callee.getsockname()[1]),
                 commands.Side(False, CALLEE), opts))
             assert offered.sdp is not None and answered.sdp is not None
-            to_callee = _media(offered.sdp)      # where the callee sends (rtpengine)
-            to_caller = _media(answered.sdp)     # where the caller sends (rtpengine)
+            to_callee = sdp_media(offered.sdp)      # where the callee sends (rtpengine)
+            to_caller = sdp_media(answered.sdp)     # where the caller sends (rtpengine)
             # RTP both ways: 50 packets from each party to the port it was given.
             got = {"caller": 0, "callee": 0}
             for seq in range(50):

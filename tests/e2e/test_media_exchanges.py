@@ -98,6 +98,13 @@ def in_dialog(node, caller: Party, call: Call, method: str, body: bytes = b"") -
                                routes=call.routes), node.sip_port)
 
 
+def hang_up(node, caller: Party, callee: Party, call: Call) -> None:
+    """The caller's BYE, answered by the callee."""
+    in_dialog(node, caller, call, "BYE")
+    callee.reply_to(callee.recv_request("BYE"), 200, "OK")
+    caller.recv_response(200)
+
+
 def relayed(addr: tuple[str, int], rtpe, ip: str = RTPENGINE) -> bool:
     return addr[0] == ip and rtpe.port_min <= addr[1] < rtpe.port_min + 200
 
@@ -155,9 +162,7 @@ def test_hold_and_unhold_keep_media_through_the_relay(make_node, rtpengine, part
     ack(node, caller, callee, call, caller.cseq)
     audio_both_ways(caller, callee, call, rtpe)
     assert rtpe.calls() == [call.call_id]
-    in_dialog(node, caller, call, "BYE")
-    callee.reply_to(callee.recv_request("BYE"), 200, "OK")
-    caller.recv_response(200)
+    hang_up(node, caller, callee, call)
     assert wait_no_session(rtpe) == []
     text = node.metrics()
     assert metric(text, "hasip_media_requests_total",
@@ -187,9 +192,7 @@ def test_late_offer_in_the_2xx_answered_in_the_ack(make_node, rtpengine, parties
     call.callee_media = sdp_media(acked.body)
     assert relayed(call.callee_media, rtpe)
     audio_both_ways(caller, callee, call, rtpe)
-    in_dialog(node, caller, call, "BYE")
-    callee.reply_to(callee.recv_request("BYE"), 200, "OK")
-    caller.recv_response(200)
+    hang_up(node, caller, callee, call)
     assert wait_no_session(rtpe) == []
 
 
@@ -237,9 +240,7 @@ def test_rtpengine_down_calls_go_on_without_relay(make_node, parties) -> None:
     ack(node, caller, callee, call, 1)
     print(f"INVITE reached the callee {waited * 1000:.0f} ms after it was sent")
     assert waited < 2.0
-    in_dialog(node, caller, call, "BYE")
-    callee.reply_to(callee.recv_request("BYE"), 200, "OK")
-    caller.recv_response(200)
+    hang_up(node, caller, callee, call)
     text = node.metrics()
     assert metric(text, "hasip_media_calls_total", 'decision="unrelayed"') == 1
     assert metric(text, "hasip_media_failures_total", 'command="offer"') == 1
@@ -282,9 +283,7 @@ def test_by_the_seed_rule_a_call_without_nat_is_not_relayed(make_node, rtpengine
     assert sdp_media(ok.body) == (CALLEE, callee.rtp_port)
     assert rtpe.calls() == []
     ack(node, caller, callee, call, 1)
-    in_dialog(node, caller, call, "BYE")
-    callee.reply_to(callee.recv_request("BYE"), 200, "OK")
-    caller.recv_response(200)
+    hang_up(node, caller, callee, call)
     text = node.metrics()
     assert metric(text, "hasip_media_calls_total", 'decision="relayed"') == 0
     assert metric(text, "hasip_media_requests_total",
@@ -305,9 +304,7 @@ def test_media_on_the_interface_named_for_the_calls_socket(make_node, rtpengine,
     assert relayed(call.caller_media, rtpe, "127.0.0.7"), call.caller_media
     ack(node, caller, callee, call, 1)
     audio_both_ways(caller, callee, call, rtpe, ip="127.0.0.7")
-    in_dialog(node, caller, call, "BYE")
-    callee.reply_to(callee.recv_request("BYE"), 200, "OK")
-    caller.recv_response(200)
+    hang_up(node, caller, callee, call)
     assert wait_no_session(rtpe) == []
 
 
@@ -371,9 +368,7 @@ def test_update_offers_within_the_call(make_node, rtpengine, parties) -> None:
     ok = caller.recv_response(200)
     assert sdp_media(ok.body) == call.caller_media
     audio_both_ways(caller, callee, call, rtpe)
-    in_dialog(node, caller, call, "BYE")
-    callee.reply_to(callee.recv_request("BYE"), 200, "OK")
-    caller.recv_response(200)
+    hang_up(node, caller, callee, call)
     assert wait_no_session(rtpe) == []
     text = node.metrics()
     assert metric(text, "hasip_media_requests_total",
@@ -411,9 +406,7 @@ def test_late_offer_in_a_reliable_183_answered_in_the_prack(make_node, rtpengine
     assert not caller.recv_response(200).body
     ack(node, caller, callee, call, 1)
     audio_both_ways(caller, callee, call, rtpe)
-    in_dialog(node, caller, call, "BYE")
-    callee.reply_to(callee.recv_request("BYE"), 200, "OK")
-    caller.recv_response(200)
+    hang_up(node, caller, callee, call)
     assert wait_no_session(rtpe) == []
 
 
